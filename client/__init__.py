@@ -1,0 +1,1 @@
+"""The partner side: the Flower ClientApp and the typed training / evaluation calls behind it."""

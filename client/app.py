@@ -1,0 +1,67 @@
+"""The partner's Flower ClientApp: Messages in, typed calls to client.partner, Messages out."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.data import PartnerSettings
+from client.partner import evaluate_round, train_round
+from client.records import (from_array_record, history_from_json, history_to_json,
+                            to_array_record)
+from common import protocol as P
+from common.config import RunConfig
+from common.logs import quiet_libraries
+
+logger = logging.getLogger(__name__)
+app = ClientApp()
+
+_STATE = "consortium"  # ConfigRecord in context.state that remembers this partner's spending
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    quiet_libraries()
+    config = RunConfig.from_mapping(context.run_config)
+    partner = PartnerSettings.from_node_config(context.node_config)
+    content = msg.content
+    state = context.state.config_records.get(_STATE, ConfigRecord())
+    known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
+    reply = train_round(
+        config, partner,
+        shared=from_array_record(content.array_records[P.ARRAYS]),
+        fingerprint=str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
+        server_round=int(content.config_records[P.CONFIG][P.ROUND]),
+        run_id=str(context.run_id),
+        known_history=known,
+    )
+    context.state.config_records[_STATE] = ConfigRecord(
+        {P.PRIVACY_HISTORY: history_to_json(reply.history)})
+    return Message(
+        RecordDict({
+            P.ARRAYS: to_array_record(reply.arrays),
+            P.METRICS: MetricRecord(reply.metrics),
+            P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
+                                     P.PRIVACY_HISTORY: history_to_json(reply.history)}),
+        }),
+        reply_to=msg,
+    )
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    quiet_libraries()
+    config = RunConfig.from_mapping(context.run_config)
+    partner = PartnerSettings.from_node_config(context.node_config)
+    metrics = evaluate_round(
+        config, partner,
+        shared=from_array_record(msg.content.array_records[P.ARRAYS]),
+        fingerprint=str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
+    )
+    return Message(
+        RecordDict({P.METRICS: MetricRecord(metrics),
+                    P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
+        reply_to=msg,
+    )

@@ -1,0 +1,78 @@
+"""Where a partner's examples come from: its own file, a slice of a simulated file, or the
+embedded synthetic set. No flwr here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.config import RunConfig
+from common.data import TextDataset, load_text_dataset, split_train_test
+from common.errors import ConfigError
+from common.synthetic import synthetic_partner_data
+from simulations.partition import partition_indices
+
+
+@dataclass(frozen=True)
+class PartnerSettings:
+    """What only the partner decides (from its node config), never the coordinator."""
+
+    name: str
+    partition_id: int = 0
+    num_partitions: int = 1
+    data_path: str = ""  # the partner's own file; empty = simulated from the run config
+    text_column: str = ""
+    label_column: str = ""
+    ledger_dir: str = ""
+    max_epsilon: float = math.inf
+
+    @property
+    def has_own_data(self) -> bool:
+        return bool(self.data_path)
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> PartnerSettings:
+        known = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
+                 "ledger-dir", "max-epsilon", "partner-name"}
+        unknown = sorted(set(node_config) - known)
+        if unknown:
+            raise ConfigError(f"unknown node-config key(s) {unknown}; known: {sorted(known)}")
+        pid = int(node_config.get("partition-id", 0))
+        settings = cls(
+            name=str(node_config.get("partner-name", f"partner-{pid}")),
+            partition_id=pid,
+            num_partitions=int(node_config.get("num-partitions", 1)),
+            data_path=str(node_config.get("data-path", "")),
+            text_column=str(node_config.get("text-column", "")),
+            label_column=str(node_config.get("label-column", "")),
+            ledger_dir=str(node_config.get("ledger-dir", "")),
+            max_epsilon=float(node_config.get("max-epsilon", math.inf)),
+        )
+        if not settings.max_epsilon > 0:
+            raise ConfigError(f"node-config max-epsilon = {settings.max_epsilon} must be > 0")
+        return settings
+
+    def ledger_path(self, config: RunConfig, fingerprint: str) -> Path:
+        root = Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")
+        return root / f"{self.name}-{fingerprint[:16]}.json"
+
+
+def partner_dataset(config: RunConfig, partner: PartnerSettings,
+                    labels: tuple[str, ...]) -> tuple[TextDataset, TextDataset]:
+    """(train, held-out test) of this partner."""
+    if partner.has_own_data:
+        data = load_text_dataset(partner.data_path, partner.text_column or config.text_column,
+                                 partner.label_column or config.label_column, labels)
+    elif config.data:
+        scheme = config.partition.split(":", 1)
+        group = scheme[1] if scheme[0] == "column" else None
+        full = load_text_dataset(config.data, config.text_column, config.label_column, labels,
+                                 group_column=group)
+        parts = partition_indices(full, partner.num_partitions, config.partition, config.seed)
+        data = full.subset(parts[partner.partition_id])
+    else:
+        data = synthetic_partner_data(partner.partition_id, config.examples_per_partner,
+                                      config.seed)
+    return split_train_test(data, config.test_fraction, config.seed)

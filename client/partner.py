@@ -1,0 +1,136 @@
+"""One partner's round, as typed calls: shared weights in, clipped DP update and metrics out.
+
+The Flower ClientApp (client/app.py) only translates Messages to these calls; nothing here imports
+flwr, so the same code serves simulation, deployment and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from client.data import PartnerSettings, partner_dataset
+from common import protocol as P
+from common.config import RunConfig
+from common.data import TextDataset, data_fingerprint
+from common.errors import ModelError, PrivacyError
+from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
+                          trainable_state)
+from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
+from common.sources import run_labels
+from common.training import (DPSettings, TrainSettings, encode, evaluate, train_dp,
+                             train_plain)
+from common.updates import clip_update
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    history: list[tuple[float, float, int]]  # the partner's whole privacy ledger, as (σ, q, steps)
+
+
+@dataclass
+class _Prepared:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    train: TextDataset
+    test: TextDataset
+
+
+def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
+             fingerprint: str) -> _Prepared:
+    labels = run_labels(config, partner.has_own_data)
+    train, test = partner_dataset(config, partner, labels)
+    tokenizer = load_tokenizer(config)
+    model = build_model(config, labels)
+    if fingerprint and frozen_fingerprint(model) != fingerprint:
+        raise ModelError(f"{partner.name}: the frozen weights of base-model "
+                         f"{config.base_model or '(bundled MiniLM)'} differ from the "
+                         "coordinator's; install the same model version at every partner")
+    load_trainable_state(model, shared)
+    return _Prepared(model, tokenizer, train, test)
+
+
+def noise_for(config: RunConfig, sample_rate: float, steps_per_round: int) -> float:
+    """σ given in the config, or calibrated to reach ``epsilon`` after all planned rounds."""
+    if config.noise_multiplier > 0:
+        return config.noise_multiplier
+    return calibrate_noise(config.epsilon, config.delta, sample_rate,
+                           steps_per_round * config.num_rounds)
+
+
+def open_ledger(config: RunConfig, partner: PartnerSettings, train: TextDataset,
+                known_history: list[tuple[float, float, int]] | None) -> PrivacyLedger:
+    """The partner's ledger, cross-checked against what this process remembers spending."""
+    fingerprint = data_fingerprint(train)
+    ledger = PrivacyLedger.open(partner.ledger_path(config, fingerprint), fingerprint)
+    if known_history and ledger.history[: len(known_history)] != known_history:
+        raise PrivacyError(f"{ledger.path} holds fewer releases than this partner already made "
+                           "in this run; the ledger was lost or replaced. Restore it; refusing "
+                           "to train with an under-counted ε")
+    return ledger
+
+
+def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
+                fingerprint: str, server_round: int, run_id: str,
+                known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
+    """Train one round on the partner's data and return the clipped update and its metrics."""
+    prep = _prepare(config, partner, shared, fingerprint)
+    old = trainable_state(prep.model)
+    data = encode(prep.tokenizer, prep.train, config.max_length)
+    settings = TrainSettings(config.learning_rate, config.batch_size, config.local_epochs,
+                             config.max_length, seed=config.seed * 100_003 + server_round)
+    metrics: dict[str, float] = {}
+    history: list[tuple[float, float, int]] = []
+    if config.dp:
+        if config.delta >= 1.0 / len(prep.train):
+            raise PrivacyError(f"delta = {config.delta:g} is not below 1 / {len(prep.train)} "
+                               f"training examples at {partner.name}; use a smaller delta")
+        ledger = open_ledger(config, partner, prep.train, known_history)
+        q, steps = poisson_schedule(len(prep.train), config.batch_size, config.local_epochs)
+        release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
+        ledger.check_budget(release, config.delta, partner.max_epsilon)
+        stats, opacus_history = train_dp(prep.model, data, settings,
+                            DPSettings(release.noise_multiplier, config.max_grad_norm),
+                            ledger.history)
+        if stats.steps != steps or not math.isclose(stats.sample_rate, q):
+            raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
+                               f"ledger planned {steps} at q={q}; refusing to send the update")
+        ledger.record(release)  # before the update leaves: a lost reply still counts
+        history = ledger.history
+        if not math.isclose(epsilon_of(opacus_history, config.delta),
+                            ledger.epsilon(config.delta), rel_tol=1e-9):
+            raise PrivacyError("the ledger's ε disagrees with Opacus' accountant; not sending")
+        metrics.update({P.EPSILON: ledger.epsilon(config.delta), P.DELTA: config.delta,
+                        P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: q,
+                        P.STEPS: float(sum(s for _, _, s in history))})
+    else:
+        stats = train_plain(prep.model, data, settings)
+        metrics.update({P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
+                        P.SAMPLE_RATE: 0.0, P.STEPS: float(stats.steps)})
+    arrays, norm, clipped = clip_update(old, trainable_state(prep.model), config.update_clip_norm)
+    metrics.update({P.NUM_EXAMPLES: float(len(prep.train)), P.TRAIN_LOSS: stats.loss,
+                    P.CLIPPED_FRACTION: stats.clipped_fraction, P.UPDATE_NORM: norm,
+                    P.UPDATE_CLIPPED: float(clipped)})
+    logger.info("%s round %d: loss %.4f, ε %.3f, update norm %.3f%s", partner.name, server_round,
+                stats.loss, metrics[P.EPSILON], norm, " (clipped)" if clipped else "")
+    return TrainReply(arrays, metrics, history)
+
+
+def evaluate_round(config: RunConfig, partner: PartnerSettings,
+                   shared: Mapping[str, np.ndarray], fingerprint: str) -> dict[str, float]:
+    """Accuracy and macro-F1 of the shared model on this partner's held-out split."""
+    prep = _prepare(config, partner, shared, fingerprint)
+    stats = evaluate(prep.model, encode(prep.tokenizer, prep.test, config.max_length))
+    return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
+            P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1}
+

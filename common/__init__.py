@@ -1,0 +1,5 @@
+"""Task code shared by the coordinator and the partners: config, data, model, training, privacy.
+
+Nothing in this package imports ``flwr``; the Flower apps in ``server`` and ``client`` translate
+Messages into calls to these functions.
+"""

@@ -1,0 +1,176 @@
+"""A partner's local text data: CSV / TSV (with a header row) or JSONL, optionally gzipped.
+
+Labels are mapped to ids through the label set the run declares, so every partner agrees on what id
+3 means. Every error names the file, the row and what to change.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from common.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts and label ids of one partner, with the run's label names."""
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    label_names: tuple[str, ...]
+    groups: tuple[str, ...] = ()  # values of a grouping column (e.g. domain), when asked for
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> TextDataset:
+        pick = [int(i) for i in indices]
+        return TextDataset(
+            texts=tuple(self.texts[i] for i in pick),
+            labels=tuple(self.labels[i] for i in pick),
+            label_names=self.label_names,
+            groups=tuple(self.groups[i] for i in pick) if self.groups else (),
+        )
+
+
+def file_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type; use one of "
+                        f"{', '.join(sorted(FORMATS))} (optionally .gz)")
+    return fmt
+
+
+def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a data file as (line number, {column: value}); raises DataError on any fault."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file; check the path (relative paths are read "
+                        f"from {Path.cwd()})")
+    raw = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a readable gzip file ({exc})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte {raw[exc.start]:#04x} is not UTF-8; re-save the "
+                        "file as UTF-8") from exc
+    rows = _parse_jsonl(path, text) if fmt == "jsonl" else _parse_delimited(path, text, fmt)
+    if not rows:
+        raise DataError(f"{path}: the file has no data rows")
+    return rows
+
+
+def _parse_delimited(path: Path, text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DataError(f"{path}: the file is empty; it needs a header row and data rows")
+        header = [h.strip() for h in header]
+        rows = []
+        for values in reader:
+            if not values or not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: {len(values)} fields, the header has "
+                                f"{len(header)}; quote fields that contain {delimiter!r}")
+            rows.append((reader.line_num, dict(zip(header, values))))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from exc
+    return rows
+
+
+def _parse_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); JSONL needs one "
+                            "object per line") from exc
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, found "
+                            f"{type(obj).__name__}")
+        rows.append((number, obj))
+    return rows
+
+
+def _column(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
+    if column not in row:
+        raise DataError(f"{path}:{number}: no {role} column {column!r}; columns are "
+                        f"{sorted(row)}; set --{role}-column")
+    value = row[column]
+    if value is None or isinstance(value, (dict, list)):
+        raise DataError(f"{path}:{number}: {role} column {column!r} holds {value!r}; "
+                        "expected a string or number")
+    return str(value).strip()
+
+
+def infer_labels(path: str | Path, label_column: str) -> tuple[str, ...]:
+    """The sorted set of labels in a file (for simulation, where one file is the whole data)."""
+    rows = read_rows(path)
+    return tuple(sorted({_column(Path(path), n, r, label_column, "label") for n, r in rows}))
+
+
+def load_text_dataset(path: str | Path, text_column: str, label_column: str,
+                      label_names: Sequence[str], group_column: str | None = None) -> TextDataset:
+    """Read a partner's file and map its labels to the run's ids."""
+    path = Path(path)
+    ids = {name: i for i, name in enumerate(label_names)}
+    texts, labels, groups = [], [], []
+    for number, row in read_rows(path):
+        text = _column(path, number, row, text_column, "text")
+        if not text:
+            raise DataError(f"{path}:{number}: the text is empty; drop the row or fill it in")
+        label = _column(path, number, row, label_column, "label")
+        if label not in ids:
+            raise DataError(f"{path}:{number}: label {label!r} is not in the run's label set "
+                            f"{list(label_names)}; fix the row or declare the label in `labels`")
+        texts.append(text)
+        labels.append(ids[label])
+        if group_column:
+            groups.append(_column(path, number, row, group_column, "group"))
+    logger.info("read %d examples from %s", len(texts), path)
+    return TextDataset(tuple(texts), tuple(labels), tuple(label_names), tuple(groups))
+
+
+def split_train_test(data: TextDataset, test_fraction: float,
+                     seed: int) -> tuple[TextDataset, TextDataset]:
+    """A deterministic shuffle-split; both parts keep at least one example."""
+    if len(data) < 2:
+        raise DataError(f"{len(data)} example(s) cannot be split into train and test; "
+                        "a partner needs at least 2")
+    order = np.random.default_rng(seed).permutation(len(data))
+    n_test = min(max(1, round(test_fraction * len(data))), len(data) - 1)
+    return data.subset(order[n_test:]), data.subset(order[:n_test])
+
+
+def data_fingerprint(data: TextDataset) -> str:
+    """SHA-256 of texts, labels and label names: the identity a privacy ledger is kept for."""
+    digest = hashlib.sha256(json.dumps([data.label_names, data.texts, data.labels]).encode())
+    return digest.hexdigest()

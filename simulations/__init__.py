@@ -1,0 +1,1 @@
+"""Simulating many partners on one machine with Flower's simulation engine, and the CLI."""

@@ -1,0 +1,151 @@
+"""`consortium simulate`: check everything up front, then run the Flower App with `flwr run`.
+
+The App is the repository itself (pyproject.toml beside these packages), so this is exactly what
+`flwr run .` does, plus a preflight that fails fast with one clear line, a private Flower home,
+and stopping the local SuperLink daemon `flwr run` leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import RunConfig, parse_partition
+from common.data import infer_labels, load_text_dataset
+from common.errors import ConfigError, ConsortiumError
+from simulations.partition import partition_indices
+
+logger = logging.getLogger(__name__)
+
+LOCAL_SUPERLINK_PORT = 39091
+APP_DIR = Path(__file__).resolve().parent.parent
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # else the SuperLink `uv sync`s the dependencies and may replace the pinned CPU torch
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+@dataclass(frozen=True)
+class Federation:
+    partners: int
+    num_cpus: int = 1
+    num_gpus: float = 0.0
+
+
+def preflight(config: RunConfig, federation: Federation) -> RunConfig:
+    """Validate data, labels, partitioning and out-dir before anything starts or is written.
+
+    Returns the config with the label set declared, so every partner maps labels identically.
+    """
+    if federation.partners < config.min_partners:
+        raise ConfigError(f"--partners {federation.partners} is below min-partners "
+                          f"{config.min_partners}")
+    if config.data:
+        data_path = Path(config.data).resolve()
+        config = config.replace(data=str(data_path))
+        labels = config.label_list or infer_labels(data_path, config.label_column)
+        config = config.replace(labels=",".join(labels))
+        scheme, arg = parse_partition(config.partition)
+        full = load_text_dataset(data_path, config.text_column, config.label_column, labels,
+                                 group_column=str(arg) if scheme == "column" else None)
+        partition_indices(full, federation.partners, config.partition, config.seed)
+    out = Path(config.out_dir).resolve()
+    config = config.replace(out_dir=str(out))
+    has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    if has_run and not config.resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose "
+                          "another --out")
+    if config.resume and not has_run:
+        raise ConfigError(f"--resume: {out} holds no checkpoint to resume from")
+    return config
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def write_run_config(config: RunConfig, path: Path) -> None:
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.to_mapping().items()))
+
+
+def _superlink_pids(flwr_home: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path) -> None:
+    """Stop the detached SuperLink that `flwr run` started for this Flower home, by PID."""
+    for pid in _superlink_pids(flwr_home):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.time() + 10
+    while _superlink_pids(flwr_home) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in _superlink_pids(flwr_home):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_simulation(config: RunConfig, federation: Federation) -> Path:
+    """Run the App on Flower's simulation engine; returns the output directory."""
+    config = preflight(config, federation)
+    if _port_in_use(LOCAL_SUPERLINK_PORT):
+        raise ConsortiumError(f"a Flower SuperLink already listens on 127.0.0.1:"
+                              f"{LOCAL_SUPERLINK_PORT} (left by an earlier `flwr run`?); stop "
+                              "it first, e.g. `pkill -f flower-superlink`")
+    out = Path(config.out_dir)
+    with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
+        flwr_home = Path(home)
+        run_config = flwr_home / "run_config.toml"
+        write_run_config(config, run_config)
+        command = [
+            str(Path(sys.executable).with_name("flwr")), "run", str(APP_DIR), "--stream",
+            "--run-config", str(run_config),
+            "--federation-config",
+            f"num-supernodes={federation.partners} "
+            f"client-resources-num-cpus={federation.num_cpus} "
+            f"client-resources-num-gpus={federation.num_gpus}",
+        ]
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)}
+        logger.info("simulating %d partners x %d rounds -> %s", federation.partners,
+                    config.num_rounds, out)
+        try:
+            proc = subprocess.run(command, env=env, cwd=APP_DIR)
+        finally:
+            stop_superlink(flwr_home)
+    if proc.returncode != 0 or not (out / "model" / "config.json").exists():
+        hint = (f"; checkpoints in {out} let you --resume" if (out / "checkpoints").is_dir()
+                else "")
+        raise ConsortiumError(f"the simulation did not finish (flwr exit code "
+                              f"{proc.returncode}); see the log above{hint}")
+    return out
