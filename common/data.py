@@ -69,8 +69,9 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise DataError(f"{path}: not a readable gzip file ({exc})") from exc
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not data
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: byte {raw[exc.start]:#04x} is not UTF-8; re-save the "

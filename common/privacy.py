@@ -51,9 +51,13 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
 
 
 def poisson_schedule(num_examples: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
-    """(q, steps per round) exactly as Opacus' DPDataLoader sets them for this data size."""
-    batches = math.ceil(num_examples / batch_size)
-    return 1.0 / batches, batches * local_epochs
+    """(q, steps per round) exactly as Opacus sets them for this data size.
+
+    DPDataLoader uses q = 1 / len(data loader), and its sampler runs int(1 / q) steps per epoch,
+    which is one fewer than the batch count for some sizes (e.g. 93 batches -> 92 steps).
+    """
+    sample_rate = 1.0 / math.ceil(num_examples / batch_size)
+    return sample_rate, int(1 / sample_rate) * local_epochs
 
 
 class PrivacyLedger:

@@ -69,7 +69,7 @@ def latest_checkpoint(directory: Path) -> Checkpoint | None:
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any],
-                ignore: tuple[str, ...] = ("resume",)) -> list[str]:
+                ignore: tuple[str, ...] = ("resume", "out-dir")) -> list[str]:
     keys = sorted((set(saved) | set(current)) - set(ignore))
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys
             if saved.get(k) != current.get(k)]

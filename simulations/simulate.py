@@ -22,6 +22,7 @@ from pathlib import Path
 from common.config import RunConfig, parse_partition
 from common.data import infer_labels, load_text_dataset
 from common.errors import ConfigError, ConsortiumError
+from server.checkpoint import check_same_config, latest_checkpoint
 from simulations.partition import partition_indices
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,11 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     if has_run and not config.resume:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose "
                           "another --out")
-    if config.resume and not has_run:
-        raise ConfigError(f"--resume: {out} holds no checkpoint to resume from")
+    if config.resume:
+        ckpt = latest_checkpoint(out / "checkpoints") if has_run else None
+        if ckpt is None:
+            raise ConfigError(f"--resume: {out} holds no usable checkpoint to resume from")
+        check_same_config(ckpt.state["config"], config.to_mapping())
     return config
 
 

@@ -1,0 +1,63 @@
+"""Shared fixtures: offline environment, a tiny random BERT, small data files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project's packages, never a same-named module elsewhere
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+def make_tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with a word-level vocabulary of the synthetic data."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from common import synthetic
+
+    words = set()
+    for pool in (synthetic._SUBJECTS, synthetic._VERBS, synthetic._FILLER,
+                 *synthetic._TOPIC_WORDS.values()):
+        for phrase in pool:
+            words.update(phrase.split())
+    words.update(["and", "good", "bad", "great", "awful", "movie", "food", "fine"])
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).bert.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path: Path) -> Path:
+    """A 40-row, two-domain sentiment CSV."""
+    rows = ["text,label,domain"]
+    for i in range(40):
+        positive = i % 2 == 0
+        word = "great good fine" if positive else "awful bad"
+        domain = "movie" if i < 20 else "food"
+        rows.append(f"the {domain} was {word} {i % 5},{'pos' if positive else 'neg'},{domain}")
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
