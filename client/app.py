@@ -8,12 +8,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data import PartnerSettings
-from client.partner import evaluate_round, train_round
+from client.partner import AUDIT_LOG, append_audit, evaluate_round, train_round
 from client.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
 from common import protocol as P
 from common.config import RunConfig
-from common.logs import quiet_libraries
+from common.errors import PrivacyError
+from common.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -23,20 +24,29 @@ _STATE = "consortium"  # ConfigRecord in context.state that remembers this partn
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    quiet_libraries()
+    configure_logging()
     config = RunConfig.from_mapping(context.run_config)
     partner = PartnerSettings.from_node_config(context.node_config)
     content = msg.content
     state = context.state.config_records.get(_STATE, ConfigRecord())
     known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
-    reply = train_round(
-        config, partner,
-        shared=from_array_record(content.array_records[P.ARRAYS]),
-        fingerprint=str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
-        server_round=int(content.config_records[P.CONFIG][P.ROUND]),
-        run_id=str(context.run_id),
-        known_history=known,
-    )
+    server_round = int(content.config_records[P.CONFIG][P.ROUND])
+    try:
+        reply = train_round(
+            config, partner,
+            shared=from_array_record(content.array_records[P.ARRAYS]),
+            fingerprint=str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
+            server_round=server_round,
+            run_id=str(context.run_id),
+            known_history=known,
+        )
+    except PrivacyError as exc:  # a refusal the partner owes the coordinator an answer for
+        logger.error("%s refuses round %d: %s", partner.name, server_round, exc)
+        append_audit(partner.ledger_root(config) / AUDIT_LOG, {
+            "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
+            "refused": str(exc), "bytes_sent": 0})
+        return Message(RecordDict({P.PARTNER: ConfigRecord(
+            {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
     context.state.config_records[_STATE] = ConfigRecord(
         {P.PRIVACY_HISTORY: history_to_json(reply.history)})
     return Message(
@@ -52,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    quiet_libraries()
+    configure_logging()
     config = RunConfig.from_mapping(context.run_config)
     partner = PartnerSettings.from_node_config(context.node_config)
     metrics = evaluate_round(

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from common.config import RunConfig
 from common.data import TextDataset, load_text_dataset, split_train_test
-from common.errors import ConfigError
+from common.errors import ConfigError, PrivacyError
 from common.synthetic import synthetic_partner_data
 from simulations.partition import partition_indices
 
@@ -27,6 +27,8 @@ class PartnerSettings:
     label_column: str = ""
     ledger_dir: str = ""
     max_epsilon: float = math.inf
+    delta: float = 0.0  # the δ this partner accounts its budget at; 0 = the run's
+    allowed_base_models: tuple[str, ...] = ()  # empty = any
 
     @property
     def has_own_data(self) -> bool:
@@ -35,7 +37,7 @@ class PartnerSettings:
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> PartnerSettings:
         known = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
-                 "ledger-dir", "max-epsilon", "partner-name"}
+                 "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError(f"unknown node-config key(s) {unknown}; known: {sorted(known)}")
@@ -49,14 +51,32 @@ class PartnerSettings:
             label_column=str(node_config.get("label-column", "")),
             ledger_dir=str(node_config.get("ledger-dir", "")),
             max_epsilon=float(node_config.get("max-epsilon", math.inf)),
+            delta=float(node_config.get("delta", 0.0)),
+            allowed_base_models=tuple(
+                m.strip() for m in str(node_config.get("allowed-base-models", "")).split(",")
+                if m.strip()),
         )
         if not settings.max_epsilon > 0:
             raise ConfigError(f"node-config max-epsilon = {settings.max_epsilon} must be > 0")
         return settings
 
+    def ledger_root(self, config: RunConfig) -> Path:
+        return Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")
+
     def ledger_path(self, config: RunConfig, fingerprint: str) -> Path:
-        root = Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")
-        return root / f"{self.name}-{fingerprint[:16]}.json"
+        return self.ledger_root(config) / f"{self.name}-{fingerprint[:16]}.json"
+
+    def check_policy(self, config: RunConfig) -> None:
+        """Refuse a run that asks more than this partner allows."""
+        if self.delta and config.delta > self.delta:
+            raise PrivacyError(f"the run asks delta = {config.delta:g}; {self.name} allows at "
+                               f"most {self.delta:g}")
+        if self.allowed_base_models and config.base_model not in self.allowed_base_models:
+            raise PrivacyError(f"base-model {config.base_model or '(bundled MiniLM)'!r} is not "
+                               f"in {self.name}'s allowed list {list(self.allowed_base_models)}")
+        if not config.dp and math.isfinite(self.max_epsilon):
+            raise PrivacyError(f"the run has dp = false; {self.name} has a privacy budget and "
+                               "trains only with DP")
 
 
 def partner_dataset(config: RunConfig, partner: PartnerSettings,

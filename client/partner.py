@@ -6,9 +6,14 @@ flwr, so the same code serves simulation, deployment and tests.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -29,6 +34,7 @@ from common.training import (DPSettings, TrainSettings, encode, evaluate, train_
 from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
+AUDIT_LOG = "audit.jsonl"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
                 fingerprint: str, server_round: int, run_id: str,
                 known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
     """Train one round on the partner's data and return the clipped update and its metrics."""
+    partner.check_policy(config)
     prep = _prepare(config, partner, shared, fingerprint)
     old = trainable_state(prep.model)
     data = encode(prep.tokenizer, prep.train, config.max_length)
@@ -98,7 +105,7 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
         ledger = open_ledger(config, partner, prep.train, known_history)
         q, steps = poisson_schedule(len(prep.train), config.batch_size, config.local_epochs)
         release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
-        ledger.check_budget(release, config.delta, partner.max_epsilon)
+        ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon)
         stats, opacus_history = train_dp(prep.model, data, settings,
                             DPSettings(release.noise_multiplier, config.max_grad_norm),
                             ledger.history)
@@ -123,7 +130,35 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
                     P.UPDATE_CLIPPED: float(clipped)})
     logger.info("%s round %d: loss %.4f, ε %.3f, update norm %.3f%s", partner.name, server_round,
                 stats.loss, metrics[P.EPSILON], norm, " (clipped)" if clipped else "")
+    append_audit(partner.ledger_root(config) / AUDIT_LOG, {
+        "partner": partner.name, "run_id": run_id, "round": server_round,
+        "model_sha256": weights_sha256(shared), "epsilon": finite_or_none(metrics[P.EPSILON]),
+        "delta": config.delta, "bytes_sent": sum(a.nbytes for a in arrays.values()),
+        "examples": len(prep.train)})
     return TrainReply(arrays, metrics, history)
+
+
+def weights_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """Hash of the weights a partner received, for its audit log."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+def append_audit(path: Path, entry: dict) -> None:
+    """One JSON line per round the partner took part in (or refused), fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"time": dt.datetime.now(dt.timezone.utc).isoformat(), **entry}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line, allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def evaluate_round(config: RunConfig, partner: PartnerSettings,

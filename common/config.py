@@ -48,7 +48,8 @@ class RunConfig:
     freeze_embeddings: bool = _opt(True, "Keep the embedding layer frozen in full fine-tuning.")
     local_epochs: int = _opt(2, "Passes over the partner's training split per round.", min=1)
     batch_size: int = _opt(32, "Expected batch size (Poisson sampling: rate = batch / n).", min=1)
-    learning_rate: float = _opt(1e-2, "AdamW learning rate at the partners (1e-2 suits LoRA; use ~1e-3 for full).", gt=0.0)
+    learning_rate: float = _opt(1e-2, "AdamW learning rate at the partners (1e-2 suits LoRA; "
+                                      "use ~1e-3 for full).", gt=0.0)
     epsilon: float = _opt(8.0, "Target ε per partner over all planned rounds (sets σ when "
                                "noise-multiplier is 0).", gt=0.0)
     delta: float = _opt(1e-5, "δ of the (ε, δ) guarantee; must be below 1 / partner examples.",
@@ -119,7 +120,8 @@ def parse_partition(spec: str) -> tuple[str, float | str | None]:
                           "e.g. dirichlet:0.5")
     if scheme == "column" and arg:
         return "column", arg
-    raise ConfigError(f"partition={spec!r} is not valid; pick one of {', '.join(PARTITION_SCHEMES)}")
+    raise ConfigError(f"partition={spec!r} is not valid; pick one of "
+                      f"{', '.join(PARTITION_SCHEMES)}")
 
 
 def _kebab(name: str) -> str:

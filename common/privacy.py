@@ -102,8 +102,8 @@ class PrivacyLedger:
         if after > max_epsilon:
             raise BudgetExceededError(
                 f"round {release.round} would bring ε to {after:.3f} > this partner's budget "
-                f"{max_epsilon:g} (spent so far: {self.epsilon(delta):.3f}, ledger {self.path}); "
-                "the round is refused and nothing was trained")
+                f"{max_epsilon:g} (spent so far: {self.epsilon(delta):.3f}); the round is refused "
+                "and nothing was trained")
         return after
 
     def record(self, release: Release) -> None:

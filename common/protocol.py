@@ -31,3 +31,4 @@ MACRO_F1 = "macro-f1"
 # ConfigRecord keys, partner -> coordinator
 PARTNER_NAME = "name"
 PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
+REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained

@@ -6,7 +6,6 @@ server.aggregation and the files in server.outputs / server.checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -91,6 +90,10 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     mean, losses, accepted = WeightedMean(), [], []
     for reply in good:
         name = _partner_name(reply)
+        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
+        if refusal:
+            failures.append({"partner": name, "reason": f"refused: {refusal}"})
+            continue
         metrics = dict(reply.content.metric_records[P.METRICS])
         try:
             update = from_array_record(reply.content.array_records[P.ARRAYS])
@@ -110,7 +113,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                               f"{config.min_partners}; stopping. Failures: {failures}. The last "
                               "checkpoint is kept: fix the partners and resume")
     state.arrays = mean.result()
-    loss = sum(l * n for l, n in losses) / sum(n for _, n in losses)
+    loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
     return {"partners_replied": accepted, "failures": failures, "train_loss": loss}
 
 

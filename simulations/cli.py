@@ -8,9 +8,11 @@ import math
 import sys
 from typing import Any, Sequence
 
+from client import cli as client_cli
 from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.logs import configure_logging
+from server import cli as server_cli
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consortium", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
+    server_cli.add_parsers(sub)
+    client_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     configure_logging()
     try:
+        if args.command in ("coordinator", "run"):
+            return server_cli.handle(args, _parse_set(getattr(args, "set", [])))
+        if args.command == "partner":
+            return client_cli.handle(args)
         if args.command == "simulate":
             from simulations.simulate import Federation, run_simulation
 

@@ -1,0 +1,71 @@
+"""The partner node: `consortium partner keygen | start`.
+
+`start` runs Flower's `flower-supernode` with TLS and this partner's node key. The partner's
+policy (its data, columns, privacy budget, δ, allowed base models, ledger) is passed as the
+SuperNode's node config: it lives only at the partner, and no run config can override it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.keys import check_partner_name
+from common.data import read_rows
+from common.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class PartnerPolicy:
+    name: str
+    data: Path
+    max_epsilon: float
+    delta: float
+    ledger_dir: Path
+    text_column: str = "text"
+    label_column: str = "label"
+    allowed_base_models: str = ""  # comma-separated; empty = any
+
+    def __post_init__(self) -> None:
+        check_partner_name(self.name)
+        if not (self.max_epsilon > 0 and math.isfinite(self.max_epsilon)):
+            raise ConfigError(f"--max-epsilon {self.max_epsilon} must be a positive number")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"--delta {self.delta} must be in (0, 1)")
+
+    def node_config(self) -> str:
+        values = {"partner-name": self.name, "data-path": str(self.data.resolve()),
+                  "text-column": self.text_column, "label-column": self.label_column,
+                  "max-epsilon": float(self.max_epsilon), "delta": float(self.delta),
+                  "ledger-dir": str(self.ledger_dir.resolve()),
+                  "allowed-base-models": self.allowed_base_models}
+        return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def check_partner_data(policy: PartnerPolicy) -> int:
+    """Fail now, not at round 1, if the data file is unreadable or lacks its columns."""
+    rows = read_rows(policy.data)
+    for column in (policy.text_column, policy.label_column):
+        if column not in rows[0][1]:
+            raise DataError(f"{policy.data}:{rows[0][0]}: no column {column!r}; columns are "
+                            f"{sorted(rows[0][1])}")
+    return len(rows)
+
+
+def supernode_command(policy: PartnerPolicy, coordinator: str, ca: Path | None, key: Path | None,
+                      port: int, insecure: bool = False) -> list[str]:
+    """The flower-supernode command line for this partner."""
+    host, _, link_port = coordinator.rpartition(":")
+    if not host or not link_port.isdigit():
+        raise ConfigError(f"--coordinator {coordinator!r}: expected HOST:PORT")
+    command = [str(Path(sys.executable).with_name("flower-supernode")), "--superlink",
+               coordinator, "--port", str(port), "--node-config", policy.node_config()]
+    if insecure:
+        return command + ["--insecure"]
+    for flag, path in (("--ca", ca), ("--key", key)):
+        if path is None or not path.is_file():
+            raise ConfigError(f"{flag} {path}: file not found (needed for TLS and node auth)")
+    return command + ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]

@@ -1,0 +1,55 @@
+"""A partner's node key pair: EC NIST P-384 in OpenSSH format, as Flower's node auth expects."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from common.errors import ConfigError
+from common.storage import atomic_write_bytes
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_partner_name(name: str) -> str:
+    if not NAME.match(name):
+        raise ConfigError(f"partner name {name!r}: use letters, digits, '.', '_' or '-' "
+                          "(up to 63), starting with a letter or digit")
+    return name
+
+
+def generate_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """Write NAME (private, 0600) and NAME.pub; refuses to overwrite an existing key."""
+    check_partner_name(name)
+    private, public = directory / name, directory / f"{name}.pub"
+    if private.exists() or public.exists():
+        raise ConfigError(f"{private} already exists; an enrolled key must not be replaced by "
+                          "accident. Pick another directory or name")
+    key = ec.generate_private_key(ec.SECP384R1())
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(private, key.private_bytes(serialization.Encoding.PEM,
+                                                  serialization.PrivateFormat.OpenSSH,
+                                                  serialization.NoEncryption()), mode=0o600)
+    atomic_write_bytes(public, key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" {name}\n".encode())
+    return private, public
+
+
+def load_node_public_key(path: Path) -> str:
+    """Validate an OpenSSH P-384 public key file; returns its SHA-256 fingerprint."""
+    try:
+        data = path.read_bytes()
+        key = serialization.load_ssh_public_key(data.split(b" ", 2)[0] + b" "
+                                                + data.split(b" ", 2)[1])
+    except (OSError, ValueError, IndexError) as exc:
+        raise ConfigError(f"{path}: not an OpenSSH public key ({exc}); create one with "
+                          "`consortium partner keygen`") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise ConfigError(f"{path}: Flower node auth needs an EC NIST P-384 key "
+                          "(ecdsa-sha2-nistp384)")
+    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()

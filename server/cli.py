@@ -1,0 +1,83 @@
+"""`consortium coordinator ...` and `consortium run`: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common.config import RunConfig
+from common.errors import ConsortiumError
+from server import deploy
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    coord = sub.add_parser("coordinator", help="the coordinator node (TLS, enrolled partners)")
+    csub = coord.add_subparsers(dest="action", required=True)
+    p = csub.add_parser("init", help="create the CA, server certificate and federation config")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--host", action="append", default=[], help="DNS name or IP partners use to "
+                   "reach the coordinator (repeatable; localhost and 127.0.0.1 are always in)")
+    p.add_argument("--port", type=int, default=9092)
+    p = csub.add_parser("start", help="run the SuperLink with TLS and node authentication")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain HTTP, no node authentication: for a local trial only")
+    p = csub.add_parser("enroll", help="register a partner's node public key")
+    p.add_argument("public_key", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--dir", type=Path, default=Path("."))
+    p = csub.add_parser("revoke", help="unregister a partner: its key can no longer connect")
+    p.add_argument("--name", required=True)
+    p.add_argument("--dir", type=Path, default=Path("."))
+    run = sub.add_parser("run", help="submit a training run to the coordinator and stream it")
+    run.add_argument("--coordinator", type=Path, required=True, help="federation directory")
+    run.add_argument("--rounds", type=int)
+    run.add_argument("--labels", help="comma-separated label set every partner maps to")
+    run.add_argument("--out", type=Path, help="output directory on the coordinator")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def handle(args: argparse.Namespace, overrides: dict) -> int:
+    if args.command == "run":
+        return _submit_run(args, overrides)
+    if args.action == "init":
+        directory = deploy.init_federation(args.dir, args.host, args.port)
+        print(f"federation created in {directory}; give partners {directory / 'ca.crt'} and the "
+              f"address {args.host[0] if args.host else '127.0.0.1'}:{args.port}")
+    elif args.action == "start":
+        if args.insecure:
+            print("WARNING: --insecure: no TLS, no node authentication; anyone who can reach "
+                  "this port can join and read the model. Never use it across sites.")
+        command = deploy.superlink_command(args.dir.resolve(), args.bind, args.insecure)
+        os.execve(command[0], command, deploy.flwr_env(args.dir.resolve()))
+    elif args.action == "enroll":
+        node_id = deploy.enroll(args.dir.resolve(), args.public_key, args.name)
+        print(f"enrolled {args.name} as node {node_id}")
+    elif args.action == "revoke":
+        deploy.revoke(args.dir.resolve(), args.name)
+        print(f"revoked {args.name}")
+    return 0
+
+
+def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
+    flags = {"num-rounds": args.rounds, "labels": args.labels,
+             "out-dir": str(args.out.resolve()) if args.out else None}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    config = RunConfig.from_mapping(overrides)
+    if not config.label_list:
+        raise ConsortiumError("--labels is required: partners read their own files, so the run "
+                              "declares the label set")
+    config = config.replace(out_dir=str(Path(config.out_dir).resolve()))
+    from simulations.simulate import write_run_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_config = Path(tmp) / "run_config.toml"
+        write_run_config(config, run_config)
+        command = deploy.run_command(args.coordinator.resolve(), APP_DIR, run_config)
+        return subprocess.run(command, env=deploy.flwr_env(args.coordinator.resolve())).returncode

@@ -1,0 +1,210 @@
+"""Real processes on loopback: a TLS SuperLink with node auth and enrolled partner SuperNodes.
+
+Every process started here is stopped by PID (its whole process group) at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.partner import AUDIT_LOG
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(sys.executable).with_name("consortium"))
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "HF_HUB_OFFLINE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs, self.procs = logs, {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        proc = subprocess.Popen([CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=ENV,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def write_reviews(path: Path, seed: int) -> Path:
+    lines = ["text,label"]
+    for i in range(50):
+        positive = (i + seed) % 2 == 0
+        lines.append(f"the movie was {'great good' if positive else 'awful bad'} {i % 7},"
+                     f"{'pos' if positive else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str):
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "logs").mkdir()
+    procs = Processes(root / "logs")
+    port = free_port()
+    try:
+        assert cli("coordinator", "init", str(root / "fed"), "--port", str(port)).returncode == 0
+        procs.start("superlink", "coordinator", "start", str(root / "fed"), "--bind", "127.0.0.1")
+        wait_for_port(port)
+        yield root, port, procs
+    finally:
+        procs.stop_all()
+
+
+def start_partner(federation, name: str, max_epsilon: float, *extra: str,
+                  key: bool = True) -> subprocess.Popen:
+    root, port, procs = federation
+    data = write_reviews(root / f"{name}.csv", seed=sum(map(ord, name)))
+    args = ["partner", "start", "--coordinator", f"127.0.0.1:{port}", "--data", str(data),
+            "--max-epsilon", str(max_epsilon), "--name", name, "--port", str(free_port()),
+            "--ledger-dir", str(root / "ledgers" / name), *extra]
+    if key:
+        args += ["--ca", str(root / "fed" / "ca.crt"), "--key", str(root / "keys" / name)]
+    return procs.start(name, *args)
+
+
+def enroll(federation, name: str) -> None:
+    root = federation[0]
+    assert cli("partner", "keygen", str(root / "keys"), "--name", name).returncode == 0
+    out = cli("coordinator", "enroll", str(root / "keys" / f"{name}.pub"), "--name", name,
+              "--dir", str(root / "fed"))
+    assert out.returncode == 0, out.stderr
+
+
+def test_three_enrolled_partners_train_and_an_over_budget_one_refuses(federation,
+                                                                     tiny_bert: str) -> None:
+    root, _, procs = federation
+    for name in ("org-a", "org-b", "org-c"):
+        enroll(federation, name)
+    start_partner(federation, "org-a", 50.0)
+    start_partner(federation, "org-b", 50.0)
+    start_partner(federation, "org-c", 0.5)  # its budget cannot pay for a single round
+    out = root / "out"
+    run = cli("run", "--coordinator", str(root / "fed"), "--rounds", "2", "--labels", "neg,pos",
+              "--out", str(out), "--set", f'base-model="{tiny_bert}"', "--set", "max-length=16",
+              "--set", "batch-size=8", "--set", "local-epochs=1", "--set", "min-partners=2",
+              "--set", "round-timeout=300.0")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "model" / "config.json").exists()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    for line in lines:
+        assert sorted(line["partners_replied"]) == ["org-a", "org-b"]
+        assert any(f.get("partner") == "org-c" and "refused" in f["reason"]
+                   for f in line["failures"])
+    assert not list((root / "ledgers" / "org-c").glob("org-c-*.json"))  # never spent anything
+    refusals = [json.loads(x) for x in (root / "ledgers" / "org-c" / AUDIT_LOG).read_text()
+                .splitlines()]
+    assert len(refusals) == 2 and all(r["bytes_sent"] == 0 for r in refusals)
+    audit = [json.loads(x) for x in (root / "ledgers" / "org-a" / AUDIT_LOG).read_text()
+             .splitlines()]
+    assert [a["round"] for a in audit] == [1, 2] and audit[1]["epsilon"] > audit[0]["epsilon"]
+    assert audit[0]["model_sha256"] != audit[1]["model_sha256"] and audit[0]["bytes_sent"] > 0
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert sorted(report["partners"]) == ["org-a", "org-b"]
+
+
+def test_unenrolled_node_is_refused(federation) -> None:
+    root = federation[0]
+    assert cli("partner", "keygen", str(root / "keys"), "--name", "stranger").returncode == 0
+    proc = start_partner(federation, "stranger", 8.0)
+    assert proc.wait(timeout=90) != 0
+    assert "305" in federation[2].log("stranger")
+
+
+def test_plain_text_client_is_refused(federation) -> None:
+    proc = start_partner(federation, "plain", 8.0, "--insecure", "--max-wait-time", "10",
+                         key=False)
+    assert proc.wait(timeout=90) != 0
+
+
+def test_revoked_partner_cannot_rejoin(federation) -> None:
+    root = federation[0]
+    enroll(federation, "org-gone")
+    revoked = cli("coordinator", "revoke", "--name", "org-gone", "--dir", str(root / "fed"))
+    assert revoked.returncode == 0, revoked.stderr
+    proc = start_partner(federation, "org-gone", 8.0)
+    assert proc.wait(timeout=90) != 0
+    again = cli("coordinator", "enroll", str(root / "keys" / "org-gone.pub"), "--name",
+                "org-gone2", "--dir", str(root / "fed"))
+    assert again.returncode != 0 and "already in use" in again.stderr
+
+
+def _audit(root: Path, name: str) -> list[dict]:
+    path = root / "ledgers" / name / AUDIT_LOG
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_partner_killed_mid_run_rejoins_and_its_epsilon_continues(federation,
+                                                                  tiny_bert: str) -> None:
+    root, _, procs = federation  # org-a and org-b are still up from the first test
+    before = len(_audit(root, "org-a"))
+    assert before == 2, "runs after test_three_enrolled_partners_..."
+    run = subprocess.Popen(
+        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "3", "--labels", "neg,pos",
+         "--out", str(root / "out2"), "--set", f'base-model="{tiny_bert}"',
+         "--set", "max-length=16", "--set", "batch-size=8", "--set", "local-epochs=1",
+         "--set", "min-partners=1", "--set", "round-timeout=180.0"],
+        stdout=open(root / "logs" / "run2.log", "w"), stderr=subprocess.STDOUT, env=ENV,
+        start_new_session=True)
+    procs.procs["run2"] = run
+    metrics, deadline = root / "out2" / "metrics.jsonl", time.time() + 400
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(1)
+    procs.stop("org-a")  # killed mid-run, after round 1
+    start_partner(federation, "org-a", 50.0)  # same key, same ledger
+    assert run.wait(timeout=600) == 0, procs.log("run2")[-3000:]
+    trained = [a for a in _audit(root, "org-a") if "epsilon" in a]
+    assert trained[-1]["run_id"] == trained[before]["run_id"] != trained[0]["run_id"]
+    assert trained[-1]["round"] > trained[before]["round"]  # it rejoined after the restart
+    epsilons = [a["epsilon"] for a in trained]
+    assert epsilons == sorted(epsilons) and len(set(epsilons)) == len(epsilons)
+    ledger = json.loads(next((root / "ledgers" / "org-a").glob("org-a-*.json")).read_text())
+    assert len(ledger["body"]["releases"]) == len(trained)  # every trained round, once
