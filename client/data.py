@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from common.config import RunConfig
 from common.data import TextDataset, load_text_dataset, split_train_test
 from common.errors import ConfigError, PrivacyError
+from common.synthetic import LABELS as SYNTHETIC_LABELS
 from common.synthetic import synthetic_partner_data
 from simulations.partition import partition_indices
 
@@ -93,6 +94,9 @@ def partner_dataset(config: RunConfig, partner: PartnerSettings,
         parts = partition_indices(full, partner.num_partitions, config.partition, config.seed)
         data = full.subset(parts[partner.partition_id])
     else:
+        if tuple(labels) != SYNTHETIC_LABELS:
+            raise ConfigError(f"labels {list(labels)} do not match the embedded data set's "
+                              f"{list(SYNTHETIC_LABELS)}; leave labels empty, or set data")
         data = synthetic_partner_data(partner.partition_id, config.examples_per_partner,
                                       config.seed)
     return split_train_test(data, config.test_fraction, config.seed)

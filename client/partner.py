@@ -18,19 +18,20 @@ from typing import Mapping
 
 import numpy as np
 from torch import nn
+from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
 from client.data import PartnerSettings, partner_dataset
 from common import protocol as P
 from common.config import RunConfig
 from common.data import TextDataset, data_fingerprint
-from common.errors import ModelError, PrivacyError
+from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
 from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
 from common.sources import run_labels
-from common.training import (DPSettings, TrainSettings, encode, evaluate, train_dp,
-                             train_plain)
+from common.training import (DPSettings, TrainSettings, TrainStats, encode, evaluate,
+                             train_dp, train_plain)
 from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,34 @@ def open_ledger(config: RunConfig, partner: PartnerSettings, train: TextDataset,
     return ledger
 
 
+def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
+                   data: TensorDataset, settings: TrainSettings, server_round: int, run_id: str,
+                   known_history: list[tuple[float, float, int]] | None,
+                   ) -> tuple[TrainStats, dict[str, float], list[tuple[float, float, int]]]:
+    """DP-SGD for one round, with the budget checked before and the release recorded after."""
+    if config.delta >= 1.0 / len(prep.train):
+        raise PrivacyError(f"delta = {config.delta:g} is not below 1 / {len(prep.train)} "
+                           f"training examples at {partner.name}; use a smaller delta")
+    ledger = open_ledger(config, partner, prep.train, known_history)
+    q, steps = poisson_schedule(len(prep.train), config.batch_size, config.local_epochs)
+    release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
+    ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon)
+    stats, opacus_history = train_dp(prep.model, data, settings, DPSettings(
+        release.noise_multiplier, config.max_grad_norm), ledger.history)
+    if stats.steps != steps or not math.isclose(stats.sample_rate, q):
+        raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
+                           f"ledger planned {steps} at q={q}; refusing to send the update")
+    ledger.record(release)  # before the update leaves: a lost reply still counts
+    epsilon = ledger.epsilon(config.delta)
+    if not math.isclose(epsilon_of(opacus_history, config.delta), epsilon, rel_tol=1e-9):
+        raise PrivacyError("the ledger's ε disagrees with Opacus' accountant; not sending")
+    history = ledger.history
+    metrics = {P.EPSILON: epsilon, P.DELTA: config.delta,
+               P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: q,
+               P.STEPS: float(sum(s for _, _, s in history))}
+    return stats, metrics, history
+
+
 def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
                 fingerprint: str, server_round: int, run_id: str,
                 known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
@@ -94,36 +123,25 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
     prep = _prepare(config, partner, shared, fingerprint)
     old = trainable_state(prep.model)
     data = encode(prep.tokenizer, prep.train, config.max_length)
+    # simulated partners replay exactly; a real partner's noise is seeded from its OS only
+    seed = None if partner.has_own_data else (
+        config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
     settings = TrainSettings(config.learning_rate, config.batch_size, config.local_epochs,
-                             config.max_length, seed=config.seed * 100_003 + server_round)
-    metrics: dict[str, float] = {}
+                             config.max_length, seed=seed)
     history: list[tuple[float, float, int]] = []
     if config.dp:
-        if config.delta >= 1.0 / len(prep.train):
-            raise PrivacyError(f"delta = {config.delta:g} is not below 1 / {len(prep.train)} "
-                               f"training examples at {partner.name}; use a smaller delta")
-        ledger = open_ledger(config, partner, prep.train, known_history)
-        q, steps = poisson_schedule(len(prep.train), config.batch_size, config.local_epochs)
-        release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
-        ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon)
-        stats, opacus_history = train_dp(prep.model, data, settings,
-                            DPSettings(release.noise_multiplier, config.max_grad_norm),
-                            ledger.history)
-        if stats.steps != steps or not math.isclose(stats.sample_rate, q):
-            raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
-                               f"ledger planned {steps} at q={q}; refusing to send the update")
-        ledger.record(release)  # before the update leaves: a lost reply still counts
-        history = ledger.history
-        if not math.isclose(epsilon_of(opacus_history, config.delta),
-                            ledger.epsilon(config.delta), rel_tol=1e-9):
-            raise PrivacyError("the ledger's ε disagrees with Opacus' accountant; not sending")
-        metrics.update({P.EPSILON: ledger.epsilon(config.delta), P.DELTA: config.delta,
-                        P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: q,
-                        P.STEPS: float(sum(s for _, _, s in history))})
+        stats, metrics, history = _train_private(config, partner, prep, data, settings,
+                                                 server_round, run_id, known_history)
     else:
         stats = train_plain(prep.model, data, settings)
-        metrics.update({P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
-                        P.SAMPLE_RATE: 0.0, P.STEPS: float(stats.steps)})
+        metrics = {P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
+                   P.SAMPLE_RATE: 0.0, P.STEPS: float(stats.steps)}
+    if not partner.has_own_data and config.dropout_rate > 0:
+        coin = np.random.default_rng([config.seed, server_round, partner.partition_id]).random()
+        if coin < config.dropout_rate:
+            raise SimulatedDropout(f"{partner.name} dropped out of round {server_round} after "
+                                   "training (simulated, dropout-rate "
+                                   f"{config.dropout_rate:g}); its ε is spent")
     arrays, norm, clipped = clip_update(old, trainable_state(prep.model), config.update_clip_norm)
     metrics.update({P.NUM_EXAMPLES: float(len(prep.train)), P.TRAIN_LOSS: stats.loss,
                     P.CLIPPED_FRACTION: stats.clipped_fraction, P.UPDATE_NORM: norm,

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from common.errors import ConfigError
 
-FINETUNE_MODES = ("lora", "full")
+FINETUNE_MODES = ("lora", "full", "head")
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
 
 
@@ -40,8 +40,8 @@ class RunConfig:
     examples_per_partner: int = _opt(600, "Size of each partner's embedded synthetic data set.",
                                      min=20)
     max_length: int = _opt(48, "Tokens per text after truncation.", min=8, max=512)
-    finetune: str = _opt("lora", "lora (adapters + head trained and sent) or full "
-                                 "(every layer but, by default, the embeddings).",
+    finetune: str = _opt("lora", "lora (adapters + head trained and sent), full (every layer "
+                                 "but, by default, the embeddings) or head (classifier only).",
                          choices=FINETUNE_MODES)
     lora_r: int = _opt(8, "LoRA rank.", min=1)
     lora_alpha: int = _opt(16, "LoRA scaling numerator.", min=1)
@@ -67,6 +67,9 @@ class RunConfig:
     ledger_dir: str = _opt("", "Where a partner keeps its privacy ledger; empty = "
                                "OUT-DIR/ledgers (simulation only).")
     resume: bool = _opt(False, "Continue the run found in out-dir from its last checkpoint.")
+    dropout_rate: float = _opt(0.0, "Simulation only: chance that a partner drops out of a round "
+                                    "after training, before replying (its ε is still spent).",
+                               ge=0.0, lt=1.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -34,3 +34,7 @@ class UpdateError(ConsortiumError, ValueError):
 
 class CheckpointError(ConsortiumError):
     """A checkpoint or ledger file is missing, truncated or fails its content hash."""
+
+
+class SimulatedDropout(ConsortiumError):
+    """A simulated partner left the round on purpose (run config ``dropout-rate``)."""

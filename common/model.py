@@ -68,6 +68,9 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
                           lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules=list(LORA_TARGETS))
         model = get_peft_model(model, lora)
+    elif config.finetune == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("classifier."))
     elif config.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
             param.requires_grad_(False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ class TrainSettings:
     batch_size: int
     local_epochs: int
     max_length: int
-    seed: int
+    seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
              history: list[tuple[float, float, int]]) -> tuple[TrainStats, list]:
     """One round of DP-SGD. Returns the stats and the accountant history after the round."""
     validate_for_dp(model)
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(_seed(settings))
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
     loader = DataLoader(data, batch_size=settings.batch_size)
@@ -128,7 +129,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
 
 def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) -> TrainStats:
     """The non-private baseline: shuffled mini-batches, no clipping, no noise."""
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = _optimizer(model, settings.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
@@ -164,6 +165,14 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> Eva
     return EvalStats(loss=sum(losses) / len(y_true), accuracy=accuracy(y_true, y_pred),
                      macro_f1=macro_f1(y_true, y_pred), num_examples=len(y_true),
                      predictions=tuple(int(p) for p in y_pred))
+
+
+def _seed(settings: TrainSettings) -> int:
+    """The seed of Poisson sampling and DP noise: given (reproducible simulation) or drawn from
+    the OS. A seed the coordinator knows would let it replay and subtract the noise."""
+    if settings.seed is not None:
+        return settings.seed
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 def _mean(values: list[float]) -> float:

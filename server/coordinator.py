@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -38,6 +38,7 @@ class RunState:
     round: int
     arrays: dict[str, np.ndarray]
     partners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # node id -> partner name, as replied
 
 
 def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
@@ -49,21 +50,36 @@ def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
             for n in node_ids]
 
 
+def stream_replies(grid: Grid, messages: list[Message], timeout: float,
+                   names: dict[int, str], failures: list[dict[str, Any]],
+                   poll: float = 0.5) -> Iterator[Message]:
+    """Yield good replies as they arrive (``send_and_receive`` returns them all at once), so
+    each update can be folded into the running sum and dropped: memory O(model), not O(K ×
+    model). Error replies and partners silent past ``timeout`` are appended to ``failures``."""
+    sent = {m.metadata.dst_node_id for m in messages}
+    pending = set(grid.push_messages(messages))
+    deadline = time.time() + timeout
+    while pending and time.time() < deadline:
+        for reply in grid.pull_messages(pending):
+            pending.discard(reply.metadata.reply_to_message_id)
+            node = reply.metadata.src_node_id
+            sent.discard(node)
+            if reply.has_error():
+                reason = (reply.error.reason or "").strip().splitlines()
+                failures.append({"partner": names.get(node, f"node-{node}"),
+                                 "reason": reason[-1] if reason else f"code {reply.error.code}"})
+                continue
+            names[node] = _partner_name(reply)
+            yield reply
+        if pending:
+            time.sleep(poll)
+    failures.extend({"partner": names.get(node, f"node-{node}"),
+                     "reason": f"no reply within round-timeout {timeout:g} s"} for node in sent)
+
+
 def _partner_name(reply: Message) -> str:
     rec = reply.content.config_records.get(P.PARTNER)
     return str(rec[P.PARTNER_NAME]) if rec else f"node-{reply.metadata.src_node_id}"
-
-
-def _split(replies: Iterable[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
-    good, failures = [], []
-    for reply in replies:
-        if reply.has_error():
-            reason = (reply.error.reason or "").strip().splitlines()
-            failures.append({"node": reply.metadata.src_node_id,
-                             "reason": reason[-1] if reason else f"code {reply.error.code}"})
-        else:
-            good.append(reply)
-    return good, failures
 
 
 def _record_partner(state: RunState, name: str, metrics: dict[str, float], config: RunConfig,
@@ -83,12 +99,11 @@ def _record_partner(state: RunState, name: str, metrics: dict[str, float], confi
 
 def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                 fingerprint: str) -> dict[str, Any]:
-    replies = grid.send_and_receive(
-        _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint, config.min_partners),
-        timeout=config.round_timeout)
-    good, failures = _split(replies)
+    failures: list[dict[str, Any]] = []
+    messages = _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
+                         config.min_partners)
     mean, losses, accepted = WeightedMean(), [], []
-    for reply in good:
+    for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = _partner_name(reply)
         refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
         if refusal:
@@ -119,11 +134,11 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
 
 def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                    fingerprint: str) -> dict[str, Any]:
-    replies = grid.send_and_receive(
-        _messages(grid, MessageType.EVALUATE, rnd, state.arrays, fingerprint, 1),
-        timeout=config.round_timeout)
-    good, failures = _split(replies)
-    per_partner = {_partner_name(r): dict(r.content.metric_records[P.METRICS]) for r in good}
+    failures: list[dict[str, Any]] = []
+    messages = _messages(grid, MessageType.EVALUATE, rnd, state.arrays, fingerprint, 1)
+    per_partner = {_partner_name(r): dict(r.content.metric_records[P.METRICS])
+                   for r in stream_replies(grid, messages, config.round_timeout, state.names,
+                                           failures)}
     for failure in failures:
         logger.warning("round %d evaluation: %s", rnd, failure)
     total = sum(m[P.NUM_EXAMPLES] for m in per_partner.values())
@@ -132,8 +147,8 @@ def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         return (sum(m[key] * m[P.NUM_EXAMPLES] for m in per_partner.values()) / total
                 if total else None)
 
-    return {"eval_accuracy": weighted(P.ACCURACY), "eval_macro_f1": weighted(P.MACRO_F1),
-            "eval_loss": weighted(P.EVAL_LOSS),
+    return {"eval_failures": failures, "eval_accuracy": weighted(P.ACCURACY),
+            "eval_macro_f1": weighted(P.MACRO_F1), "eval_loss": weighted(P.EVAL_LOSS),
             "eval_per_partner": {k: {"accuracy": v[P.ACCURACY], "macro_f1": v[P.MACRO_F1],
                                      "num_examples": int(v[P.NUM_EXAMPLES])}
                                  for k, v in sorted(per_partner.items())}}

@@ -24,6 +24,10 @@ from common.logs import configure_logging
 from simulations.simulate import Federation, run_simulation
 
 DOMAINS = ("amazon_cells", "imdb", "yelp")
+# per mode: learning rate and local epochs, picked by a short sweep on one partner (amazon)
+MODE_SETTINGS = {"lora": dict(learning_rate=1e-2, local_epochs=1),
+                 "full": dict(learning_rate=1e-3, local_epochs=1),
+                 "head": dict(learning_rate=1e-1, local_epochs=3)}
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets/" \
     "sentiment_labelled_sentences"
 
@@ -48,7 +52,8 @@ def main() -> int:
     parser.add_argument("--dataset-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epsilon", type=float, default=8.0)
-    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--finetune", action="append", choices=["lora", "full", "head"],
+                        help="fine-tuning modes to compare (repeatable; default lora and head)")
     parser.add_argument("--out", type=Path, default=Path("results/sentiment"))
     args = parser.parse_args()
     configure_logging()
@@ -59,8 +64,13 @@ def main() -> int:
     data = args.out / "sentiment_by_domain.csv"
     n = to_csv(args.dataset_dir, data)
     base = dict(data=str(data), partition="column:domain", labels="0,1", num_rounds=args.rounds,
-                local_epochs=args.local_epochs, max_length=64)
-    arms = {f"dp_eps{args.epsilon:g}": dict(epsilon=args.epsilon), "no_dp": dict(dp=False)}
+                max_length=64)
+    arms = {}
+    for mode in args.finetune or ["lora", "head"]:
+        tuned = MODE_SETTINGS[mode]
+        arms[f"{mode}_dp_eps{args.epsilon:g}"] = dict(finetune=mode, epsilon=args.epsilon,
+                                                      **tuned)
+        arms[f"{mode}_no_dp"] = dict(finetune=mode, dp=False, **tuned)
     results = {}
     for name, extra in arms.items():
         out = args.out / name
@@ -73,6 +83,7 @@ def main() -> int:
                          "final_macro_f1": lines[-1]["eval_macro_f1"],
                          "max_epsilon": lines[-1]["max_epsilon"]}
     summary = {
+        "mode_settings": {m: MODE_SETTINGS[m] for m in args.finetune or ["lora", "head"]},
         "command": " ".join(["python -m simulations.bench_sentiment", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version()},
@@ -81,10 +92,10 @@ def main() -> int:
         "arms": results,
     }
     (args.out / "sentiment.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{'arm':<12} {'accuracy':>9} {'macro-F1':>9} {'max ε':>7} {'seconds':>8}")
+    print(f"\n{'arm':<18} {'accuracy':>9} {'macro-F1':>9} {'max ε':>7} {'seconds':>8}")
     for name, r in results.items():
         eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
-        print(f"{name:<12} {r['final_accuracy']:>9.4f} {r['final_macro_f1']:>9.4f} {eps:>7} "
+        print(f"{name:<18} {r['final_accuracy']:>9.4f} {r['final_macro_f1']:>9.4f} {eps:>7} "
               f"{r['seconds']:>8.0f}")
     print(f"written: {args.out / 'sentiment.json'}")
     return 0

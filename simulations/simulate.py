@@ -22,6 +22,7 @@ from pathlib import Path
 from common.config import RunConfig, parse_partition
 from common.data import infer_labels, load_text_dataset
 from common.errors import ConfigError, ConsortiumError
+from common.synthetic import LABELS as SYNTHETIC_LABELS
 from server.checkpoint import check_same_config, latest_checkpoint
 from simulations.partition import partition_indices
 
@@ -63,6 +64,9 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
         full = load_text_dataset(data_path, config.text_column, config.label_column, labels,
                                  group_column=str(arg) if scheme == "column" else None)
         partition_indices(full, federation.partners, config.partition, config.seed)
+    elif config.label_list and config.label_list != SYNTHETIC_LABELS:
+        raise ConfigError(f"--labels {config.labels}: the embedded data set has labels "
+                          f"{','.join(SYNTHETIC_LABELS)}; pass --data to use your own")
     out = Path(config.out_dir).resolve()
     config = config.replace(out_dir=str(out))
     has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())

@@ -49,6 +49,8 @@ def test_bad_data_file(tmp_path: Path, capsys: pytest.CaptureFixture, content: b
     (["--epsilon", "-1"], "'epsilon' = -1.0 must be > 0.0"),
     (["--partition", "dirichlet:0"], "dirichlet needs a positive ALPHA"),
     (["--partners", "1"], "--partners 1 is below min-partners 2"),
+    (["--labels", "neg,pos"], "the embedded data set has labels"),
+    (["--set", "dropout-rate=1.0"], "'dropout-rate' = 1.0 must be < 1.0"),
 ])
 def test_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                     expected: str) -> None:

@@ -16,7 +16,7 @@ from client.partner import evaluate_round, train_round
 from client.records import from_array_record, to_array_record
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import BudgetExceededError, ModelError, PrivacyError
+from common.errors import BudgetExceededError, ConfigError, ModelError, PrivacyError
 from common.model import build_model, frozen_fingerprint, trainable_state
 from common.synthetic import LABELS
 
@@ -32,7 +32,7 @@ def tiny_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
 
 
 def shared_start(config: RunConfig) -> tuple[dict[str, np.ndarray], str]:
-    model = build_model(config, LABELS)
+    model = build_model(config, config.label_list or LABELS)
     return trainable_state(model), frozen_fingerprint(model)
 
 
@@ -119,6 +119,14 @@ def test_full_finetune_with_frozen_embeddings(tiny_bert: str, tmp_path: Path) ->
     assert reply.metrics[P.EPSILON] > 0
 
 
+def test_head_only_finetune_sends_only_the_classifier(tiny_bert: str, tmp_path: Path) -> None:
+    config = tiny_config(tiny_bert, tmp_path, finetune="head")
+    shared, fingerprint = shared_start(config)
+    assert sorted(shared) == ["classifier.bias", "classifier.weight"]
+    reply = train_round(config, PartnerSettings(name="p0"), shared, fingerprint, 1, "r")
+    assert not np.array_equal(reply.arrays["classifier.weight"], shared["classifier.weight"])
+
+
 def test_budget_refusal_trains_and_records_nothing(tiny_bert: str, tmp_path: Path) -> None:
     config = tiny_config(tiny_bert, tmp_path)
     shared, fingerprint = shared_start(config)
@@ -139,8 +147,33 @@ def test_lost_ledger_is_refused(tiny_bert: str, tmp_path: Path) -> None:
                     known_history=reply.history)
 
 
+def test_declared_labels_must_fit_the_embedded_data(tiny_bert: str, tmp_path: Path) -> None:
+    config = tiny_config(tiny_bert, tmp_path, labels="neg,pos")
+    shared, fingerprint = shared_start(config)
+    with pytest.raises(ConfigError, match="do not match the embedded data set"):
+        train_round(config, PartnerSettings(name="p0"), shared, fingerprint, 1, "r")
+
+
 def test_other_base_model_is_refused(tiny_bert: str, tmp_path: Path) -> None:
     config = tiny_config(tiny_bert, tmp_path)
     shared, _ = shared_start(config)
     with pytest.raises(ModelError, match="frozen weights"):
         train_round(config, PartnerSettings(name="p0"), shared, "0" * 64, 1, "r")
+
+
+def test_real_partners_draw_noise_nobody_can_replay(tiny_bert: str, tmp_path: Path,
+                                                    sentiment_csv: Path) -> None:
+    """A simulated partner replays exactly (seeded research runs); a partner with its own data
+    seeds sampling and noise from the OS, so the coordinator cannot subtract the noise."""
+    def update(partner: PartnerSettings, ledger: str) -> dict[str, np.ndarray]:
+        labels = "neg,pos" if partner.has_own_data else ""
+        config = tiny_config(tiny_bert, tmp_path, labels=labels, ledger_dir=str(tmp_path / ledger))
+        shared, fingerprint = shared_start(config)
+        return train_round(config, partner, shared, fingerprint, 1, "r").arrays
+
+    simulated = PartnerSettings(name="p0")
+    a, b = update(simulated, "l1"), update(simulated, "l2")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    own = PartnerSettings(name="p0", data_path=str(sentiment_csv))
+    c, d = update(own, "l3"), update(own, "l4")
+    assert not all(np.array_equal(c[k], d[k]) for k in c)

@@ -118,3 +118,29 @@ def test_stopped_run_resumes_and_counts_the_lost_round(finished_run: Path, tiny_
     for name, record in again.items():  # rounds 1, 2 (result lost) and 2 again: all counted
         assert record["steps"] == first[name]["steps"] // 2 * 3
         assert record["epsilon"] > first[name]["epsilon"]
+
+
+def test_dropouts_are_survived_and_recorded(tiny_bert: str, tmp_path: Path) -> None:
+    """5 partners, 30 % dropping at random after training, 3 rounds: the run completes, each
+    drop is in metrics.jsonl with its reason, and every trained round is in the ledger."""
+    out = tmp_path / "drop"
+    args = [CLI, "simulate", "--partners", "5", "--rounds", "3", "--out", str(out),
+            "--set", f'base-model="{tiny_bert}"', "--set", "examples-per-partner=40",
+            "--set", "max-length=16", "--set", "batch-size=8", "--set", "local-epochs=1",
+            "--set", "dropout-rate=0.3", "--set", "min-partners=1"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    dropped_any = False
+    for line in lines:
+        expected = {f"partner-{p}" for p in range(5)
+                    if np.random.default_rng([42, line["round"], p]).random() < 0.3}
+        dropped = {f["partner"] for f in line["failures"] if "dropped out" in f["reason"]}
+        assert dropped == expected and not set(line["partners_replied"]) & expected
+        assert len(line["partners_replied"]) == 5 - len(expected)
+        dropped_any |= bool(expected)
+    assert dropped_any
+    for p in range(5):
+        ledger = json.loads(next((out / "ledgers").glob(f"partner-{p}-*.json")).read_text())
+        assert len(ledger["body"]["releases"]) == 3  # dropped rounds are spent too

@@ -1,0 +1,114 @@
+"""Benchmark P4: coordinator aggregation, peak memory and time at K = 10, 100, 1000 updates, for
+updates of the LoRA size and of the full MiniLM size; streaming (ours) vs hold-all-then-average.
+
+    python -m simulations.bench_aggregation [--ks 10,100,1000] [--out results/aggregation]
+
+Ours = what the coordinator does per reply: validate the update, fold it into a running weighted
+sum, drop it. Hold-all = keep every update, then average (Flower's FedAvg receives all K replies
+before aggregating). Peak memory is traced with tracemalloc (numpy reports its buffers to it),
+over and above the current model. One update tensor set is reused for every arrival: creating K
+distinct random updates would dominate the time and does not change the memory a streaming fold
+needs; the hold-all arm stores a real copy per update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from server.aggregation import WeightedMean, validate_update
+
+# trainable tensor shapes of MiniLM-L6 (hidden 384, 6 layers) as the coordinator sees them
+LORA_SHAPES = [(8, 384), (384, 8)] * 12 + [(4, 384), (4,)]  # r = 8 on query, value + head
+FULL_PARAMS = 22_714_756  # every parameter, with a 4-label head
+
+
+def make_model(kind: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if kind == "lora":
+        return {f"t{i}": rng.standard_normal(s).astype(np.float32)
+                for i, s in enumerate(LORA_SHAPES)}
+    chunk = FULL_PARAMS // 100  # 100 tensors of ~227 k parameters
+    return {f"t{i}": rng.standard_normal(chunk).astype(np.float32) for i in range(100)}
+
+
+def streaming(current: dict, update: dict, k: int) -> dict:
+    mean = WeightedMean()
+    for i in range(k):
+        validate_update(update, current, clip_norm=0.0)
+        mean.add(update, float(100 + i))
+    return mean.result()
+
+
+def hold_all(current: dict, update: dict, k: int) -> dict:
+    held = [({n: a.copy() for n, a in update.items()}, float(100 + i)) for i in range(k)]
+    for arrays, _ in held:
+        validate_update(arrays, current, clip_norm=0.0)
+    total = sum(w for _, w in held)
+    return {n: sum(a[n] * (w / total) for a, w in held).astype(np.float32) for n in current}
+
+
+def measure(fn, current: dict, update: dict, k: int) -> tuple[float, float]:
+    tracemalloc.start()
+    started = time.perf_counter()
+    fn(current, update, k)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20, seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="10,100,1000")
+    parser.add_argument("--hold-all-max-mib", type=float, default=4096,
+                        help="skip hold-all arms that would need more memory than this")
+    parser.add_argument("--out", type=Path, default=Path("results/aggregation"))
+    args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    rng = np.random.default_rng(0)
+    rows = []
+    for kind in ("lora", "full"):
+        current, update = make_model(kind, rng), make_model(kind, rng)
+        model_mib = sum(a.nbytes for a in current.values()) / 2**20
+        for k in ks:
+            row = {"size": kind, "model_mib": round(model_mib, 3), "k": k}
+            row["streaming_peak_mib"], row["streaming_seconds"] = measure(streaming, current,
+                                                                         update, k)
+            if k * model_mib <= args.hold_all_max_mib:
+                row["hold_all_peak_mib"], row["hold_all_seconds"] = measure(hold_all, current,
+                                                                           update, k)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    ratios = {}
+    for kind in ("lora", "full"):
+        mine = {r["k"]: r["streaming_peak_mib"] for r in rows if r["size"] == kind}
+        ratios[kind] = mine[max(ks)] / mine[min(ks)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"command": " ".join(["python -m simulations.bench_aggregation", *sys.argv[1:]]),
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "numpy": np.__version__},
+              "rows": rows, f"streaming_peak_ratio_k{max(ks)}_over_k{min(ks)}": ratios,
+              "goal": "peak memory at K=1000 <= 1.10 x at K=10"}
+    (args.out / "aggregation.json").write_text(json.dumps(result, indent=2))
+    print(f"\n{'size':<5} {'K':>5} {'stream MiB':>11} {'stream s':>9} {'hold-all MiB':>13} "
+          f"{'hold-all s':>10}")
+    for r in rows:
+        hold = (f"{r['hold_all_peak_mib']:>13.1f} {r['hold_all_seconds']:>10.2f}"
+                if "hold_all_peak_mib" in r else f"{'(skipped)':>13} {'':>10}")
+        print(f"{r['size']:<5} {r['k']:>5} {r['streaming_peak_mib']:>11.1f} "
+              f"{r['streaming_seconds']:>9.2f} {hold}")
+    for kind, ratio in ratios.items():
+        print(f"{kind}: streaming peak K={max(ks)} / K={min(ks)} = {ratio:.3f} "
+              f"({'met' if ratio <= 1.10 else 'NOT met'}, goal <= 1.10)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
