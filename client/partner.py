@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -30,6 +28,7 @@ from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_
                           trainable_state)
 from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
 from common.sources import run_labels
+from common.storage import append_jsonl, finite_or_none
 from common.training import (DPSettings, TrainSettings, TrainStats, encode, evaluate,
                              train_dp, train_plain)
 from common.updates import clip_update
@@ -167,16 +166,7 @@ def weights_sha256(arrays: Mapping[str, np.ndarray]) -> str:
 
 def append_audit(path: Path, entry: dict) -> None:
     """One JSON line per round the partner took part in (or refused), fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = {"time": dt.datetime.now(dt.timezone.utc).isoformat(), **entry}
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, allow_nan=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+    append_jsonl(path, {"time": dt.datetime.now(dt.timezone.utc).isoformat(), **entry})
 
 
 def evaluate_round(config: RunConfig, partner: PartnerSettings,

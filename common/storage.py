@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,21 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> None
 def atomic_write_json(path: str | Path, payload: Any, mode: int = 0o644) -> None:
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode(), mode)
+
+
+def append_jsonl(path: str | Path, record: Any) -> None:
+    """Append one JSON line and fsync it: a crash loses at most the line being written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no infinity: ε = ∞ (no DP) is written as null."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _digest(body: Any) -> str:

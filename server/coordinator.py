@@ -27,8 +27,9 @@ from common.privacy import epsilon_of
 from common.sources import run_labels
 from server.aggregation import WeightedMean, validate_update
 from server.checkpoint import Checkpoint, check_same_config, latest_checkpoint, save_checkpoint
-from server.outputs import (append_metrics, export_model, finite_or_none, privacy_report,
-                            truncate_metrics, write_privacy_report)
+from common.storage import finite_or_none
+from server.outputs import (append_metrics, export_model, privacy_report, truncate_metrics,
+                            write_privacy_report)
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.model import build_model, exportable_model, load_tokenizer, load_trainable_state
-from common.storage import atomic_write_bytes, atomic_write_json
+from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +22,8 @@ PRIVACY_REPORT = "privacy_report.json"
 MODEL_DIR = "model"
 
 
-def finite_or_none(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
 def append_metrics(out_dir: Path, line: Mapping[str, Any]) -> None:
-    with open(out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, allow_nan=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(out_dir / METRICS_FILE, line)
 
 
 def truncate_metrics(out_dir: Path, last_round: int) -> None:
