@@ -74,10 +74,17 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")
     config = config.replace(out_dir=str(Path(config.out_dir).resolve()))
-    from simulations.simulate import write_run_config
+    from simulations.simulate import check_finished, write_run_config
 
+    model = Path(config.out_dir) / "model" / "config.json"
+    if model.exists() and not config.resume:
+        raise ConsortiumError(f"{config.out_dir} already holds a finished run; choose another "
+                              "--out")
     with tempfile.TemporaryDirectory() as tmp:
         run_config = Path(tmp) / "run_config.toml"
         write_run_config(config, run_config)
         command = deploy.run_command(args.coordinator.resolve(), APP_DIR, run_config)
-        return subprocess.run(command, env=deploy.flwr_env(args.coordinator.resolve())).returncode
+        proc = subprocess.run(command, env=deploy.flwr_env(args.coordinator.resolve()))
+    check_finished(Path(config.out_dir), proc.returncode)
+    print(f"done: {config.out_dir}/model, metrics.jsonl, privacy_report.json")
+    return 0

@@ -44,7 +44,8 @@ class RunState:
 
 def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
               fingerprint: str, min_nodes: int) -> list[Message]:
-    node_ids, _ = sample_nodes(grid, min_nodes, len(list(grid.get_node_ids())))
+    """One message per connected partner, after waiting until at least ``min_nodes`` are."""
+    _, node_ids = sample_nodes(grid, min_nodes, min_nodes)  # waits, then lists all connected
     content = RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(
         {P.ROUND: rnd, P.MODEL_FINGERPRINT: fingerprint})})
     return [Message(content=content, message_type=kind, dst_node_id=n, group_id=str(rnd))

@@ -151,9 +151,14 @@ def run_simulation(config: RunConfig, federation: Federation) -> Path:
             proc = subprocess.run(command, env=env, cwd=APP_DIR)
         finally:
             stop_superlink(flwr_home)
-    if proc.returncode != 0 or not (out / "model" / "config.json").exists():
+    check_finished(out, proc.returncode)
+    return out
+
+
+def check_finished(out: Path, returncode: int) -> None:
+    """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof."""
+    if returncode != 0 or not (out / "model" / "config.json").exists():
         hint = (f"; checkpoints in {out} let you --resume" if (out / "checkpoints").is_dir()
                 else "")
-        raise ConsortiumError(f"the simulation did not finish (flwr exit code "
-                              f"{proc.returncode}); see the log above{hint}")
-    return out
+        raise ConsortiumError(f"the run did not finish (flwr exit code {returncode}); see the "
+                              f"log above{hint}")
