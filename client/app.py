@@ -13,7 +13,7 @@ from client.records import (from_array_record, history_from_json, history_to_jso
                             to_array_record)
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import PrivacyError
+from common.errors import PrivacyError, ResourceError
 from common.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def train(msg: Message, context: Context) -> Message:
             run_id=str(context.run_id),
             known_history=known,
         )
-    except PrivacyError as exc:  # a refusal the partner owes the coordinator an answer for
+    except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about
         logger.error("%s refuses round %d: %s", partner.name, server_round, exc)
         append_audit(partner.ledger_root(config) / AUDIT_LOG, {
             "partner": partner.name, "run_id": str(context.run_id), "round": server_round,

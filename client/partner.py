@@ -27,6 +27,7 @@ from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
 from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
+from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
 from common.training import (DPSettings, TrainSettings, TrainStats, encode, evaluate,
@@ -120,6 +121,7 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
     """Train one round on the partner's data and return the clipped update and its metrics."""
     partner.check_policy(config)
     prep = _prepare(config, partner, shared, fingerprint)
+    check_fits(prep.model, config.batch_size, config.max_length, config.dp, partner.name)
     old = trainable_state(prep.model)
     data = encode(prep.tokenizer, prep.train, config.max_length)
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only

@@ -28,6 +28,10 @@ class BudgetExceededError(PrivacyError):
     """Training the next round would take a partner past its own privacy budget."""
 
 
+class ResourceError(ConsortiumError):
+    """A round would not fit in the partner's memory; refused before training starts."""
+
+
 class UpdateError(ConsortiumError, ValueError):
     """A partner's update does not match the shared model (keys, shapes, dtypes, values)."""
 

@@ -40,6 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--rounds", type=int)
     run.add_argument("--labels", help="comma-separated label set every partner maps to")
     run.add_argument("--out", type=Path, help="output directory on the coordinator")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint (same config)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -69,6 +71,8 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
     flags = {"num-rounds": args.rounds, "labels": args.labels,
              "out-dir": str(args.out.resolve()) if args.out else None}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.resume:
+        overrides["resume"] = True
     config = RunConfig.from_mapping(overrides)
     if not config.label_list:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "

@@ -208,3 +208,32 @@ def test_partner_killed_mid_run_rejoins_and_its_epsilon_continues(federation,
     assert epsilons == sorted(epsilons) and len(set(epsilons)) == len(epsilons)
     ledger = json.loads(next((root / "ledgers" / "org-a").glob("org-a-*.json")).read_text())
     assert len(ledger["body"]["releases"]) == len(trained)  # every trained round, once
+
+
+def test_coordinator_unreachable_for_30_s_partners_reconnect(federation, tiny_bert: str) -> None:
+    """The coordinator frozen (SIGSTOP: connections hang, nothing answers) for 30 s mid-run:
+    partners keep retrying and the run completes with both of them."""
+    root, _, procs = federation  # org-a, org-b (and the over-budget org-c) are up
+    out = root / "out3"
+    run = subprocess.Popen(
+        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "2", "--labels", "neg,pos",
+         "--out", str(out), "--set", f'base-model="{tiny_bert}"', "--set", "max-length=16",
+         "--set", "batch-size=8", "--set", "local-epochs=1", "--set", "min-partners=2",
+         "--set", "round-timeout=300.0"],
+        stdout=open(root / "logs" / "run3.log", "w"), stderr=subprocess.STDOUT, env=ENV,
+        start_new_session=True)
+    procs.procs["run3"] = run
+    metrics, deadline = out / "metrics.jsonl", time.time() + 400
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(1)
+    superlink = procs.procs["superlink"].pid
+    os.killpg(superlink, signal.SIGSTOP)
+    try:
+        time.sleep(30)
+    finally:
+        os.killpg(superlink, signal.SIGCONT)
+    assert run.wait(timeout=600) == 0, procs.log("run3")[-3000:]
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert sorted(lines[1]["partners_replied"]) == ["org-a", "org-b"]
+    assert procs.procs["org-a"].poll() is None and procs.procs["org-b"].poll() is None
