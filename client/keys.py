@@ -6,6 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -42,10 +43,9 @@ def generate_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
 def load_node_public_key(path: Path) -> str:
     """Validate an OpenSSH P-384 public key file; returns its SHA-256 fingerprint."""
     try:
-        data = path.read_bytes()
-        key = serialization.load_ssh_public_key(data.split(b" ", 2)[0] + b" "
-                                                + data.split(b" ", 2)[1])
-    except (OSError, ValueError, IndexError) as exc:
+        key_type, blob = path.read_bytes().split()[:2]  # drop the trailing comment
+        key = serialization.load_ssh_public_key(key_type + b" " + blob)
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path}: not an OpenSSH public key ({exc}); create one with "
                           "`consortium partner keygen`") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
