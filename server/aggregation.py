@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
+from common import protocol as P
 from common.errors import UpdateError
 from common.model import check_update_matches
 from common.updates import update_norm
@@ -56,3 +58,36 @@ def validate_update(update: Mapping[str, np.ndarray], current: Mapping[str, np.n
         if norm > clip_norm * (1 + 1e-4):
             raise UpdateError(f"update norm {norm:.4f} exceeds the agreed update-clip-norm "
                               f"{clip_norm:g}")
+
+
+@dataclass
+class RoundFold:
+    """One round's aggregation at the coordinator: each reply is validated, then folded in or
+    rejected with its reason; one bad partner never stops the round."""
+
+    current: Mapping[str, np.ndarray]  # the shared weights sent this round
+    clip_norm: float
+    mean: WeightedMean = field(default_factory=WeightedMean)
+    accepted: list[str] = field(default_factory=list)
+    losses: list[tuple[float, float]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def offer(self, name: str, update: Mapping[str, np.ndarray],
+              metrics: Mapping[str, float]) -> bool:
+        try:
+            validate_update(update, self.current, self.clip_norm)
+            self.mean.add(update, float(metrics[P.NUM_EXAMPLES]))
+        except (UpdateError, KeyError, TypeError, ValueError) as exc:
+            self.failures.append({"partner": name, "reason": f"update rejected: {exc}"})
+            return False
+        self.accepted.append(name)
+        self.losses.append((float(metrics.get(P.TRAIN_LOSS, math.nan)),
+                            float(metrics[P.NUM_EXAMPLES])))
+        return True
+
+    def refuse(self, name: str, reason: str) -> None:
+        self.failures.append({"partner": name, "reason": f"refused: {reason}"})
+
+    def train_loss(self) -> float:
+        total = sum(n for _, n in self.losses)
+        return sum(loss * n for loss, n in self.losses) / total if total else math.nan

@@ -21,11 +21,11 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from client.records import from_array_record, history_from_json, to_array_record
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import ConsortiumError, UpdateError
+from common.errors import ConsortiumError
 from common.model import build_model, frozen_fingerprint, trainable_state
 from common.privacy import epsilon_of
 from common.sources import run_labels
-from server.aggregation import WeightedMean, validate_update
+from server.aggregation import RoundFold
 from server.checkpoint import Checkpoint, check_same_config, latest_checkpoint, save_checkpoint
 from common.storage import finite_or_none
 from server.outputs import (append_metrics, export_model, privacy_report, truncate_metrics,
@@ -104,34 +104,28 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     failures: list[dict[str, Any]] = []
     messages = _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
                          config.min_partners)
-    mean, losses, accepted = WeightedMean(), [], []
+    fold = RoundFold(state.arrays, config.update_clip_norm, failures=failures)
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = _partner_name(reply)
-        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
-        if refusal:
-            failures.append({"partner": name, "reason": f"refused: {refusal}"})
+        partner = reply.content.config_records[P.PARTNER]
+        if partner.get(P.REFUSAL):
+            fold.refuse(name, str(partner[P.REFUSAL]))
             continue
-        metrics = dict(reply.content.metric_records[P.METRICS])
-        try:
-            update = from_array_record(reply.content.array_records[P.ARRAYS])
-            validate_update(update, state.arrays, config.update_clip_norm)
-            mean.add(update, float(metrics[P.NUM_EXAMPLES]))
-        except (UpdateError, KeyError) as exc:
-            failures.append({"partner": name, "reason": f"update rejected: {exc}"})
-            continue
-        accepted.append(name)
-        losses.append((metrics[P.TRAIN_LOSS], metrics[P.NUM_EXAMPLES]))
-        _record_partner(state, name, metrics, config,
-                        str(reply.content.config_records[P.PARTNER].get(P.PRIVACY_HISTORY, "")))
+        metrics = dict(reply.content.metric_records.get(P.METRICS, {}))
+        update = from_array_record(reply.content.array_records[P.ARRAYS]) \
+            if P.ARRAYS in reply.content.array_records else {}
+        if fold.offer(name, update, metrics):
+            _record_partner(state, name, metrics, config,
+                            str(partner.get(P.PRIVACY_HISTORY, "")))
     for failure in failures:
         logger.warning("round %d: %s", rnd, failure)
-    if len(accepted) < config.min_partners:
-        raise ConsortiumError(f"round {rnd}: {len(accepted)} usable update(s), min-partners is "
-                              f"{config.min_partners}; stopping. Failures: {failures}. The last "
-                              "checkpoint is kept: fix the partners and resume")
-    state.arrays = mean.result()
-    loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
-    return {"partners_replied": accepted, "failures": failures, "train_loss": loss}
+    if len(fold.accepted) < config.min_partners:
+        raise ConsortiumError(f"round {rnd}: {len(fold.accepted)} usable update(s), min-partners "
+                              f"is {config.min_partners}; stopping. Failures: {failures}. The "
+                              "last checkpoint is kept: fix the partners and resume")
+    state.arrays = fold.mean.result()
+    return {"partners_replied": fold.accepted, "failures": failures,
+            "train_loss": fold.train_loss()}
 
 
 def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.model import build_model, exportable_model, load_tokenizer, load_trainable_state
-from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json
+from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json, finite_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,18 @@ MODEL_DIR = "model"
 
 
 def append_metrics(out_dir: Path, line: Mapping[str, Any]) -> None:
-    append_jsonl(out_dir / METRICS_FILE, line)
+    append_jsonl(out_dir / METRICS_FILE, json_safe(line))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / ±inf (an empty batch's loss, ε without DP) become null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def truncate_metrics(out_dir: Path, last_round: int) -> None:
