@@ -16,6 +16,7 @@ from common.errors import ConfigError
 
 FINETUNE_MODES = ("lora", "full", "head")
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -67,6 +68,8 @@ class RunConfig:
     ledger_dir: str = _opt("", "Where a partner keeps its privacy ledger; empty = "
                                "OUT-DIR/ledgers (simulation only).")
     resume: bool = _opt(False, "Continue the run found in out-dir from its last checkpoint.")
+    aggregation: str = _opt("fedavg", "fedavg (example-weighted, streaming), median, "
+                                      "trimmed-mean:BETA (0 <= BETA < 0.5) or krum:F.")
     dropout_rate: float = _opt(0.0, "Simulation only: chance that a partner drops out of a round "
                                     "after training, before replying (its ε is still spent).",
                                ge=0.0, lt=1.0)
@@ -75,6 +78,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
+        parse_aggregation(self.aggregation)
         if len(set(self.label_list)) != len(self.label_list):
             raise ConfigError(f"labels={self.labels!r} repeats a label; list each label once.")
         if self.labels and len(self.label_list) < 2:
@@ -125,6 +129,21 @@ def parse_partition(spec: str) -> tuple[str, float | str | None]:
         return "column", arg
     raise ConfigError(f"partition={spec!r} is not valid; pick one of "
                       f"{', '.join(PARTITION_SCHEMES)}")
+
+
+def parse_aggregation(spec: str) -> tuple[str, float | int | None]:
+    """``fedavg`` | ``median`` -> (rule, None); ``trimmed-mean:0.1``; ``krum:1``."""
+    rule, _, arg = spec.partition(":")
+    if rule in ("fedavg", "median") and not arg:
+        return rule, None
+    try:
+        if rule == "trimmed-mean" and 0 <= float(arg) < 0.5:
+            return rule, float(arg)
+        if rule == "krum" and int(arg) >= 0:
+            return rule, int(arg)
+    except ValueError:
+        pass
+    raise ConfigError(f"aggregation={spec!r} is not valid; pick one of {', '.join(AGGREGATIONS)}")
 
 
 def _kebab(name: str) -> str:

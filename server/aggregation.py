@@ -67,7 +67,9 @@ class RoundFold:
 
     current: Mapping[str, np.ndarray]  # the shared weights sent this round
     clip_norm: float
+    robust: str = ""  # a robust rule (median, trimmed-mean:B, krum:F); empty = streaming FedAvg
     mean: WeightedMean = field(default_factory=WeightedMean)
+    held: list[tuple[Mapping[str, np.ndarray], float]] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     losses: list[tuple[float, float]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +79,8 @@ class RoundFold:
         try:
             validate_update(update, self.current, self.clip_norm)
             self.mean.add(update, float(metrics[P.NUM_EXAMPLES]))
+            if self.robust:
+                self.held.append((update, float(metrics[P.NUM_EXAMPLES])))
         except (UpdateError, KeyError, TypeError, ValueError) as exc:
             self.failures.append({"partner": name, "reason": f"update rejected: {exc}"})
             return False
@@ -84,6 +88,13 @@ class RoundFold:
         self.losses.append((float(metrics.get(P.TRAIN_LOSS, math.nan)),
                             float(metrics[P.NUM_EXAMPLES])))
         return True
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.robust:
+            from server.robust import robust_aggregate
+
+            return robust_aggregate(self.held, self.robust)
+        return self.mean.result()
 
     def refuse(self, name: str, reason: str) -> None:
         self.failures.append({"partner": name, "reason": f"refused: {reason}"})

@@ -104,7 +104,8 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     failures: list[dict[str, Any]] = []
     messages = _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
                          config.min_partners)
-    fold = RoundFold(state.arrays, config.update_clip_norm, failures=failures)
+    robust = "" if config.aggregation == "fedavg" else config.aggregation
+    fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust, failures=failures)
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = _partner_name(reply)
         partner = reply.content.config_records[P.PARTNER]
@@ -123,7 +124,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         raise ConsortiumError(f"round {rnd}: {len(fold.accepted)} usable update(s), min-partners "
                               f"is {config.min_partners}; stopping. Failures: {failures}. The "
                               "last checkpoint is kept: fix the partners and resume")
-    state.arrays = fold.mean.result()
+    state.arrays = fold.result()
     return {"partners_replied": fold.accepted, "failures": failures,
             "train_loss": fold.train_loss()}
 

@@ -56,3 +56,38 @@ def test_metrics_lines_never_hold_nan() -> None:
     line = json_safe({"train_loss": math.nan, "max_epsilon": math.inf,
                       "per": {"a": [1.0, math.nan]}, "n": 3})
     assert line == {"train_loss": None, "max_epsilon": None, "per": {"a": [1.0, None]}, "n": 3}
+
+
+HONEST = [[1.0, 1.1, 0.9], [0.9, 1.0, 1.0], [1.1, 0.9, 1.1], [1.0, 1.0, 1.0]]
+ATTACK = [-5.0, -5.0, -5.0]  # sign-flipped and scaled, yet inside the clip (norm 8.7 < 10)
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean:0.2", "krum:1"])
+def test_robust_rules_resist_one_attacker_fedavg_does_not(rule: str) -> None:
+    def run(robust: str) -> np.ndarray:
+        fold = RoundFold(CURRENT, clip_norm=10.0, robust=robust)
+        for i, w in enumerate(HONEST + [ATTACK]):
+            assert fold.offer(f"p{i}", update(w), metrics(10))
+        return fold.result()["w"]
+
+    assert np.all(run("") < 0)  # the plain mean is dragged to the attacker's side
+    robust = run(rule)
+    assert np.all(np.abs(robust - 1.0) <= 0.11), robust
+
+
+@pytest.mark.parametrize("spec", ["mean", "median:1", "trimmed-mean:0.5", "trimmed-mean:x",
+                                  "krum:-1", "krum"])
+def test_bad_aggregation_specs(spec: str) -> None:
+    from common.config import RunConfig
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aggregation="):
+        RunConfig(aggregation=spec)
+
+
+def test_krum_needs_enough_updates() -> None:
+    from common.errors import UpdateError
+    from server.robust import robust_aggregate
+
+    with pytest.raises(UpdateError, match="more than 4 updates"):
+        robust_aggregate([(update(w), 10.0) for w in HONEST], "krum:1")
