@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -81,13 +82,19 @@ def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def validate_for_dp(model: nn.Module) -> None:
-    """Collect every reason Opacus cannot compute per-sample gradients, then fail once."""
+    """Collect every reason Opacus cannot compute per-sample gradients, then fail once, naming
+    each offending module."""
     if not model.training:
         raise PrivacyError("the model is in eval mode; call model.train() before DP training")
-    problems = ModuleValidator.validate(model, strict=False)
+    problems = []  # Opacus' own rules (ModuleValidator.validate), with the module's name
+    for name, module in trainable_modules(model):
+        rule = ModuleValidator.VALIDATORS.get(type(module))
+        for error in rule(module) if rule else []:
+            problems.append(f"{name} ({type(module).__name__}): {str(error).split('. ')[0]}")
     if problems:
         raise PrivacyError("the model cannot be trained with per-sample clipping: "
-                           + "; ".join(str(p) for p in problems))
+                           + "; ".join(problems) + ". Replace these modules (Opacus' "
+                           "ModuleValidator.fix swaps BatchNorm for GroupNorm)")
 
 
 def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp: DPSettings,
