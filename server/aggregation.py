@@ -23,8 +23,7 @@ class WeightedMean:
         self.total_weight = 0.0
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
-        if not weight > 0 or not math.isfinite(weight):
-            raise UpdateError(f"weight {weight!r} must be a positive number of examples")
+        check_weight(weight)
         if not self._sum:
             self._sum = {k: np.zeros(a.shape, np.float64) for k, a in arrays.items()}
             self._dtypes = {k: a.dtype for k, a in arrays.items()}
@@ -36,6 +35,11 @@ class WeightedMean:
         if self.total_weight == 0:
             raise UpdateError("no update to average")
         return {k: (s / self.total_weight).astype(self._dtypes[k]) for k, s in self._sum.items()}
+
+
+def check_weight(weight: float) -> None:
+    if not weight > 0 or not math.isfinite(weight):
+        raise UpdateError(f"weight {weight!r} must be a positive number of examples")
 
 
 def fedavg(updates: list[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -78,9 +82,12 @@ class RoundFold:
               metrics: Mapping[str, float]) -> bool:
         try:
             validate_update(update, self.current, self.clip_norm)
-            self.mean.add(update, float(metrics[P.NUM_EXAMPLES]))
-            if self.robust:
-                self.held.append((update, float(metrics[P.NUM_EXAMPLES])))
+            weight = float(metrics[P.NUM_EXAMPLES])
+            if self.robust:  # robust rules need every update; nothing to fold
+                check_weight(weight)
+                self.held.append((update, weight))
+            else:
+                self.mean.add(update, weight)
         except (UpdateError, KeyError, TypeError, ValueError) as exc:
             self.failures.append({"partner": name, "reason": f"update rejected: {exc}"})
             return False
