@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
 from client.records import from_array_record, history_from_json, to_array_record
 from common import protocol as P
@@ -52,6 +53,25 @@ def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
             for n in node_ids]
 
 
+def push_messages(grid: Grid, messages: list[Message], tries: int = 5,
+                  wait: float = 2.0) -> set[str]:
+    """Push, re-pushing the same Messages when an object push was refused. Flower's HTTP client
+    retries a request whose first attempt may already have landed (a SuperLink frozen for a
+    while answers both), and the SuperLink refuses the duplicate object ("push session may have
+    expired"). Re-pushing is idempotent: the SuperLink keys Messages by content id and asks only
+    for the objects it still lacks, so no partner gets an instruction twice."""
+    for attempt in range(1, tries + 1):
+        try:
+            return {i for i in grid.push_messages(messages) if i}
+        except ObjectPushError as exc:
+            if attempt == tries:
+                raise
+            logger.warning("push %d/%d refused (%s); pushing the same messages again",
+                           attempt, tries, exc)
+            time.sleep(wait * attempt)
+    raise AssertionError("unreachable")
+
+
 def stream_replies(grid: Grid, messages: list[Message], timeout: float,
                    names: dict[int, str], failures: list[dict[str, Any]],
                    poll: float = 0.5) -> Iterator[Message]:
@@ -59,7 +79,7 @@ def stream_replies(grid: Grid, messages: list[Message], timeout: float,
     each update can be folded into the running sum and dropped: memory O(model), not O(K ×
     model). Error replies and partners silent past ``timeout`` are appended to ``failures``."""
     sent = {m.metadata.dst_node_id for m in messages}
-    pending = set(grid.push_messages(messages))
+    pending = push_messages(grid, messages)
     deadline = time.time() + timeout
     while pending and time.time() < deadline:
         for reply in grid.pull_messages(pending):

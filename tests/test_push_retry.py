@@ -1,0 +1,34 @@
+"""The coordinator re-pushes the same Messages when the SuperLink refuses an object push."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
+
+from server.coordinator import push_messages
+
+
+class FlakyGrid:
+    """Refuses the first ``failures`` pushes the way Flower's HTTP grid does."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.pushed = failures, []
+
+    def push_messages(self, messages: list) -> list:
+        self.pushed.append(list(messages))
+        if len(self.pushed) <= self.failures:
+            raise ObjectPushError("obj", 1, "session")
+        return [f"id-{m}" for m in messages] + [None]  # None: a message the SuperLink refused
+
+
+def test_refused_push_is_repeated_with_the_same_messages() -> None:
+    grid = FlakyGrid(failures=2)
+    assert push_messages(grid, ["a", "b"], tries=3, wait=0.0) == {"id-a", "id-b"}
+    assert grid.pushed == [["a", "b"]] * 3  # the very same Messages: same content ids
+
+
+def test_push_gives_up_after_its_tries() -> None:
+    grid = FlakyGrid(failures=5)
+    with pytest.raises(ObjectPushError):
+        push_messages(grid, ["a"], tries=2, wait=0.0)
+    assert len(grid.pushed) == 2
