@@ -61,3 +61,12 @@ def sentiment_csv(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Flower processes (marked slow) share one pytest-xdist worker, one after
+    another: they reuse the local SuperLink's fixed ports. The rest spread over the others."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("flower"))
