@@ -7,8 +7,9 @@ import logging
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import secagg
 from client.data import PartnerSettings
-from client.partner import AUDIT_LOG, append_audit, evaluate_round, train_round
+from client.partner import AUDIT_LOG, append_audit, drops_out, evaluate_round, train_round
 from client.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
 from common import protocol as P
@@ -28,13 +29,18 @@ def train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     partner = PartnerSettings.from_node_config(context.node_config)
     content = msg.content
+    server_round = int(content.config_records[P.CONFIG][P.ROUND])
+    stage = secagg.stage_of(msg)  # '' = plain round; setup trains like a plain round
+    if stage and stage != P.SECAGG_SETUP:
+        return secagg.handle(msg, context, partner.name,
+                             drops_out(config, partner, server_round))
     state = context.state.config_records.get(_STATE, ConfigRecord())
     known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
-    server_round = int(content.config_records[P.CONFIG][P.ROUND])
+    shared = from_array_record(content.array_records[P.ARRAYS])
     try:
         reply = train_round(
             config, partner,
-            shared=from_array_record(content.array_records[P.ARRAYS]),
+            shared=shared,
             fingerprint=str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
             server_round=server_round,
             run_id=str(context.run_id),
@@ -49,15 +55,15 @@ def train(msg: Message, context: Context) -> Message:
             {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
     context.state.config_records[_STATE] = ConfigRecord(
         {P.PRIVACY_HISTORY: history_to_json(reply.history)})
-    return Message(
-        RecordDict({
-            P.ARRAYS: to_array_record(reply.arrays),
-            P.METRICS: MetricRecord(reply.metrics),
-            P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
-                                     P.PRIVACY_HISTORY: history_to_json(reply.history)}),
-        }),
-        reply_to=msg,
-    )
+    out = RecordDict({
+        P.ARRAYS: to_array_record(reply.arrays),
+        P.METRICS: MetricRecord(reply.metrics),
+        P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
+                                 P.PRIVACY_HISTORY: history_to_json(reply.history)}),
+    })
+    if stage:  # secure aggregation: the update stays here; public keys go instead
+        out = secagg.start(msg, context, out, shared, reply.arrays)
+    return Message(out, reply_to=msg)
 
 
 @app.evaluate()

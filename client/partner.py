@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -21,7 +22,8 @@ from transformers import PreTrainedTokenizerBase
 
 from client.data import PartnerSettings, partner_dataset
 from common import protocol as P
-from common.config import RunConfig
+from common.compression import to_wire
+from common.config import TOKEN_TASK, RunConfig
 from common.data import TextDataset, data_fingerprint
 from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
@@ -30,8 +32,9 @@ from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, 
 from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
-from common.training import (DPSettings, TrainSettings, TrainStats, encode, evaluate,
-                             train_dp, train_plain)
+from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for, encode,
+                             text_metrics, train_dp, train_plain)
+from common.tokens import TokenDataset, encode_tokens, entity_metrics
 from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
@@ -67,12 +70,28 @@ def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, n
     return _Prepared(model, tokenizer, train, test)
 
 
+def _encode(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
+            data: TextDataset | TokenDataset) -> TensorDataset:
+    if isinstance(data, TokenDataset):  # token-classification: word-piece aligned tags
+        return encode_tokens(tokenizer, data, config.max_length)
+    return encode(tokenizer, data, config.max_length)
+
+
 def noise_for(config: RunConfig, sample_rate: float, steps_per_round: int) -> float:
     """σ given in the config, or calibrated to reach ``epsilon`` after all planned rounds."""
     if config.noise_multiplier > 0:
         return config.noise_multiplier
     return calibrate_noise(config.epsilon, config.delta, sample_rate,
                            steps_per_round * config.num_rounds)
+
+
+def drops_out(config: RunConfig, partner: PartnerSettings, server_round: int) -> bool:
+    """Whether a simulated partner leaves this round (run config ``dropout-rate``); a fixed coin
+    per (seed, round, partner), so a rerun drops the same partners."""
+    if partner.has_own_data or config.dropout_rate <= 0:
+        return False
+    coin = np.random.default_rng([config.seed, server_round, partner.partition_id]).random()
+    return bool(coin < config.dropout_rate)
 
 
 def open_ledger(config: RunConfig, partner: PartnerSettings, train: TextDataset,
@@ -100,7 +119,8 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
     release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
     ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon)
     stats, opacus_history = train_dp(prep.model, data, settings, DPSettings(
-        release.noise_multiplier, config.max_grad_norm), ledger.history)
+        release.noise_multiplier, config.max_grad_norm,
+        clipping_for(config.clipping, config.finetune)), ledger.history)
     if stats.steps != steps or not math.isclose(stats.sample_rate, q):
         raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
                            f"ledger planned {steps} at q={q}; refusing to send the update")
@@ -123,13 +143,15 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
     prep = _prepare(config, partner, shared, fingerprint)
     check_fits(prep.model, config.batch_size, config.max_length, config.dp, partner.name)
     old = trainable_state(prep.model)
-    data = encode(prep.tokenizer, prep.train, config.max_length)
+    data = _encode(config, prep.tokenizer, prep.train)
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only
     seed = None if partner.has_own_data else (
         config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
     settings = TrainSettings(config.learning_rate, config.batch_size, config.local_epochs,
-                             config.max_length, seed=seed)
+                             config.max_length, seed=seed,
+                             desc=f"{partner.name} round {server_round}")
     history: list[tuple[float, float, int]] = []
+    started = time.perf_counter()
     if config.dp:
         stats, metrics, history = _train_private(config, partner, prep, data, settings,
                                                  server_round, run_id, known_history)
@@ -137,16 +159,17 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
         stats = train_plain(prep.model, data, settings)
         metrics = {P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
                    P.SAMPLE_RATE: 0.0, P.STEPS: float(stats.steps)}
-    if not partner.has_own_data and config.dropout_rate > 0:
-        coin = np.random.default_rng([config.seed, server_round, partner.partition_id]).random()
-        if coin < config.dropout_rate:
-            raise SimulatedDropout(f"{partner.name} dropped out of round {server_round} after "
-                                   "training (simulated, dropout-rate "
-                                   f"{config.dropout_rate:g}); its ε is spent")
-    arrays, norm, clipped = clip_update(old, trainable_state(prep.model), config.update_clip_norm)
+    train_seconds = time.perf_counter() - started
+    # under secure aggregation the partner drops later, after sharing keys (client/secagg.py)
+    if drops_out(config, partner, server_round) and not config.secure_aggregation:
+        raise SimulatedDropout(f"{partner.name} dropped out of round {server_round} after "
+                               "training (simulated, dropout-rate "
+                               f"{config.dropout_rate:g}); its ε is spent")
+    new, norm, clipped = clip_update(old, trainable_state(prep.model), config.update_clip_norm)
+    arrays = to_wire(old, new, config.compression, config.update_clip_norm)
     metrics.update({P.NUM_EXAMPLES: float(len(prep.train)), P.TRAIN_LOSS: stats.loss,
                     P.CLIPPED_FRACTION: stats.clipped_fraction, P.UPDATE_NORM: norm,
-                    P.UPDATE_CLIPPED: float(clipped)})
+                    P.UPDATE_CLIPPED: float(clipped), P.TRAIN_SECONDS: train_seconds})
     logger.info("%s round %d: loss %.4f, ε %.3f, update norm %.3f%s", partner.name, server_round,
                 stats.loss, metrics[P.EPSILON], norm, " (clipped)" if clipped else "")
     append_audit(partner.ledger_root(config) / AUDIT_LOG, {
@@ -173,9 +196,10 @@ def append_audit(path: Path, entry: dict) -> None:
 
 def evaluate_round(config: RunConfig, partner: PartnerSettings,
                    shared: Mapping[str, np.ndarray], fingerprint: str) -> dict[str, float]:
-    """Accuracy and macro-F1 of the shared model on this partner's held-out split."""
+    """Accuracy, macro-F1 and per-class counts (``tp/<label>`` ...) of the shared model on this
+    partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1."""
     prep = _prepare(config, partner, shared, fingerprint)
-    stats = evaluate(prep.model, encode(prep.tokenizer, prep.test, config.max_length))
-    return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
-            P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1}
+    if config.task == TOKEN_TASK:  # token accuracy, entity-level P / R / F1, counts per type
+        return entity_metrics(prep.model, prep.tokenizer, prep.test, config.max_length)
+    return text_metrics(prep.model, prep.tokenizer, prep.test, config.max_length)
 

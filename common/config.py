@@ -16,7 +16,11 @@ from common.errors import ConfigError
 
 FINETUNE_MODES = ("lora", "full", "head")
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
-AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F")
+TEXT_TASK, TOKEN_TASK = "text-classification", "token-classification"
+TASKS = (TEXT_TASK, TOKEN_TASK)
+COMPRESSIONS = ("none", "fp16", "int8")
+CLIPPINGS = ("auto", "hooks", "ghost")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -29,15 +33,24 @@ class RunConfig:
 
     num_rounds: int = _opt(3, "Federated rounds to run.", min=1)
     base_model: str = _opt("", "Local directory or hub name; empty = the bundled all-MiniLM-L6-v2.")
-    labels: str = _opt("", "Comma-separated label set, the same at every partner (id = position).")
+    labels: str = _opt("", "Comma-separated label set, the same at every partner (id = position); "
+                           "for token-classification the entity types (PER,ORG), from which the "
+                           "tags O, B-PER, I-PER, B-ORG, I-ORG are derived in that order.")
+    task: str = _opt(TEXT_TASK, "text-classification (a label per text) or token-classification "
+                                "(a tag per word, e.g. NER).", choices=TASKS)
     data: str = _opt("", "CSV / TSV / JSONL file partitioned across simulated partners; "
                          "empty = the embedded synthetic data set.")
     text_column: str = _opt("text", "Column holding the text.")
     label_column: str = _opt("label", "Column holding the label.")
+    tag_column: int = _opt(-1, "token-classification, CoNLL files: which whitespace-separated "
+                               "column holds the tag (0 is the word; -1 = the last).")
     partition: str = _opt("iid", "How simulated partners split `data`: iid, dirichlet:ALPHA, "
                                  "column:NAME.")
     test_fraction: float = _opt(0.2, "Share of each partner's data held out for evaluation.",
                                 gt=0.0, lt=1.0)
+    server_eval_data: str = _opt("", "A labelled file the coordinator holds and evaluates the "
+                                     "shared model on each round, beside the partners' own "
+                                     "held-out splits; empty = none.")
     examples_per_partner: int = _opt(600, "Size of each partner's embedded synthetic data set.",
                                      min=20)
     max_length: int = _opt(48, "Tokens per text after truncation.", min=8, max=512)
@@ -57,9 +70,23 @@ class RunConfig:
                         gt=0.0, lt=1.0)
     noise_multiplier: float = _opt(0.0, "σ of DP-SGD; 0 = derive it from epsilon.", ge=0.0)
     max_grad_norm: float = _opt(1.0, "Per-sample gradient clipping bound C.", gt=0.0)
+    clipping: str = _opt("auto", "How DP-SGD clips per-sample gradients: hooks (Opacus "
+                                 "per-sample gradients), ghost (norms only, 2nd backward) or auto "
+                                 "(the faster one for the finetune mode, as measured).",
+                         choices=CLIPPINGS)
     update_clip_norm: float = _opt(10.0, "L2 bound on each partner's update (new − old); "
                                          "0 = no bound.", ge=0.0)
+    compression: str = _opt("none", "How partners encode their update on the wire: none "
+                                    "(float32 weights), fp16, or int8 (per-tensor scale).",
+                            choices=COMPRESSIONS)
     dp: bool = _opt(True, "Train with DP-SGD. false = non-private baseline (ε = ∞).")
+    central_dp: bool = _opt(False, "Partner-level DP: the coordinator adds Gaussian noise "
+                                   "σ = z · update-clip-norm · max w / Σ w (w = examples of the "
+                                   "updates averaged) to each round's mean. Needs aggregation = "
+                                   "fedavg, update-clip-norm > 0, central-noise-multiplier > 0.")
+    central_noise_multiplier: float = _opt(0.0, "z of partner-level DP (central-dp); each round "
+                                                "is one Gaussian mechanism of this multiplier.",
+                                           ge=0.0)
     min_partners: int = _opt(2, "Fewest replies for a round to count.", min=1)
     round_timeout: float = _opt(3600.0, "Seconds the coordinator waits for replies per round.",
                                 gt=0.0)
@@ -69,20 +96,85 @@ class RunConfig:
                                "OUT-DIR/ledgers (simulation only).")
     resume: bool = _opt(False, "Continue the run found in out-dir from its last checkpoint.")
     aggregation: str = _opt("fedavg", "fedavg (example-weighted, streaming), median, "
-                                      "trimmed-mean:BETA (0 <= BETA < 0.5) or krum:F.")
+                                      "trimmed-mean:BETA (0 <= BETA < 0.5), krum:F or "
+                                      "multi-krum:F (F = attackers tolerated).")
     dropout_rate: float = _opt(0.0, "Simulation only: chance that a partner drops out of a round "
                                     "after training, before replying (its ε is still spent).",
                                ge=0.0, lt=1.0)
+    secure_aggregation: bool = _opt(False, "SecAgg+ masking: the coordinator learns only the "
+                                           "example-weighted sum of the updates, never one "
+                                           "partner's (simulated dropouts then happen after key "
+                                           "sharing). Needs aggregation = fedavg, compression = "
+                                           "none, min-partners >= 2.")
+    secagg_threshold: float = _opt(0.6, "Secure aggregation: share of a round's n partners "
+                                        "(t = max(2, ceil(share · n))) whose key shares rebuild a "
+                                        "dropped partner's masks; a round survives n − t dropouts "
+                                        "after key sharing.", gt=0.5, max=1.0)
+    secagg_clipping_range: float = _opt(0.0, "Secure aggregation: each coordinate of a weighted "
+                                             "update is clipped to ± this before quantization; "
+                                             "0 = update-clip-norm (then nothing is ever clipped).",
+                                        ge=0.0)
+    secagg_quantization_range: int = _opt(4194304, "Secure aggregation: integer levels per "
+                                                   "coordinate (2^22); a round takes at most "
+                                                   "2^32 / this partners.", min=256, max=2**30)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
         parse_aggregation(self.aggregation)
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
+        if self.central_dp:
+            self._check_central_dp()
         if len(set(self.label_list)) != len(self.label_list):
             raise ConfigError(f"labels={self.labels!r} repeats a label; list each label once.")
-        if self.labels and len(self.label_list) < 2:
+        if self.task == TOKEN_TASK:
+            self._check_token_task()
+        elif self.labels and len(self.label_list) < 2:
             raise ConfigError(f"labels={self.labels!r} declares fewer than 2 labels.")
+
+    def _check_central_dp(self) -> None:
+        why = {"aggregation": (self.aggregation != "fedavg", f"{self.aggregation!r}: its noise "
+                               "is calibrated to the weighted mean's sensitivity, not a robust "
+                               "rule's"),
+               "update-clip-norm": (self.update_clip_norm <= 0, "0: an unbounded update has no "
+                                    "sensitivity; set the partner-level bound C > 0"),
+               "central-noise-multiplier": (self.central_noise_multiplier <= 0, "0: set z > 0 "
+                                            "(e.g. 1.0)"),
+               "secure-aggregation": (self.secure_aggregation, "true: the coordinator cannot "
+                                      "re-clip single updates it never sees (not supported yet)")}
+        for key, (bad, reason) in why.items():
+            if bad:
+                raise ConfigError(f"central-dp = true does not work with {key} = {reason}")
+
+    def _check_secure_aggregation(self) -> None:
+        clash = {"aggregation": (self.aggregation, "fedavg"),
+                 "compression": (self.compression, "none")}
+        for key, (value, needed) in clash.items():
+            if value != needed:
+                raise ConfigError(f"secure-aggregation = true needs {key} = {needed!r}, got "
+                                  f"{value!r}: the coordinator sees only the masked sum, so it "
+                                  "can neither rank single updates nor decode compressed ones")
+        if self.min_partners < 2:
+            raise ConfigError(f"secure-aggregation = true needs min-partners >= 2, got "
+                              f"{self.min_partners}: the sum of one update is that update")
+        if self.secagg_clipping_range == 0 and self.update_clip_norm == 0:
+            raise ConfigError("secure-aggregation = true needs a bound to quantize within: set "
+                              "update-clip-norm > 0 or secagg-clipping-range > 0")
+
+    def _check_token_task(self) -> None:
+        tags = [t for t in self.label_list if t == "O" or t[:2] in ("B-", "I-")]
+        if tags:
+            raise ConfigError(f"labels={self.labels!r}: for token-classification list the entity "
+                              f"types (e.g. PER,ORG), not tags {tags[:3]}; O, B-TYPE and I-TYPE "
+                              "are derived from the types")
+        if self.partition != "iid":
+            raise ConfigError(f"partition={self.partition!r}: token-classification data can only "
+                              "be split iid (a sentence has no single label or group)")
+        if self.tag_column == 0:
+            raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "
+                              "(the last) or 3 (CoNLL-2003's NER column)")
 
     @property
     def label_list(self) -> tuple[str, ...]:
@@ -132,14 +224,15 @@ def parse_partition(spec: str) -> tuple[str, float | str | None]:
 
 
 def parse_aggregation(spec: str) -> tuple[str, float | int | None]:
-    """``fedavg`` | ``median`` -> (rule, None); ``trimmed-mean:0.1``; ``krum:1``."""
+    """``fedavg`` | ``median`` -> (rule, None); ``trimmed-mean:0.1``; ``krum:1``;
+    ``multi-krum:1``."""
     rule, _, arg = spec.partition(":")
     if rule in ("fedavg", "median") and not arg:
         return rule, None
     try:
         if rule == "trimmed-mean" and 0 <= float(arg) < 0.5:
             return rule, float(arg)
-        if rule == "krum" and int(arg) >= 0:
+        if rule in ("krum", "multi-krum") and int(arg) >= 0:
             return rule, int(arg)
     except ValueError:
         pass

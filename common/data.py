@@ -60,6 +60,15 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a data file as (line number, {column: value}); raises DataError on any fault."""
     path = Path(path)
     fmt = file_format(path)
+    text = read_text(path)
+    rows = parse_jsonl(path, text) if fmt == "jsonl" else _parse_delimited(path, text, fmt)
+    if not rows:
+        raise DataError(f"{path}: the file has no data rows")
+    return rows
+
+
+def read_text(path: Path) -> str:
+    """A data file's text: gunzipped when it ends in .gz, UTF-8, without a byte-order mark."""
     if not path.is_file():
         raise DataError(f"{path}: no such data file; check the path (relative paths are read "
                         f"from {Path.cwd()})")
@@ -76,10 +85,7 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: byte {raw[exc.start]:#04x} is not UTF-8; re-save the "
                         "file as UTF-8") from exc
-    rows = _parse_jsonl(path, text) if fmt == "jsonl" else _parse_delimited(path, text, fmt)
-    if not rows:
-        raise DataError(f"{path}: the file has no data rows")
-    return rows
+    return text
 
 
 def _parse_delimited(path: Path, text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
@@ -104,7 +110,7 @@ def _parse_delimited(path: Path, text: str, fmt: str) -> list[tuple[int, dict[st
     return rows
 
 
-def _parse_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+def parse_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -42,3 +42,7 @@ class CheckpointError(ConsortiumError):
 
 class SimulatedDropout(ConsortiumError):
     """A simulated partner left the round on purpose (run config ``dropout-rate``)."""
+
+
+class ReportError(ConsortiumError, ValueError):
+    """A run directory's files (metrics.jsonl, privacy report) cannot be read into a report."""

@@ -14,9 +14,10 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer, PreTrainedTokenizerBase)
 
-from common.config import RunConfig
+from common.config import TOKEN_TASK, RunConfig
 from common.errors import ModelError, UpdateError
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,18 @@ def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
 
 
 def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
-    """A sequence classifier on the base model, with only the parts to fine-tune trainable.
+    """A sequence classifier (or, for token-classification, a token classifier whose labels are
+    the tags) on the base model, with only the parts to fine-tune trainable.
 
     Seeded, so that the coordinator and every partner build bit-identical frozen weights and the
     same initial head.
     """
     path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)
+    token_task = config.task == TOKEN_TASK
+    auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto.from_pretrained(
             path,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
@@ -64,7 +68,8 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     if config.finetune == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
+        lora = LoraConfig(task_type=TaskType.TOKEN_CLS if token_task else TaskType.SEQ_CLS,
+                          r=config.lora_r,
                           lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules=list(LORA_TARGETS))
         model = get_peft_model(model, lora)

@@ -24,11 +24,45 @@ STEPS = "steps"
 CLIPPED_FRACTION = "clipped-fraction"
 UPDATE_NORM = "update-norm"
 UPDATE_CLIPPED = "update-clipped"
+TRAIN_SECONDS = "train-seconds"  # wall time of local training alone
 EVAL_LOSS = "eval-loss"
 ACCURACY = "accuracy"
 MACRO_F1 = "macro-f1"
+# token-classification: entity-level (seqeval), micro over entities; ACCURACY is then token
+# accuracy and MACRO_F1 the mean F1 over entity types
+ENTITY_F1 = "entity-f1"
+ENTITY_PRECISION = "entity-precision"
+ENTITY_RECALL = "entity-recall"
+# per-class counts in evaluate replies, keyed f"{kind}/{label}" (common.metrics builds them);
+# the coordinator sums them over partners for pooled per-class precision / recall / F1
+TRUE_POSITIVES = "tp"
+FALSE_POSITIVES = "fp"
+FALSE_NEGATIVES = "fn"
 
 # ConfigRecord keys, partner -> coordinator
 PARTNER_NAME = "name"
 PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
 REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained
+
+# Secure aggregation (server/secagg.py <-> client/secagg.py): one ConfigRecord SECAGG in both
+# directions; SECAGG_STAGE in the coordinator's record says which step a TRAIN message asks for
+SECAGG = "secagg"
+SECAGG_STAGE = "stage"
+SECAGG_SETUP = "setup"  # train, keep the update local, send public keys
+SECAGG_SHARE_KEYS = "share-keys"  # receive the keys, send encrypted key shares
+SECAGG_MASK = "collect-masked-vectors"  # receive shares, send the masked update
+SECAGG_UNMASK = "unmask"  # send the key shares that remove the survivors' and dropouts' masks
+SECAGG_STAGES = (SECAGG_SETUP, SECAGG_SHARE_KEYS, SECAGG_MASK, SECAGG_UNMASK)
+SECAGG_THRESHOLD = "threshold"
+SECAGG_CLIPPING_RANGE = "clipping-range"
+SECAGG_QUANTIZATION_RANGE = "quantization-range"
+SECAGG_MOD_RANGE = "mod-range"
+SECAGG_MAX_WEIGHT = "max-weight"
+SECAGG_PUBLIC_KEYS = "public-keys"  # [pk1 (mask agreement), pk2 (share encryption)]
+SECAGG_NODES = "nodes"
+SECAGG_CIPHERTEXTS = "ciphertexts"
+SECAGG_SOURCES = "sources"
+SECAGG_ACTIVE = "active"
+SECAGG_DEAD = "dead"
+SECAGG_SHARES = "shares"
+SECAGG_MASKED = "masked"  # ArrayRecord entry: the masked, quantized update as uint32

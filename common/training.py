@@ -20,9 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedTokenizerBase
 
+from common import protocol as P
 from common.data import TextDataset
 from common.errors import PrivacyError
-from common.metrics import accuracy, macro_f1
+from common.metrics import accuracy, class_counts, macro_f1
+from common.progress import RoundProgress
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,14 @@ class TrainSettings:
     local_epochs: int
     max_length: int
     seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
+    desc: str = ""  # the progress bar's label, e.g. "partner-0 round 3"
 
 
 @dataclass(frozen=True)
 class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
+    clipping: str = "hooks"  # per-sample clipping: hooks (Opacus per-sample grads) or ghost
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,54 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> t
                  token_type_ids=torch.zeros_like(input_ids)).logits
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, mean over the batch. Token labels (batch, length): each sentence's loss is
+    the mean over its labelled words (IGNORE = -100 skipped) before the batch mean, so a
+    sentence's per-sample gradient depends on that sentence alone, as DP-SGD's clipping needs."""
+    return _per_sample_loss(logits, labels).mean()
+
+
+def _per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One loss per example (sentence), shape (batch,)."""
+    if labels.dim() == 1:
+        return nn.functional.cross_entropy(logits, labels, reduction="none")
+    labels = labels[:, : logits.shape[1]]  # _forward trims the batch to its longest text
+    per_token = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                            reduction="none")
+    words = (labels != -100).sum(dim=1).clamp(min=1)
+    return per_token.sum(dim=1) / words
+
+
+class _Criterion(nn.Module):
+    """``_loss`` as a criterion Opacus' ghost clipping can wrap: it sets ``reduction`` to
+    "none" to get one loss per example, then runs the two backward passes itself."""
+
+    reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_sample = _per_sample_loss(logits, labels)
+        return per_sample if self.reduction == "none" else per_sample.mean()
+
+
 def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+CLIPPINGS = ("hooks", "ghost")
+# clipping = "auto": the faster per fine-tuning mode, measured by simulations/bench_train.py on
+# the bundled MiniLM, 2-core CPU (BENCHMARKS.md, P1): LoRA hooks 0.93 × non-private vs ghost 0.62
+# (ghost's 2nd backward pass costs more than LoRA's tiny per-sample grads); full ghost 0.50 and
+# 1.1 × memory vs hooks 0.23 and 3.3 × (per-sample grads of every weight). head: hooks, untimed.
+AUTO_CLIPPING = {"lora": "hooks", "full": "ghost", "head": "hooks"}
+
+
+def clipping_for(setting: str, finetune: str) -> str:
+    """The per-sample clipping to run: ``hooks``/``ghost`` as asked, or the measured faster one
+    for ``auto``."""
+    choice = AUTO_CLIPPING.get(finetune, "hooks") if setting == "auto" else setting
+    if choice not in CLIPPINGS:
+        raise PrivacyError(f"clipping {setting!r} is not valid; pick auto, hooks or ghost")
+    return choice
 
 
 def validate_for_dp(model: nn.Module) -> None:
@@ -105,21 +155,27 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
     loader = DataLoader(data, batch_size=settings.batch_size)
-    private, optimizer, private_loader = engine.make_private(
+    if dp.clipping not in CLIPPINGS:
+        raise PrivacyError(f"clipping {dp.clipping!r} is not valid; pick hooks or ghost")
+    ghost = dp.clipping == "ghost"  # norms without per-sample grads, then a 2nd backward pass
+    wrapped = engine.make_private(
         module=model, optimizer=_optimizer(model, settings.learning_rate), data_loader=loader,
-        noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True, grad_sample_mode="hooks")
-    loss_fn = nn.CrossEntropyLoss()
+        criterion=_Criterion(), noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.clipping)
+    private, optimizer, criterion, private_loader = (
+        wrapped if ghost else (wrapped[0], wrapped[1], _loss, wrapped[2]))
     losses, clipped, seen, steps = [], [], 0, 0
+    bar = RoundProgress(settings.local_epochs * len(private_loader), settings.desc)
     try:
         for _ in range(settings.local_epochs):
-            for input_ids, mask, labels in private_loader:
+            for input_ids, mask, labels in bar.over(private_loader):
                 logits = _forward(private, input_ids, mask)
-                loss = loss_fn(logits, labels) if len(labels) else logits.sum() * 0.0
+                loss = criterion(logits, labels) if len(labels) else logits.sum() * 0.0
                 loss.backward()
                 if len(labels):
-                    norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1)
-                                         for g in optimizer.grad_samples], dim=1).norm(2, dim=1)
+                    norms = (private.per_sample_gradient_norms if ghost else torch.stack(
+                        [g.reshape(len(g), -1).norm(2, dim=-1)
+                         for g in optimizer.grad_samples], dim=1).norm(2, dim=1))
                     clipped.append((norms > dp.max_grad_norm).float().mean().item())
                     losses.append(loss.item())
                 optimizer.step()
@@ -127,6 +183,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
                 seen += len(labels)
                 steps += 1
     finally:
+        bar.close()
         private._close()  # remove Opacus hooks so the plain model can be evaluated and exported
     sample_rate = 1.0 / len(loader)
     stats = TrainStats(loss=_mean(losses), steps=steps, examples_seen=seen,
@@ -139,18 +196,19 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     generator = torch.Generator().manual_seed(_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = _optimizer(model, settings.learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
     losses, seen, steps = [], 0, 0
     model.train()
+    bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
-        for input_ids, mask, labels in loader:
-            loss = loss_fn(_forward(model, input_ids, mask), labels)
+        for input_ids, mask, labels in bar.over(loader):
+            loss = _loss(_forward(model, input_ids, mask), labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             seen += len(labels)
             steps += 1
+    bar.close()
     return TrainStats(loss=_mean(losses), steps=steps, examples_seen=seen, sample_rate=0.0,
                       clipped_fraction=math.nan)
 
@@ -172,6 +230,61 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> Eva
     return EvalStats(loss=sum(losses) / len(y_true), accuracy=accuracy(y_true, y_pred),
                      macro_f1=macro_f1(y_true, y_pred), num_examples=len(y_true),
                      predictions=tuple(int(p) for p in y_pred))
+
+
+@dataclass(frozen=True)
+class TokenEvalStats:
+    loss: float  # mean cross-entropy per labelled word
+    num_examples: int  # sentences
+    predictions: tuple[tuple[int, ...], ...]  # per sentence: the tag id at each word kept
+
+
+@torch.no_grad()
+def evaluate_tokens(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> TokenEvalStats:
+    """Predicted tags at every labelled position (a word's first sub-token); entity scores are
+    computed from them against the full gold sentences (common.metrics.entity_scores)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, words, predictions = 0.0, 0, []
+    try:
+        for input_ids, mask, labels in DataLoader(data, batch_size=batch_size):
+            logits = _forward(model, input_ids, mask)
+            labels = labels[:, : logits.shape[1]]
+            loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels,
+                                                    ignore_index=-100, reduction="sum").item()
+            words += int((labels != -100).sum())
+            for row, gold in zip(logits.argmax(dim=-1), labels):
+                predictions.append(tuple(int(p) for p in row[gold != -100]))
+    finally:
+        model.train(was_training)
+    return TokenEvalStats(loss=loss_sum / max(words, 1), num_examples=len(predictions),
+                          predictions=tuple(predictions))
+
+
+@torch.no_grad()
+def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> np.ndarray:
+    """Per-example log-softmax over the labels, shape (examples, labels); labels in ``data``
+    are ignored, so one pass scores a text under every label (the privacy audit's use)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for input_ids, mask, _ in DataLoader(data, batch_size=batch_size):
+            out.append(torch.log_softmax(_forward(model, input_ids, mask), dim=-1).numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out).astype(np.float64)
+
+
+def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
+                 max_length: int) -> dict[str, float]:
+    """An evaluate reply for text-classification: loss, accuracy, macro-F1 and per-class counts
+    (``tp/<label>`` ...; counts, never examples, so they can be pooled across partners)."""
+    stats = evaluate(model, encode(tokenizer, data, max_length))
+    counts = class_counts(np.asarray(data.labels), np.asarray(stats.predictions),
+                          data.label_names)
+    return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
+            P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1, **counts}
 
 
 def _seed(settings: TrainSettings) -> int:

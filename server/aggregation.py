@@ -9,9 +9,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from common import protocol as P
+from common.compression import from_wire
 from common.errors import UpdateError
 from common.model import check_update_matches
 from common.updates import update_norm
+from server.central_dp import CentralDP, clip_exactly, coordinator_rng
 
 
 class WeightedMean:
@@ -72,21 +74,33 @@ class RoundFold:
     current: Mapping[str, np.ndarray]  # the shared weights sent this round
     clip_norm: float
     robust: str = ""  # a robust rule (median, trimmed-mean:B, krum:F); empty = streaming FedAvg
+    compression: str = "none"  # how partners encode updates (common.compression); decoded first
+    central: CentralDP | None = None  # partner-level DP: exact re-clip, noise at result()
+    rng: np.random.Generator | None = None  # the central noise's source (coordinator_rng())
+    noise_std: float | None = None  # the central σ result() added, for the metrics line
     mean: WeightedMean = field(default_factory=WeightedMean)
     held: list[tuple[Mapping[str, np.ndarray], float]] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     losses: list[tuple[float, float]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.central is not None and self.robust:
+            raise UpdateError(f"central DP is calibrated for the weighted mean, not {self.robust}")
+
     def offer(self, name: str, update: Mapping[str, np.ndarray],
               metrics: Mapping[str, float]) -> bool:
         try:
+            update = from_wire(update, self.current, self.compression)
             validate_update(update, self.current, self.clip_norm)
             weight = float(metrics[P.NUM_EXAMPLES])
             if self.robust:  # robust rules need every update; nothing to fold
                 check_weight(weight)
                 self.held.append((update, weight))
             else:
+                if self.central is not None:
+                    check_weight(weight)
+                    update = clip_exactly(self.current, update, self.central.clip_norm)
                 self.mean.add(update, weight)
         except (UpdateError, KeyError, TypeError, ValueError) as exc:
             self.failures.append({"partner": name, "reason": f"update rejected: {exc}"})
@@ -101,6 +115,12 @@ class RoundFold:
             from server.robust import robust_aggregate
 
             return robust_aggregate(self.held, self.robust)
+        if self.central is not None:  # σ from the updates actually averaged (server.central_dp)
+            dtypes = {k: np.asarray(a).dtype for k, a in self.current.items()}
+            noised, self.noise_std = self.central.release(
+                self.mean.result(), [n for _, n in self.losses], dtypes,
+                self.rng if self.rng is not None else coordinator_rng())
+            return noised
         return self.mean.result()
 
     def refuse(self, name: str, reason: str) -> None:

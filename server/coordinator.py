@@ -7,7 +7,6 @@ server.aggregation and the files in server.outputs / server.checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,15 @@ from common.model import build_model, frozen_fingerprint, trainable_state
 from common.privacy import epsilon_of
 from common.sources import run_labels
 from server.aggregation import RoundFold
+from server.central_dp import CentralDP, coordinator_rng, record_round
 from server.checkpoint import Checkpoint, check_same_config, latest_checkpoint, save_checkpoint
 from common.storage import finite_or_none
-from server.outputs import (append_metrics, export_model, privacy_report, truncate_metrics,
-                            write_privacy_report)
+from server.evaluation import main_metric, progress_line, summarize_held_out, summarize_round
+from server.held_out import HeldOutSet
+from server.outputs import (METRICS_FILE, append_metrics, export_model, json_safe,
+                            privacy_report, truncate_metrics, write_privacy_report)
+from server.report import write_report
+from server.run_data import last_metrics_line
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +119,29 @@ def _record_partner(state: RunState, name: str, metrics: dict[str, float], confi
         "steps": int(sum(s for _, _, s in history)) if config.dp else int(metrics[P.STEPS]),
         "max_grad_norm": config.max_grad_norm if config.dp else None,
         "rounds_trained": state.partners.get(name, {}).get("rounds_trained", 0) + 1,
+        "examples": int(metrics[P.NUM_EXAMPLES]),  # training examples: a count, never data
         "history": [list(h) for h in history],
+        **{k: v for k, v in state.partners.get(name, {}).items()  # server.central_dp's
+           if k.startswith("partner_level_")},
     }
 
 
 def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                 fingerprint: str) -> dict[str, Any]:
+    if config.secure_aggregation:  # the coordinator sees only the sum: server/secagg_phase.py
+        from server.secagg_phase import secure_train_phase  # imports this module
+
+        return secure_train_phase(grid, config, state, rnd, fingerprint)
     failures: list[dict[str, Any]] = []
     messages = _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
                          config.min_partners)
     robust = "" if config.aggregation == "fedavg" else config.aggregation
-    fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust, failures=failures)
+    fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust,
+                     compression=config.compression, failures=failures,
+                     central=CentralDP.from_config(config), rng=coordinator_rng())
+    started = time.time()
+    train_seconds: dict[str, float | None] = {}  # the partners' own, for P5
+    download, upload = _nbytes(state.arrays) * len(messages), 0  # as sent / as received
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = _partner_name(reply)
         partner = reply.content.config_records[P.PARTNER]
@@ -135,6 +151,8 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         metrics = dict(reply.content.metric_records.get(P.METRICS, {}))
         update = from_array_record(reply.content.array_records[P.ARRAYS]) \
             if P.ARRAYS in reply.content.array_records else {}
+        train_seconds[name] = metrics.get(P.TRAIN_SECONDS)
+        upload += _nbytes(update)
         if fold.offer(name, update, metrics):
             _record_partner(state, name, metrics, config,
                             str(partner.get(P.PRIVACY_HISTORY, "")))
@@ -145,8 +163,16 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                               f"is {config.min_partners}; stopping. Failures: {failures}. The "
                               "last checkpoint is kept: fix the partners and resume")
     state.arrays = fold.result()
-    return {"partners_replied": fold.accepted, "failures": failures,
-            "train_loss": fold.train_loss()}
+    central = record_round(state.partners, fold.accepted, [n for _, n in fold.losses],
+                           fold.central, fold.noise_std)
+    if central:
+        logger.info("round %d: central DP noise σ = %.6g over %d update(s); max partner-level "
+                    "ε %.4f", rnd, fold.noise_std, len(fold.accepted),
+                    central["central_dp"]["max_partner_level_epsilon"])
+    return {"partners_replied": fold.accepted, "failures": failures, **central,
+            "train_loss": fold.train_loss(), "train_phase_seconds": round(time.time() - started, 3),
+            "partner_train_seconds": train_seconds, "upload_bytes": upload,
+            "download_bytes": download}
 
 
 def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
@@ -158,17 +184,15 @@ def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                                            failures)}
     for failure in failures:
         logger.warning("round %d evaluation: %s", rnd, failure)
-    total = sum(m[P.NUM_EXAMPLES] for m in per_partner.values())
+    summary = summarize_round(per_partner, main_metric(config.task))
+    mean = summary["eval_mean"]
+    return {"eval_failures": failures, "eval_accuracy": mean.get("accuracy"),
+            "eval_macro_f1": mean.get("macro_f1"), "eval_loss": mean.get("eval_loss"),
+            **summary, "eval_download_bytes": _nbytes(state.arrays) * len(messages)}
 
-    def weighted(key: str) -> float | None:
-        return (sum(m[key] * m[P.NUM_EXAMPLES] for m in per_partner.values()) / total
-                if total else None)
 
-    return {"eval_failures": failures, "eval_accuracy": weighted(P.ACCURACY),
-            "eval_macro_f1": weighted(P.MACRO_F1), "eval_loss": weighted(P.EVAL_LOSS),
-            "eval_per_partner": {k: {"accuracy": v[P.ACCURACY], "macro_f1": v[P.MACRO_F1],
-                                     "num_examples": int(v[P.NUM_EXAMPLES])}
-                                 for k, v in sorted(per_partner.items())}}
+def _nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(a.nbytes for a in arrays.values()))
 
 
 def _start_state(config: RunConfig, out: Path, initial: dict[str, np.ndarray]) -> RunState:
@@ -197,7 +221,9 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     fingerprint = frozen_fingerprint(model)
     state = _start_state(config, out, trainable_state(model))
     del model
+    held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
     logger.info("run -> %s: %d rounds, labels %s", out, config.num_rounds, list(labels))
+    last_line: dict[str, Any] | None = None
     for rnd in range(state.round + 1, config.num_rounds + 1):
         started = time.time()
         line: dict[str, Any] = {"round": rnd}
@@ -206,19 +232,24 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         eps = [p["epsilon"] for p in state.partners.values()]
         line["max_epsilon"] = (max(e for e in eps if e is not None)
                                if config.dp and all(e is not None for e in eps) else None)
+        line["epsilon_per_partner"] = {n: p["epsilon"] for n, p in sorted(state.partners.items())}
+        line["download_bytes"] += line.pop("eval_download_bytes")  # train + evaluate sends
+        if held_out:
+            line["eval_coordinator"] = summarize_held_out(held_out.evaluate(state.arrays),
+                                                          held_out.path.name)
         line["seconds"] = round(time.time() - started, 3)
         state.round = rnd
         save_checkpoint(out / "checkpoints", Checkpoint(
             rnd, state.arrays, {"config": config.to_mapping(), "partners": state.partners}))
         append_metrics(out, line)
-        logger.info("round %d/%d | partners %d | train loss %.4f | eval acc %s | max ε %s",
-                    rnd, config.num_rounds, len(line["partners_replied"]), line["train_loss"],
-                    _fmt(line["eval_accuracy"]), _fmt(line["max_epsilon"]) if config.dp else "∞")
+        last_line = json_safe(line)
+        logger.info(progress_line(last_line, config.num_rounds, config.dp))
     report = privacy_report(config, state.partners)
     write_privacy_report(out, report)
-    export_model(out, config, labels, state.arrays, report)
+    export_model(out, config, labels, state.arrays, report,
+                 last_line or last_metrics_line(out / METRICS_FILE))
+    try:  # after the export: a report that fails must not cost the model
+        write_report(out, config)
+    except Exception:  # noqa: BLE001 - logged in full; the run's outputs stand
+        logger.exception("the run report could not be written; run `consortium report %s`", out)
     return out
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"

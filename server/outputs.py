@@ -14,6 +14,7 @@ import numpy as np
 from common.config import RunConfig
 from common.model import build_model, exportable_model, load_tokenizer, load_trainable_state
 from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json, finite_or_none
+from server.model_card import model_card
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,23 @@ def truncate_metrics(out_dir: Path, last_round: int) -> None:
 
 
 def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per partner: ε, δ, σ, q, steps, C, as computed from the partner's own ledger history."""
+    """Per partner: ε, δ, σ, q, steps, C, as computed from the partner's own ledger history;
+    with central-dp also the partner-level ε (server.central_dp) next to it."""
     return {
         "dp": config.dp,
         "level": "sample-level DP at each partner (DP-SGD, Opacus RDP accountant)",
         "max_grad_norm": config.max_grad_norm,
         "update_clip_norm": config.update_clip_norm,
+        "partner_level": {
+            "central_dp": config.central_dp,
+            "level": "partner-level DP: Gaussian noise added by the coordinator to each round's "
+                     "example-weighted mean, sigma = z * C * max w / sum w over the updates "
+                     "averaged (zero-out adjacency; weights and participation public); each "
+                     "round one Gaussian mechanism, sampling rate 1, Opacus RDP accountant",
+            "noise_multiplier": config.central_noise_multiplier if config.central_dp else None,
+            "clip_norm": config.update_clip_norm if config.central_dp else None,
+            "delta": config.delta if config.central_dp else None,
+        },
         "partners": {name: dict(rec) for name, rec in sorted(partners.items())},
     }
 
@@ -63,8 +75,10 @@ def write_privacy_report(out_dir: Path, report: Mapping[str, Any]) -> None:
 
 
 def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
-                 arrays: Mapping[str, np.ndarray], report: Mapping[str, Any]) -> Path:
-    """save_pretrained of the merged model + tokenizer + label map + config + privacy report.
+                 arrays: Mapping[str, np.ndarray], report: Mapping[str, Any],
+                 final_line: Mapping[str, Any] | None = None) -> Path:
+    """save_pretrained of the merged model + tokenizer + label map + config + privacy report
+    + a README.md model card (``final_line``: the last round's metrics.jsonl line, for its results).
 
     Written to a temp directory and renamed, so ``model/`` is always whole.
     """
@@ -79,6 +93,8 @@ def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
     atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
     atomic_write_json(tmp / "run_config.json", config.to_mapping())
     atomic_write_json(tmp / PRIVACY_REPORT, report)
+    atomic_write_bytes(tmp / "README.md", model_card(config, labels, report,
+                                                          final_line).encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     logger.info("shared model written to %s", final)

@@ -18,7 +18,9 @@ from common.errors import UpdateError
 
 def robust_aggregate(updates: list[tuple[Mapping[str, np.ndarray], float]],
                      spec: str) -> dict[str, np.ndarray]:
-    """Coordinate-wise median, trimmed mean (β cut at each end) or Krum (f malicious)."""
+    """Coordinate-wise median, trimmed mean (β cut at each end), Krum (f malicious: the one
+    update closest to its n − f − 2 nearest neighbours) or multi-Krum (the example-weighted mean of
+    the n − f updates with the best Krum scores, El Mhamdi et al. 2018)."""
     rule, arg = parse_aggregation(spec)
     if not updates:
         raise UpdateError("no update to aggregate")
@@ -28,12 +30,13 @@ def robust_aggregate(updates: list[tuple[Mapping[str, np.ndarray], float]],
         merged = aggregate_median(results)
     elif rule == "trimmed-mean":
         merged = aggregate_trimmed_avg(results, proportiontocut=float(arg))
-    elif rule == "krum":
+    elif rule in ("krum", "multi-krum"):
         f = int(arg)
         if len(updates) <= 2 * f + 2:
-            raise UpdateError(f"krum:{f} needs more than {2 * f + 2} updates, got "
+            raise UpdateError(f"{rule}:{f} needs more than {2 * f + 2} updates, got "
                               f"{len(updates)}")
-        merged = aggregate_krum(results, num_malicious=f, to_keep=0)
+        keep = len(updates) - f if rule == "multi-krum" else 0
+        merged = aggregate_krum(results, num_malicious=f, to_keep=keep)
     else:
         raise UpdateError(f"{spec!r} is not a robust rule")
     dtypes = {n: np.asarray(updates[0][0][n]).dtype for n in names}

@@ -13,6 +13,7 @@ from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.logs import configure_logging
 from server import cli as server_cli
+from simulations import audit
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,19 @@ def simulate_config(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and its PNGs")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's out-dir (holds metrics.jsonl)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consortium", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
     server_cli.add_parsers(sub)
     client_cli.add_parsers(sub)
+    audit.add_parser(sub)
+    _report_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -82,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return server_cli.handle(args, _parse_set(getattr(args, "set", [])))
         if args.command == "partner":
             return client_cli.handle(args)
+        if args.command == "audit":
+            return audit.handle(args, _parse_set(args.set))
+        if args.command == "report":
+            from server.report import write_report
+
+            print(f"report: {write_report(args.run_dir)}")
         if args.command == "simulate":
             from simulations.simulate import Federation, run_simulation
 

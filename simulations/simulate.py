@@ -19,11 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import RunConfig, parse_partition
+from common import synthetic_ner
+from common.config import TOKEN_TASK, RunConfig, parse_partition
 from common.data import infer_labels, load_text_dataset
 from common.errors import ConfigError, ConsortiumError
 from common.synthetic import LABELS as SYNTHETIC_LABELS
+from common.sources import run_labels, token_keys
+from common.tokens import infer_entity_types, load_token_dataset, tag_names
 from server.checkpoint import check_same_config, latest_checkpoint
+from server.held_out import read_held_out
 from simulations.partition import partition_indices
 
 logger = logging.getLogger(__name__)
@@ -55,7 +59,9 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     if federation.partners < config.min_partners:
         raise ConfigError(f"--partners {federation.partners} is below min-partners "
                           f"{config.min_partners}")
-    if config.data:
+    if config.task == TOKEN_TASK:
+        config = _preflight_tokens(config, federation)
+    elif config.data:
         data_path = Path(config.data).resolve()
         config = config.replace(data=str(data_path))
         labels = config.label_list or infer_labels(data_path, config.label_column)
@@ -67,6 +73,9 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     elif config.label_list and config.label_list != SYNTHETIC_LABELS:
         raise ConfigError(f"--labels {config.labels}: the embedded data set has labels "
                           f"{','.join(SYNTHETIC_LABELS)}; pass --data to use your own")
+    if config.server_eval_data:  # the coordinator's own set: an absolute path, read once now
+        path, _ = read_held_out(config, run_labels(config))
+        config = config.replace(server_eval_data=str(path))
     out = Path(config.out_dir).resolve()
     config = config.replace(out_dir=str(out))
     has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
@@ -78,6 +87,25 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
         if ckpt is None:
             raise ConfigError(f"--resume: {out} holds no usable checkpoint to resume from")
         check_same_config(ckpt.state["config"], config.to_mapping())
+    return config
+
+
+def _preflight_tokens(config: RunConfig, federation: Federation) -> RunConfig:
+    """Token-classification: entity types declared (or read from `data`), every tag checked."""
+    if not config.data:
+        if config.label_list and config.label_list != synthetic_ner.ENTITY_TYPES:
+            raise ConfigError(f"--labels {config.labels}: the embedded NER data set has entity "
+                              f"types {','.join(synthetic_ner.ENTITY_TYPES)}; pass --data to use "
+                              "your own")
+        return config
+    data_path = Path(config.data).resolve()
+    config = config.replace(data=str(data_path))
+    keys = token_keys(config)
+    types = config.label_list or infer_entity_types(data_path, config.tag_column, *keys)
+    config = config.replace(labels=",".join(types))
+    full = load_token_dataset(data_path, tag_names(types), config.tag_column, *keys)
+    partition_indices(full, federation.partners, config.partition,  # type: ignore[arg-type]
+                      config.seed)
     return config
 
 

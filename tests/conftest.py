@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,10 @@ def make_tiny_bert(directory: Path) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    # positional: transformers 4 calls it vocab_file, 5 calls it vocab and ignores vocab_file=
+    # (which left a 5-token vocabulary: every word [UNK], nothing to learn)
+    tokenizer = BertTokenizerFast(str(directory / "vocab.txt"))
+    assert len(tokenizer) == len(vocab), "the tiny tokenizer lost its vocabulary"
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
     import torch
@@ -65,8 +69,22 @@ def sentiment_csv(tmp_path: Path) -> Path:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Flower processes (marked slow) share one pytest-xdist worker, one after
-    another: they reuse the local SuperLink's fixed ports. The rest spread over the others."""
+    """Tests that start Flower processes (marked slow) run one after another on one
+    pytest-xdist worker per kind: local simulations reuse the local SuperLink's fixed ports; the
+    deployment tests' TLS SuperLink takes free ports, so the two kinds may overlap. The rest
+    spread over the workers."""
     for item in items:
         if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("flower"))
+            kind = "deployment" if item.path.name == "test_deployment.py" else "simulation"
+            item.add_marker(pytest.mark.xdist_group(f"flower-{kind}"))
+
+
+@pytest.fixture(autouse=True)
+def _our_loggers_propagate() -> None:
+    """configure_logging() (run by the apps that some tests drive in-process) stops our
+    loggers propagating; caplog listens at the root, so every test starts with it restored."""
+    from common.logs import PACKAGES
+
+    for name in PACKAGES:
+        logging.getLogger(name).propagate = True
+        logging.getLogger(name).handlers = []

@@ -212,14 +212,18 @@ def test_partner_killed_mid_run_rejoins_and_its_epsilon_continues(federation,
 
 def test_coordinator_unreachable_for_30_s_partners_reconnect(federation, tiny_bert: str) -> None:
     """The coordinator frozen (SIGSTOP: connections hang, nothing answers) for 30 s mid-run:
-    partners keep retrying and the run completes with both of them."""
+    partners keep retrying, the run completes, and both partners are back the round after.
+
+    An instruction in flight during the freeze can be lost inside Flower 1.41 (seen: a partner
+    never received the frozen round's train message, though the coordinator's push succeeded),
+    so that round may go on without the partner, as with any dropout (min-partners 1)."""
     root, _, procs = federation  # org-a, org-b (and the over-budget org-c) are up
     out = root / "out3"
     run = subprocess.Popen(
-        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "2", "--labels", "neg,pos",
+        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "3", "--labels", "neg,pos",
          "--out", str(out), "--set", f'base-model="{tiny_bert}"', "--set", "max-length=16",
-         "--set", "batch-size=8", "--set", "local-epochs=1", "--set", "min-partners=2",
-         "--set", "round-timeout=300.0"],
+         "--set", "batch-size=8", "--set", "local-epochs=1", "--set", "min-partners=1",
+         "--set", "round-timeout=150.0"],
         stdout=open(root / "logs" / "run3.log", "w"), stderr=subprocess.STDOUT, env=ENV,
         start_new_session=True)
     procs.procs["run3"] = run
@@ -234,6 +238,6 @@ def test_coordinator_unreachable_for_30_s_partners_reconnect(federation, tiny_be
         os.killpg(superlink, signal.SIGCONT)
     assert run.wait(timeout=600) == 0, procs.log("run3")[-3000:]
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert [line["round"] for line in lines] == [1, 2]
-    assert sorted(lines[1]["partners_replied"]) == ["org-a", "org-b"]
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert sorted(lines[2]["partners_replied"]) == ["org-a", "org-b"]  # both reconnected
     assert procs.procs["org-a"].poll() is None and procs.procs["org-b"].poll() is None

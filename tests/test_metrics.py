@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from common.metrics import accuracy, macro_f1
+from common.metrics import (accuracy, class_counts, macro_f1, per_class_scores, split_count_key,
+                            sum_counts)
 
 Y_TRUE = [0, 0, 1, 1, 2]
 Y_PRED = [0, 1, 1, 1, 0]
@@ -64,3 +65,29 @@ def test_empty_inputs_give_nan():
 def test_results_are_python_floats():
     assert type(accuracy(Y_TRUE, Y_PRED)) is float
     assert type(macro_f1(Y_TRUE, Y_PRED)) is float
+
+
+def test_class_counts_by_hand():
+    # labels a=0, b=1, c=2; Y_TRUE = [0, 0, 1, 1, 2], Y_PRED = [0, 1, 1, 1, 0]
+    counts = class_counts(Y_TRUE, Y_PRED, ("a", "b", "c"))
+    assert counts == {"tp/a": 1.0, "fp/a": 1.0, "fn/a": 1.0,   # pos 0 | pos 4 | pos 1
+                      "tp/b": 2.0, "fp/b": 1.0, "fn/b": 0.0,   # pos 2, 3 | pos 1 | -
+                      "tp/c": 0.0, "fp/c": 0.0, "fn/c": 1.0}   # - | - | pos 4
+    # the counts give back macro-F1: F1 = 2TP / (2TP + FP + FN) per class
+    scores = per_class_scores(sum_counts([counts]))
+    assert np.mean([s["f1"] for s in scores.values()]) == pytest.approx(macro_f1(Y_TRUE, Y_PRED))
+    assert scores["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
+                                         "support": 2.0})
+
+
+def test_class_counts_cover_labels_never_seen():
+    counts = class_counts([0, 0], [0, 0], ("a", "b"))
+    assert counts["tp/b"] == counts["fp/b"] == counts["fn/b"] == 0.0
+    assert per_class_scores(sum_counts([counts]))["b"]["f1"] is None
+
+
+def test_split_count_key():
+    assert split_count_key("tp/B-PER") == ("tp", "B-PER")
+    assert split_count_key("fn/a/b") == ("fn", "a/b")
+    for key in ("accuracy", "tp/", "xx/label", "macro-f1"):
+        assert split_count_key(key) is None

@@ -109,6 +109,11 @@ def test_reply_and_metrics(tiny_bert: str, tmp_path: Path) -> None:
                for k, v in reply.arrays.items())
     metrics = evaluate_round(config, PartnerSettings(name="p0"), reply.arrays, fingerprint)
     assert metrics[P.NUM_EXAMPLES] == 12 and 0.0 <= metrics[P.ACCURACY] <= 1.0
+    # per-class counts: right answers are the TPs; each wrong one is one FP and one FN
+    count = {kind: sum(metrics[f"{kind}/{label}"] for label in LABELS)
+             for kind in (P.TRUE_POSITIVES, P.FALSE_POSITIVES, P.FALSE_NEGATIVES)}
+    assert count["tp"] == round(metrics[P.ACCURACY] * 12)
+    assert count["fp"] == count["fn"] == 12 - count["tp"]
 
 
 def test_full_finetune_with_frozen_embeddings(tiny_bert: str, tmp_path: Path) -> None:

@@ -1,0 +1,58 @@
+"""The coordinator's own held-out set (run config ``server-eval-data``): a labelled file it holds,
+on which it scores the shared model each round, beside the partners' evaluations.
+
+Read once at the start of the run, so a missing or malformed file stops the run before round 1
+with the file and row named (the loaders' DataError), not after hours of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from common.config import TOKEN_TASK, RunConfig
+from common.data import load_text_dataset
+from common.errors import ConfigError
+from common.model import build_model, load_tokenizer, load_trainable_state
+from common.sources import token_keys
+from common.tokens import entity_metrics, load_token_dataset
+from common.training import text_metrics
+
+
+def read_held_out(config: RunConfig, labels: tuple[str, ...]) -> tuple[Path, Any]:
+    """The file of ``server-eval-data``, read with the run's columns and label set."""
+    path = Path(config.server_eval_data).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"server-eval-data = {config.server_eval_data!r}: no such file at "
+                          "the coordinator; give a labelled file's path or leave it empty")
+    if config.task == TOKEN_TASK:
+        return path, load_token_dataset(path, labels, config.tag_column, *token_keys(config))
+    return path, load_text_dataset(path, config.text_column, config.label_column, labels)
+
+
+@dataclass
+class HeldOutSet:
+    config: RunConfig
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    data: Any  # TextDataset or TokenDataset, by task
+    path: Path
+
+    @classmethod
+    def load(cls, config: RunConfig, labels: tuple[str, ...]) -> HeldOutSet | None:
+        """None when ``server-eval-data`` is empty; the data, model and tokenizer otherwise."""
+        if not config.server_eval_data:
+            return None
+        path, data = read_held_out(config, labels)
+        return cls(config, build_model(config, labels), load_tokenizer(config), data, path)
+
+    def evaluate(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The same metrics a partner reports, for the shared weights ``arrays``."""
+        load_trainable_state(self.model, arrays)
+        score = entity_metrics if self.config.task == TOKEN_TASK else text_metrics
+        return score(self.model, self.tokenizer, self.data, self.config.max_length)

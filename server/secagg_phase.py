@@ -1,0 +1,142 @@
+"""A training round under secure aggregation: server.secagg's protocol driven over Flower's Grid.
+
+Called from server.coordinator.train_phase when ``secure-aggregation = true``; returns the same
+round summary. Each stage pushes one Message per partner still in the protocol and streams the
+replies (server.coordinator.stream_replies: error replies and silence past round-timeout become
+failures, i.e. dropouts).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common import protocol as P
+from common.config import RunConfig
+from common.errors import ConsortiumError, UpdateError
+from server import coordinator as C
+from server.secagg import (MOD_RANGE, SecAggRound, check_mean_update, payload_bytes,
+                           split_flat, threshold_for)
+
+logger = logging.getLogger(__name__)
+
+
+def _stage_message(rnd: int, nid: int, values: dict[str, Any]) -> Message:
+    content = RecordDict({P.CONFIG: ConfigRecord({P.ROUND: rnd}),
+                          P.SECAGG: ConfigRecord(values)})  # type: ignore[arg-type]
+    return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=nid,
+                   group_id=str(rnd))
+
+
+def _collect(grid: Grid, config: RunConfig, state: C.RunState, messages: list[Message],
+             stage: str, failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
+             take: Callable[[int, Message], None]) -> None:
+    """Send one stage's messages; hand each good reply to ``take``; a reply ``take`` rejects
+    (malformed) or a refusal counts as that partner dropping out at this stage."""
+    traffic["download"][stage] = sum(payload_bytes(m.content) for m in messages)
+    upload = traffic["upload"]
+    for reply in C.stream_replies(grid, messages, config.round_timeout, state.names, failures):
+        name = C._partner_name(reply)
+        upload[name] = upload.get(name, 0) + payload_bytes(reply.content)
+        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
+        if refusal:
+            failures.append({"partner": name, "reason": f"refused: {refusal}"})
+            continue
+        try:
+            take(reply.metadata.src_node_id, reply)
+        except (UpdateError, KeyError, TypeError, ValueError) as exc:
+            failures.append({"partner": name, "reason": f"secure aggregation {stage}: {exc}"})
+
+
+def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: int,
+                       fingerprint: str) -> dict[str, Any]:
+    started = time.time()
+    failures: list[dict[str, Any]] = []
+    traffic: dict[str, dict[str, int]] = {"upload": {}, "download": {}}
+    messages = C._messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
+                           config.min_partners)
+    proto = SecAggRound(threshold_for(len(messages), config.secagg_threshold),
+                        config.secagg_clipping_range or config.update_clip_norm,
+                        config.secagg_quantization_range,
+                        sum(a.size for a in state.arrays.values()))
+    setup = ConfigRecord({P.SECAGG_STAGE: P.SECAGG_SETUP, P.SECAGG_THRESHOLD: proto.threshold,
+                          P.SECAGG_CLIPPING_RANGE: proto.clipping_range,
+                          P.SECAGG_QUANTIZATION_RANGE: proto.quantization_range,
+                          P.SECAGG_MOD_RANGE: MOD_RANGE})
+    for message in messages:
+        message.content.config_records[P.SECAGG] = setup
+    metrics: dict[int, dict[str, float]] = {}
+    histories: dict[int, str] = {}
+
+    def take_keys(nid: int, reply: Message) -> None:
+        pk1, pk2 = reply.content.config_records[P.SECAGG][P.SECAGG_PUBLIC_KEYS]  # type: ignore
+        values = dict(reply.content.metric_records[P.METRICS])
+        proto.add_keys(nid, pk1, pk2, float(values[P.NUM_EXAMPLES]))  # type: ignore[arg-type]
+        metrics[nid] = values  # type: ignore[assignment]
+        histories[nid] = str(reply.content.config_records[P.PARTNER].get(P.PRIVACY_HISTORY, ""))
+
+    _collect(grid, config, state, messages, P.SECAGG_SETUP, failures, traffic, take_keys)
+    proto.check_setup()
+    nodes = sorted(proto.keys)
+    keys = [k for n in nodes for k in proto.keys[n]]
+    _collect(grid, config, state, [_stage_message(rnd, n, {
+        P.SECAGG_STAGE: P.SECAGG_SHARE_KEYS, P.SECAGG_NODES: nodes, P.SECAGG_PUBLIC_KEYS: keys})
+        for n in nodes], P.SECAGG_SHARE_KEYS, failures, traffic,
+        lambda nid, r: proto.add_ciphertexts(nid, list(r.content.config_records[P.SECAGG][
+            P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_CIPHERTEXTS])))
+    proto.need(proto.sharers, P.SECAGG_SHARE_KEYS)
+    _collect(grid, config, state, [_stage_message(rnd, n, {
+        P.SECAGG_STAGE: P.SECAGG_MASK, P.SECAGG_SOURCES: proto.forward_for(n)[0],
+        P.SECAGG_CIPHERTEXTS: proto.forward_for(n)[1], P.SECAGG_MAX_WEIGHT: proto.max_weight})
+        for n in proto.sharers], P.SECAGG_MASK, failures, traffic,
+        lambda nid, r: proto.add_masked(
+            nid, r.content.array_records[P.ARRAYS][P.SECAGG_MASKED].numpy()))
+    proto.need(proto.masked, P.SECAGG_MASK)
+    _collect(grid, config, state, [_stage_message(rnd, n, {
+        P.SECAGG_STAGE: P.SECAGG_UNMASK, P.SECAGG_ACTIVE: proto.masked,
+        P.SECAGG_DEAD: proto.dead()}) for n in proto.masked], P.SECAGG_UNMASK, failures, traffic,
+        lambda nid, r: proto.add_unmask_shares(nid, list(r.content.config_records[P.SECAGG][
+            P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_SHARES])))
+    return _finish(config, state, rnd, proto, metrics, histories, failures, traffic, started)
+
+
+def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
+            metrics: dict[int, dict[str, float]], histories: dict[int, str],
+            failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
+            started: float) -> dict[str, Any]:
+    """Unmask, validate the mean update, apply it; record the partners whose update is in it."""
+    names = {n: state.names.get(n, f"node-{n}") for n in proto.keys}
+    summed = [names[n] for n in proto.masked]
+    if len(summed) < config.min_partners:
+        raise ConsortiumError(f"round {rnd}: {len(summed)} masked update(s), min-partners is "
+                                f"{config.min_partners}; stopping. Failures: {failures}")
+    norm = None
+    try:
+        mean, error = proto.mean_update()
+        norm = check_mean_update(mean, error, config.update_clip_norm)
+        delta = split_flat(mean, state.arrays)
+        state.arrays = {k: (a + delta[k]).astype(a.dtype) for k, a in state.arrays.items()}
+    except UpdateError as exc:  # nobody to single out: the round's sum is dropped, weights kept
+        failures.append({"partner": "(aggregate)", "reason": f"aggregate rejected: {exc}"})
+    for failure in failures:
+        logger.warning("round %d: %s", rnd, failure)
+    for nid in proto.masked:
+        C._record_partner(state, names[nid], metrics[nid], config, histories[nid])
+    weights = [metrics[n][P.NUM_EXAMPLES] for n in proto.masked]
+    losses = [metrics[n].get(P.TRAIN_LOSS, math.nan) for n in proto.masked]
+    return {"partners_replied": summed, "failures": failures,
+            "train_loss": sum(w * x for w, x in zip(weights, losses)) / sum(weights),
+            "train_phase_seconds": round(time.time() - started, 3),
+            "partner_train_seconds": {names[n]: metrics[n].get(P.TRAIN_SECONDS)
+                                      for n in proto.masked},
+            "upload_bytes": sum(traffic["upload"].values()),
+            "download_bytes": sum(traffic["download"].values()),
+            "secagg": {"partners": len(proto.keys), "threshold": proto.threshold,
+                       "dropped_after_keys": [names[n] for n in proto.dead()],
+                       "aggregate_norm": norm, "upload_bytes_per_partner": traffic["upload"],
+                       "download_bytes_per_stage": traffic["download"]}}

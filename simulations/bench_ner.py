@@ -1,0 +1,161 @@
+"""Benchmark: federated NER with DP-SGD vs without, on CoNLL-2003 and NCBI-disease, 3 partners.
+
+    python -m simulations.bench_ner [--dataset conll2003] [--finetune head] [--sentences 1200]
+
+Reads ../shared/datasets/{conll2003,ncbi_disease} (or --datasets-dir); a data set that is absent
+is skipped. Per data set: a seeded sample of the training file is split iid across 3 partners
+(each holds out 20 %), each arm runs through `consortium simulate` (real Flower simulation), then
+the final shared model is scored with seqeval on a seeded sample of the official test file.
+Merges its numbers (machine, versions, command, config, per-round and final scores) per data set
+into results/ner.json (--json), so data sets can be run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from client.data import PartnerSettings, partner_dataset
+from common.config import TOKEN_TASK, RunConfig
+from common.logs import configure_logging
+from common.metrics import entity_scores
+from common.model import build_model, load_tokenizer, load_trainable_state
+from common.sources import run_labels
+from common.storage import atomic_write_json
+from common.tokens import (TokenDataset, encode_tokens, entity_types, load_token_dataset,
+                           predicted_tags, read_sentences, tag_names)
+from common.training import evaluate_tokens
+from server.checkpoint import latest_checkpoint
+from simulations.simulate import Federation, run_simulation
+
+# per data set: training file, test file, max-length (words of 95 % of sentences fit)
+DATASETS = {"conll2003": ("train.txt", "test.txt", 64),
+            "ncbi_disease": ("train.tsv", "test.tsv", 128)}
+PARTNERS = 3
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
+# per mode: learning rate and local epochs (head: the classifier only; lora: adapters + head)
+MODE_SETTINGS = {"head": dict(learning_rate=5e-2, local_epochs=2),
+                 "lora": dict(learning_rate=1e-2, local_epochs=1)}
+
+
+def sample_conll(source: Path, target: Path, n: int, seed: int) -> int:
+    """A seeded sample of ``n`` sentences of a CoNLL file, written as ``word tag`` lines."""
+    sentences = read_sentences(source)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(sentences))[:n])
+    lines = []
+    for i in pick:
+        words, tags = sentences[int(i)]
+        lines += [f"{w} {t}" for w, t in zip(words, tags)] + [""]
+    target.write_text("\n".join(lines) + "\n")
+    return len(pick)
+
+
+def score(config: RunConfig, run_dir: Path, data: TokenDataset) -> dict[str, float]:
+    """Entity-level scores of the run's final shared model on ``data``."""
+    tags = run_labels(config)
+    model = build_model(config, tags)
+    load_trainable_state(model, latest_checkpoint(run_dir / "checkpoints").arrays)
+    stats = evaluate_tokens(model, encode_tokens(load_tokenizer(config), data, config.max_length))
+    s = entity_scores(data.tag_strings(), predicted_tags(data, stats.predictions),
+                      entity_types(tags))
+    return {"entity_f1": s.f1, "entity_precision": s.precision, "entity_recall": s.recall,
+            "macro_f1": s.macro_f1, "token_accuracy": s.token_accuracy,
+            "per_type": {t: dict(zip(("tp", "fp", "fn"), c)) for t, c in s.counts.items()}}
+
+
+def partners_held_out(config: RunConfig) -> TokenDataset:
+    """The partners' held-out splits, pooled (what the federated evaluation scores)."""
+    tags = run_labels(config)
+    parts = [partner_dataset(config, PartnerSettings(f"partner-{i}", i, PARTNERS), tags)[1]
+             for i in range(PARTNERS)]
+    return TokenDataset(tuple(s for p in parts for s in p.tokens),
+                        tuple(t for p in parts for t in p.tags), tags)
+
+
+def run_arm(config: RunConfig, test: TokenDataset) -> dict:
+    out = Path(config.out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    run_simulation(config, Federation(PARTNERS))
+    seconds = round(time.time() - started, 1)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((out / "model" / "run_config.json").read_text())
+    config = RunConfig.from_mapping(final)  # as the run saw it: labels declared, paths resolved
+    return {"seconds": seconds,
+            "max_epsilon": lines[-1].get("max_epsilon"),
+            "entity_f1_per_round": [(ln.get("eval_mean") or {}).get("entity_f1") for ln in lines],
+            "token_accuracy_per_round": [ln.get("eval_accuracy") for ln in lines],
+            "partners_held_out": score(config, out, partners_held_out(config)),
+            "official_test_sample": score(config, out, test)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--dataset", action="append", choices=sorted(DATASETS))
+    parser.add_argument("--sentences", type=int, default=900, help="training sample, all partners")
+    parser.add_argument("--test-sentences", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--finetune", choices=sorted(MODE_SETTINGS), default="lora")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, help="default: per data set (DATASETS)")
+    parser.add_argument("--out", type=Path, default=Path("results/ner"), help="runs, samples")
+    parser.add_argument("--json", type=Path, default=Path("results/ner.json"))
+    args = parser.parse_args()
+    configure_logging()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    command = " ".join(["python -m simulations.bench_ner", *sys.argv[1:]])
+    for name in args.dataset or sorted(DATASETS):
+        folder = args.datasets_dir / name
+        train_file, test_file = folder / DATASETS[name][0], folder / DATASETS[name][1]
+        if not (train_file.is_file() and test_file.is_file()):
+            print(f"skipped {name}: {folder} not found")
+            continue
+        sample = args.out / f"{name}_train_sample.conll"
+        n = sample_conll(train_file, sample, args.sentences, seed=0)
+        types = tuple(sorted({t[2:] for _, tags in read_sentences(sample) for t in tags
+                              if t != "O"}))
+        test_sample = args.out / f"{name}_test_sample.conll"
+        n_test = sample_conll(test_file, test_sample, args.test_sentences, seed=1)
+        base = dict(task=TOKEN_TASK, data=str(sample.resolve()), labels=",".join(types),
+                    num_rounds=args.rounds, batch_size=args.batch_size,
+                    max_length=args.max_length or DATASETS[name][2],
+                    finetune=args.finetune, **MODE_SETTINGS[args.finetune])
+        test = load_token_dataset(test_sample, tag_names(types))
+        arms = {f"dp_eps{args.epsilon:g}": dict(epsilon=args.epsilon), "no_dp": dict(dp=False)}
+        key = f"{name}-{args.finetune}"
+        results[key] = {"command": command, "config": {
+            **base, "train_sentences": n, "test_sentences": n_test, "partners": PARTNERS},
+            "arms": {}}
+        for arm, extra in arms.items():
+            run_dir = (args.out / f"{key}_{arm}").resolve()
+            results[key]["arms"][arm] = run_arm(RunConfig(**base, **extra, out_dir=str(run_dir)),
+                                                test)
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    summary = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
+               "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers",
+                                                    "peft", "seqeval")},
+               "datasets": {**old.get("datasets", {}), **results}}
+    atomic_write_json(args.json, summary)
+    print(f"\n{'data set':<18} {'arm':<9} {'F1 test':>8} {'F1 partners':>12} {'max ε':>7} {'s':>6}")
+    for name, body in results.items():
+        for arm, r in body["arms"].items():
+            eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
+            print(f"{name:<18} {arm:<9} {r['official_test_sample']['entity_f1']:>8.4f} "
+                  f"{r['partners_held_out']['entity_f1']:>12.4f} {eps:>7} {r['seconds']:>6.0f}")
+    print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Benchmark: what secure aggregation costs. Two `consortium simulate` runs (MiniLM LoRA, DP on),
+identical but for ``secure-aggregation``, compared on upload bytes per partner per round and on
+round / train-phase time; plus the protocol alone (no training), in-process, at K partners.
+
+    flock /tmp/consortium/heavy.lock python -m simulations.bench_secagg [--partners 3]
+        [--rounds 2] [--examples 120] [--ks 3,5,10] [--out results]
+
+Upload bytes are what the coordinator received for the update: the plain round's update arrays;
+under secure aggregation the masked vector plus public keys, encrypted key shares and unmask
+shares (server.secagg.payload_bytes). Metrics, names and Flower framing, alike in both, are out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from client.secagg import PartnerSecAgg
+from common import protocol as P
+from server.secagg import MOD_RANGE, SecAggRound, threshold_for
+
+LORA_PARAMS = 2 * 12 * 8 * 384 + 4 * 384 + 4  # MiniLM-L6, r = 8 on query + value, 4-label head
+
+
+def simulate(out: Path, partners: int, rounds: int, examples: int, secure: bool) -> list[dict]:
+    args = [str(Path(sys.executable).with_name("consortium")), "simulate", "--partners",
+            str(partners), "--rounds", str(rounds), "--out", str(out),
+            "--set", f"examples-per-partner={examples}", "--set", "local-epochs=1",
+            "--set", f"secure-aggregation={'true' if secure else 'false'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def summarize(lines: list[dict]) -> dict:
+    per_partner = [line["upload_bytes"] / len(line["partners_replied"]) for line in lines]
+    return {"upload_bytes_per_partner_round": statistics.mean(per_partner),
+            "round_seconds": statistics.mean(line["seconds"] for line in lines),
+            "train_phase_seconds": statistics.mean(line["train_phase_seconds"] for line in lines),
+            "partner_train_seconds": statistics.mean(
+                s for line in lines for s in line["partner_train_seconds"].values() if s),
+            "final_accuracy": lines[-1]["eval_accuracy"], "rounds": lines}
+
+
+def protocol_only(k: int, size: int) -> dict:
+    """Setup → unmask for K partners on a LoRA-sized update, one process; seconds per stage."""
+    rng = np.random.default_rng(0)
+    proto = SecAggRound(threshold_for(k, 0.6), 10.0, 2**22, size)
+    params = {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: 10.0,
+              P.SECAGG_QUANTIZATION_RANGE: 2**22, P.SECAGG_MOD_RANGE: MOD_RANGE}
+    partners = {n + 1: PartnerSecAgg() for n in range(k)}
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, fn) -> None:
+        started = time.perf_counter()
+        fn()
+        timings[stage] = round(time.perf_counter() - started, 4)
+
+    timed("setup", lambda: [proto.add_keys(n, *p.setup(n, params), 100.0)
+                            for n, p in partners.items()])
+    timed("share_keys", lambda: [proto.add_ciphertexts(n, *p.share_keys(dict(proto.keys)))
+                                 for n, p in partners.items()])
+    delta = rng.normal(0, 0.01, size)
+    timed("mask", lambda: [proto.add_masked(n, p.mask(*proto.forward_for(n), delta, 1.0))
+                           for n, p in list(partners.items())[:-1]])  # the last one drops out
+    timed("unmask", lambda: [proto.add_unmask_shares(n, *partners[n].unmask(
+        list(proto.masked), proto.dead())) for n in proto.masked])
+    timed("reconstruct", proto.mean_update)
+    return {"partners": k, "dropped": 1, "threshold": proto.threshold, "seconds": timings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--partners", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=120)
+    parser.add_argument("--ks", default="3,5,10")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args()
+    arms = {}
+    with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
+        for name, secure in (("off", False), ("on", True)):
+            lines = simulate(Path(tmp) / name, args.partners, args.rounds, args.examples, secure)
+            arms[name] = summarize(lines)
+    ratio = {key: arms["on"][key] / arms["off"][key]
+             for key in ("upload_bytes_per_partner_round", "round_seconds", "train_phase_seconds")}
+    summary = {
+        "command": " ".join(["python -m simulations.bench_secagg", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version()},
+        "versions": {p: version(p) for p in ("flwr", "cryptography", "opacus", "torch")},
+        "config": {"model": "all-MiniLM-L6-v2 LoRA r=8", "partners": args.partners,
+                   "rounds": args.rounds, "examples_per_partner": args.examples, "dp": True},
+        "arms": arms, "on_over_off": ratio,
+        "protocol_only": [protocol_only(int(k), LORA_PARAMS) for k in args.ks.split(",")],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "secagg.json").write_text(json.dumps(summary, indent=2))
+    for key, value in ratio.items():
+        print(f"{key:<34} off {arms['off'][key]:>12.1f}  on {arms['on'][key]:>12.1f}  "
+              f"on/off {value:.3f}")
+    for row in summary["protocol_only"]:
+        print(f"protocol only, K={row['partners']}: {row['seconds']}")
+    print(f"written: {args.out / 'secagg.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Benchmark P1: local training speed and memory, DP-SGD ÷ non-private, for full fine-tuning and
+LoRA, with Opacus' per-sample-gradient hooks vs ghost clipping.
+
+    python -m simulations.bench_train [--examples 480] [--batch-size 32] [--out results/train]
+
+Same model (the bundled MiniLM), data (the embedded demo set), batch and code path as a partner:
+``common.training.train_dp`` (Poisson sampling, clipping, noise, accountant) vs ``train_plain``
+(shuffled batches, AdamW). Every arm runs in its own fresh process, one after another, so that
+its memory is its own: peak RSS is sampled every 5 ms by a thread (psutil) while training, and
+reported both as the process peak and as the rise above the RSS just before training. Throughput
+is training examples ÷ wall seconds of a whole train call (one pass over the data), after a
+2-batch warm-up call; each process times ``--timed-calls`` passes, the arms run interleaved in
+``--repeats`` fresh processes, and each arm's fastest pass is kept (the one least disturbed by
+other load on a shared machine); every pass is in the JSON. With ``--profile`` the last repeat
+profiles.
+With ``--profile`` each arm also records torch.profiler's top operators (self CPU time) for a few
+steps: the evidence of what bounds an arm that misses its goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+GOALS = {"full": 0.85, "lora": 0.92}  # DP ÷ non-private examples/s (issue 5, P1)
+MEMORY_GOAL = 1.10
+ARMS = ("plain", "hooks", "ghost")
+LEARNING_RATES = {"full": 1e-3, "lora": 1e-2}
+
+
+class PeakRss:
+    """Samples this process's RSS in a thread; ``peak`` is the highest seen while running."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import psutil
+
+        self._proc, self._interval = psutil.Process(), interval
+        self.start_rss = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
+            profile_steps: int, timed_calls: int) -> dict:
+    """One arm in this process: build, warm up, then time and trace one pass over the data."""
+    import torch
+
+    from client.data import PartnerSettings, partner_dataset
+    from common.config import RunConfig
+    from common.model import build_model, load_tokenizer
+    from common.synthetic import LABELS
+    from common.training import DPSettings, TrainSettings, encode, train_dp, train_plain
+
+    config = RunConfig(examples_per_partner=math.ceil(examples / 0.8) + 1, max_length=max_length,
+                       finetune=finetune, batch_size=batch, seed=7)
+    train, _ = partner_dataset(config, PartnerSettings(name="bench"), LABELS)
+    data = encode(load_tokenizer(config), train, max_length)
+    data = torch.utils.data.TensorDataset(*(t[:examples] for t in data.tensors))
+    model = build_model(config, LABELS)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def train(subset: torch.utils.data.TensorDataset) -> object:
+        settings = TrainSettings(LEARNING_RATES[finetune], batch, 1, max_length, seed=11)
+        if arm == "plain":
+            return train_plain(model, subset, settings)
+        return train_dp(model, subset, settings, DPSettings(1.0, 1.0, arm), [])[0]
+
+    def head(n: int) -> torch.utils.data.TensorDataset:
+        return torch.utils.data.TensorDataset(*(t[:n] for t in data.tensors))
+
+    rates, calls = [], []
+    with PeakRss() as rss:
+        train(head(2 * batch))  # warm-up: first-call allocations, kernel selection
+        for _ in range(timed_calls):
+            started = time.perf_counter()
+            stats = train(data)
+            seconds = time.perf_counter() - started
+            calls.append({"examples": stats.examples_seen, "steps": stats.steps,
+                          "seconds": seconds})
+            rates.append(stats.examples_seen / seconds)
+    best = calls[rates.index(max(rates))]
+    row = {"finetune": finetune, "arm": arm, "trainable_params": trainable, **best,
+           "examples_per_s": max(rates), "timed_calls": calls,
+           "peak_rss_mib": rss.peak / 2**20, "rss_before_mib": rss.start_rss / 2**20,
+           "rss_rise_mib": (rss.peak - rss.start_rss) / 2**20}
+    if profile_steps:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train(head(profile_steps * batch))
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1.0
+        row["profile_top_ops"] = [
+            {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total, "calls": e.count}
+            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
+    return row
+
+
+def _spawn(finetune: str, arm: str, args: argparse.Namespace, profile: bool) -> dict:
+    cmd = [sys.executable, "-m", "simulations.bench_train", "--arm", f"{finetune}:{arm}",
+           "--examples", str(args.examples), "--batch-size", str(args.batch_size),
+           "--max-length", str(args.max_length),
+           "--timed-calls", str(args.timed_calls),
+           "--profile-steps", str(args.profile_steps if profile else 0)]
+    env = {**os.environ, "CONSORTIUM_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                         cwd=Path(__file__).resolve().parent.parent)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("ARM ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"arm {finetune}:{arm} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][4:])
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    by = {(r["finetune"], r["arm"]): r for r in rows}
+    out = []
+    for (finetune, arm), r in by.items():
+        if arm == "plain":
+            continue
+        base = by[(finetune, "plain")]
+        speed = r["examples_per_s"] / base["examples_per_s"]
+        mem = r["peak_rss_mib"] / base["peak_rss_mib"]
+        out.append({"finetune": finetune, "clipping": arm, "speed_ratio": speed,
+                    "peak_rss_ratio": mem,
+                    "rss_rise_ratio": r["rss_rise_mib"] / max(base["rss_rise_mib"], 1e-9),
+                    "speed_goal": GOALS[finetune], "speed_goal_met": speed >= GOALS[finetune],
+                    "memory_goal_met": mem <= MEMORY_GOAL})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=480)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--modes", default="lora,full")
+    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per arm")
+    parser.add_argument("--timed-calls", type=int, default=3, help="timed passes per process")
+    parser.add_argument("--profile", action="store_true", help="record top ops for every arm")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print JSON
+    parser.add_argument("--out", type=Path, default=Path("results/train"))
+    args = parser.parse_args()
+    if args.arm:
+        finetune, arm = args.arm.split(":")
+        row = run_arm(finetune, arm, args.examples, args.batch_size, args.max_length,
+                      args.profile_steps, args.timed_calls)
+        print("ARM " + json.dumps(row), flush=True)
+        return 0
+    import opacus
+    import torch
+
+    runs = []  # arms interleaved, repeated: the best of each is the least disturbed by load
+    for repeat in range(args.repeats):
+        for finetune in args.modes.split(","):
+            for arm in ARMS:
+                last = repeat == args.repeats - 1
+                r = _spawn(finetune, arm, args, args.profile and last) | {"repeat": repeat}
+                runs.append(r)
+                print(f"{finetune:5s} {arm:6s} {r['examples_per_s']:7.2f} ex/s  peak RSS "
+                      f"{r['peak_rss_mib']:7.0f} MiB (rise {r['rss_rise_mib']:6.0f})  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+    rows = [max((r for r in runs if (r["finetune"], r["arm"]) == key),
+                key=lambda r: r["examples_per_s"])
+            for key in dict.fromkeys((r["finetune"], r["arm"]) for r in runs)]
+    ratios = summarize(rows)
+    print("\n| fine-tuning | clipping | DP ÷ plain ex/s | goal | peak RSS ratio | rise ratio |")
+    for r in ratios:
+        print(f"| {r['finetune']} | {r['clipping']} | {r['speed_ratio']:.3f} | "
+              f"{'met' if r['speed_goal_met'] else 'not met'} (≥ {r['speed_goal']}) | "
+              f"{r['peak_rss_ratio']:.3f} | {r['rss_rise_ratio']:.2f} |")
+    load = os.getloadavg()
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": platform.python_version(), "torch": torch.__version__,
+                          "opacus": opacus.__version__, "torch_threads": torch.get_num_threads(),
+                          "loadavg_after": load},
+              "config": {"examples": args.examples, "batch_size": args.batch_size,
+                         "max_length": args.max_length, "noise_multiplier": 1.0,
+                         "max_grad_norm": 1.0, "model": "bundled all-MiniLM-L6-v2, 4 labels",
+                         "data": "embedded demo set"},
+              "arms": rows, "ratios": ratios, "all_runs": runs}
+    from common.storage import atomic_write_json
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "train.json", result)
+    print(f"wrote {args.out / 'train.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
