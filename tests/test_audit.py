@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,21 +118,8 @@ def test_bad_options_are_clear_errors(argv: list[str], message: str, tmp_path: P
     assert not (tmp_path / "audit.json").exists()
 
 
-@pytest.fixture(scope="module")
-def word_bert(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny BERT with a tokenizer that knows its words (canaries are drawn from them);
-    transformers 5 ignores ``vocab_file=``, which leaves the shared fixture's tokenizer with
-    only its 5 special tokens."""
-    from transformers import BertTokenizerFast
-
-    directory = tmp_path_factory.mktemp("audit-bert") / "model"
-    shutil.copytree(tiny_bert, directory)
-    BertTokenizerFast(vocab=str(directory / "vocab.txt")).save_pretrained(directory)
-    return str(directory)
-
-
-def test_tiny_bert_audit_end_to_end(word_bert: str, tmp_path: Path) -> None:
-    argv = ["audit", "--base-model", word_bert, "--epsilon", "4", "--canaries", "6",
+def test_tiny_bert_audit_end_to_end(tiny_bert: str, tmp_path: Path) -> None:
+    argv = ["audit", "--base-model", tiny_bert, "--epsilon", "4", "--canaries", "6",
             "--repeats", "2", "--candidates", "30", "--epochs", "2", "--out", str(tmp_path),
             "--set", "examples-per-partner=40", "--set", "batch-size=8"]
     assert main(argv) == 0
@@ -154,8 +140,8 @@ def test_tiny_bert_audit_end_to_end(word_bert: str, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_tiny_bert_audit_without_dp(word_bert: str, tmp_path: Path) -> None:
-    argv = ["audit", "--base-model", word_bert, "--epsilon", "inf", "--canaries", "4",
+def test_tiny_bert_audit_without_dp(tiny_bert: str, tmp_path: Path) -> None:
+    argv = ["audit", "--base-model", tiny_bert, "--epsilon", "inf", "--canaries", "4",
             "--repeats", "1", "--candidates", "10", "--epochs", "1", "--out", str(tmp_path),
             "--set", "examples-per-partner=30"]
     assert main(argv) == 0
