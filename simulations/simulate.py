@@ -32,7 +32,10 @@ from simulations.partition import partition_indices
 
 logger = logging.getLogger(__name__)
 
-LOCAL_SUPERLINK_PORT = 39091
+# Flower's local SuperLink listens on these ports; Flower's own environment variables move them,
+# e.g. to run two simulations on one machine at once (the test suite gives each worker its own)
+LOCAL_PORT_VARIABLES = (("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", 39091),
+                        ("FLWR_LOCAL_CONTROL_API_PORT", 39093))
 APP_DIR = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -152,13 +155,27 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def local_superlink_ports() -> list[tuple[str, int]]:
+    """(variable, port) of the local SuperLink's HTTP and Control APIs, as `flwr run` reads them."""
+    ports = []
+    for name, default in LOCAL_PORT_VARIABLES:
+        value = os.environ.get(name, str(default))
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ConfigError(f"environment variable {name}={value!r}: give a port number "
+                              "(1-65535) or unset it")
+        ports.append((name, int(value)))
+    return ports
+
+
 def run_simulation(config: RunConfig, federation: Federation) -> Path:
     """Run the App on Flower's simulation engine; returns the output directory."""
     config = preflight(config, federation)
-    if _port_in_use(LOCAL_SUPERLINK_PORT):
-        raise ConsortiumError(f"a Flower SuperLink already listens on 127.0.0.1:"
-                              f"{LOCAL_SUPERLINK_PORT} (left by an earlier `flwr run`?); stop "
-                              "it first, e.g. `pkill -f flower-superlink`")
+    for name, port in local_superlink_ports():
+        if _port_in_use(port):
+            raise ConsortiumError(
+                f"127.0.0.1:{port} ({name}) is taken: a Flower SuperLink left by an earlier "
+                "`flwr run`? Stop it first (`pkill -f flower-superlink`), or set "
+                f"{name} to a free port")
     out = Path(config.out_dir)
     with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
         flwr_home = Path(home)

@@ -67,16 +67,30 @@ def sentiment_csv(tmp_path: Path) -> Path:
     return path
 
 
+def _worker_local_superlink_ports() -> None:
+    """Each pytest-xdist worker gets its own ports for Flower's local SuperLink (Flower's own
+    variables, read by `flwr run` and `consortium simulate`), so simulations on different
+    workers can overlap."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        offset = 100 * (int(worker[2:]) + 1)
+        os.environ.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(39091 + offset))
+        os.environ.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(39093 + offset))
+
+
+_worker_local_superlink_ports()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start Flower processes (marked slow) run one after another on one
-    pytest-xdist worker per kind: local simulations reuse the local SuperLink's fixed ports; the
-    deployment tests' TLS SuperLink takes free ports, so the two kinds may overlap. The rest
-    spread over the workers."""
+    """Tests that start Flower processes (marked slow) run one after another per module, on one
+    pytest-xdist worker (they share module fixtures: a finished run, a federation), unless a test
+    names its own group (a test with a federation of its own). Modules' groups overlap on
+    different workers: each worker has its own local SuperLink ports, and the deployment tests'
+    TLS SuperLinks take free ports. The rest spread over the workers."""
     for item in items:
-        if item.get_closest_marker("slow"):
-            kind = "deployment" if item.path.name == "test_deployment.py" else "simulation"
-            item.add_marker(pytest.mark.xdist_group(f"flower-{kind}"))
+        if item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(f"flower-{item.path.stem}"))
 
 
 @pytest.fixture(autouse=True)

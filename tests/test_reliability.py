@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from server.checkpoint import latest_checkpoint
+from simulations.simulate import local_superlink_ports
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -48,13 +49,15 @@ def kill_tree(pid: int) -> None:
 
 
 def superlink_pids() -> list[int]:
+    """This test's local SuperLink: the one on this worker's port (see conftest.py)."""
+    port = dict(local_superlink_ports())["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "flower-superlink" in text and "--simulation" in text:
+        if "flower-superlink" in text and "--simulation" in text and f"--port {port} " in text:
             pids.append(int(cmdline.parent.name))
     return pids
 
@@ -107,8 +110,15 @@ def test_coordinator_killed_mid_round_resumes_to_the_same_model(tiny_bert: str,
     b = latest_checkpoint(killed / "checkpoints")
     assert a.round == b.round == 3
     assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)  # bitwise
+    reports = [json.loads((out / "privacy_report.json").read_text())["partners"]
+               for out in (plain, killed)]
     for partner in ("partner-0", "partner-1"):
         assert releases(plain, partner) == 3
         # every training is counted once, including the round whose result was lost: what was
         # spent before the kill, plus one release per round re-run after the last checkpoint
         assert releases(killed, partner) == at_kill[partner] + 3 - last_round
+        # and the privacy report's ε pays for them all (steps per round are fixed)
+        plain_record, killed_record = reports[0][partner], reports[1][partner]
+        assert killed_record["steps"] == plain_record["steps"] // 3 * releases(killed, partner)
+        if releases(killed, partner) > 3:  # this partner had trained the lost round
+            assert killed_record["epsilon"] > plain_record["epsilon"]

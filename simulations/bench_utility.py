@@ -1,0 +1,191 @@
+"""Benchmark P3 (utility): federated DP vs centralized non-private vs federated non-private vs
+centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2 and on Multi-Domain Sentiment split by domain.
+
+    python -m simulations.bench_utility [--dataset sst2] [--finetune head] [--train-examples 2000]
+
+Reads ../shared/datasets/{sst2,multi_domain_sentiment} (or --datasets-dir); a data set that is
+absent is skipped. Per data set a seeded subset of the training data is written to one CSV;
+*federated* arms split it over K partners (SST-2: Dirichlet α = 1 on labels, K = 10; Multi-Domain
+Sentiment: one partner per product domain, K = 4), *centralized* arms give all of it to a single
+partner that trains the same local epochs per round for the same rounds, with the same DP-SGD
+(ε is then per record of the pooled set). Every arm runs the coordinator's real round loop and the
+partners' real ClientApp handlers in this process (``simulations.local_grid``), and the coordinator
+scores the shared model each round on the same evaluation set: SST-2's labelled 872-example GLUE
+dev set (``test.tsv`` here), or for Multi-Domain Sentiment a seeded per-domain sample disjoint from
+the training subset. Merges per data set into results/utility/utility.json, rewritten after each
+arm (a run cut off keeps what it made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import RunConfig
+from common.logs import configure_logging
+from common.storage import atomic_write_json
+from simulations.local_grid import LocalGrid
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
+DOMAINS = ("books", "dvd", "electronics", "kitchen")
+# per fine-tuning mode: learning rate and local epochs (bench_sentiment's sweep on one partner)
+MODE_SETTINGS = {"head": dict(learning_rate=1e-1, local_epochs=3),
+                 "lora": dict(learning_rate=1e-2, local_epochs=1),
+                 "full": dict(learning_rate=1e-3, local_epochs=1)}
+# per data set: federated partition, partners, max-length, default subset sizes (train, eval)
+DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, sizes=(2000, 872)),
+            "mds": dict(partition="column:domain", partners=4, max_length=128, sizes=(1200, 400))}
+
+
+def write_csv(rows: list[tuple[str, str, str]], target: Path) -> None:
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label", "domain"])
+        writer.writerows(rows)
+
+
+def sst2_rows(root: Path, n_train: int, seed: int) -> tuple[list, list]:
+    """A seeded sample of SST-2 train; all 872 labelled GLUE dev sentences for evaluation."""
+    def read(name: str) -> list[tuple[str, str, str]]:
+        lines = (root / name).read_text(encoding="utf-8").splitlines()[1:]
+        return [(t.strip(), lab.strip(), "sst2") for t, lab in
+                (line.rsplit("\t", 1) for line in lines if line.strip())]
+    train = read("train.tsv")
+    pick = np.random.default_rng(seed).permutation(len(train))[:n_train]
+    return [train[i] for i in sorted(pick)], read("test.tsv")
+
+
+def mds_rows(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
+    """Per domain, a seeded sample of n_train/4 reviews to train on and n_eval/4 others to score."""
+    by_domain: dict[str, list[tuple[str, str, str]]] = {d: [] for d in DOMAINS}
+    for line in (root / "multi_domain_sentiment.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        text = " ".join(f"{r.get('title', '')}. {r['text']}".split())
+        by_domain[r["domain"]].append((text, str(r["label"]), r["domain"]))
+    rng, train, held = np.random.default_rng(seed), [], []
+    for domain in DOMAINS:
+        rows = by_domain[domain]
+        order = rng.permutation(len(rows))
+        k, m = n_train // len(DOMAINS), n_eval // len(DOMAINS)
+        train += [rows[i] for i in order[:k]]
+        held += [rows[i] for i in order[k:k + m]]
+    return train, held
+
+
+def run_arm(config: RunConfig, partners: int) -> dict[str, Any]:
+    from server.coordinator import run_federation  # after logging is configured
+
+    out = Path(config.out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    run_federation(LocalGrid(config, partners), config)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    report = json.loads((out / "privacy_report.json").read_text())
+    own = [ln["eval_coordinator"] for ln in lines]
+    return {"seconds": round(time.time() - started, 1),
+            "accuracy_per_round": [o["accuracy"] for o in own],
+            "final_accuracy": own[-1]["accuracy"], "final_macro_f1": own[-1]["macro_f1"],
+            "partners_mean_accuracy": lines[-1]["eval_accuracy"],
+            "max_epsilon": lines[-1]["max_epsilon"],
+            "noise_multipliers": sorted({p["noise_multiplier"] for p in
+                                         report.get("partners", {}).values()
+                                         if p.get("noise_multiplier") is not None})}
+
+
+def gaps(arms: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Points below centralized non-private (same fine-tuning mode) for every other arm."""
+    out = {}
+    for name, arm in arms.items():
+        mode = name.split("_")[0]
+        ref = arms.get(f"{mode}_central_epsinf")
+        if ref is not None and name != f"{mode}_central_epsinf":
+            out[name] = round(100 * (ref["final_accuracy"] - arm["final_accuracy"]), 2)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--dataset", action="append", choices=list(DATASETS))
+    parser.add_argument("--finetune", action="append", choices=list(MODE_SETTINGS),
+                        help="fine-tuning modes (repeatable; default head and lora)")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1, 3, 8, math.inf])
+    parser.add_argument("--settings", nargs="+", choices=["central", "federated"],
+                        default=["central", "federated"])
+    parser.add_argument("--train-examples", type=int, help="training subset (default per set)")
+    parser.add_argument("--eval-examples", type=int, help="mds evaluation sample (default 400)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, default=Path("results/utility"))
+    args = parser.parse_args()
+    configure_logging()
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "utility.json"
+    summary = json.loads(target.read_text()) if target.exists() else {"datasets": {}}
+    summary.update({
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers", "peft")}})
+    for name in args.dataset or list(DATASETS):
+        spec = DATASETS[name]
+        folder = args.datasets_dir / ("sst2" if name == "sst2" else "multi_domain_sentiment")
+        if not folder.is_dir():
+            print(f"skipped {name}: {folder} not found")
+            continue
+        n_train = args.train_examples or spec["sizes"][0]
+        train, held = (sst2_rows(folder, n_train, args.seed) if name == "sst2" else
+                       mds_rows(folder, n_train, args.eval_examples or spec["sizes"][1],
+                                args.seed))
+        write_csv(train, args.out / f"{name}_train.csv")
+        write_csv(held, args.out / f"{name}_eval.csv")
+        base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
+                    server_eval_data=str(args.out / f"{name}_eval.csv"),
+                    max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
+                    round_timeout=60.0)
+        entry = summary["datasets"].setdefault(name, {"arms": {}})
+        entry.update({"command": " ".join(["python -m simulations.bench_utility", *sys.argv[1:]]),
+                      "train_examples": len(train), "eval_examples": len(held),
+                      "config": {**base, "partition_federated": spec["partition"],
+                                 "partners_federated": spec["partners"]}})
+        for mode in args.finetune or ["head", "lora"]:
+            for setting in args.settings:
+                for eps in args.epsilons:
+                    arm = f"{mode}_{setting}_eps{eps:g}"
+                    partners = spec["partners"] if setting == "federated" else 1
+                    privacy = dict(dp=False) if math.isinf(eps) else dict(epsilon=eps)
+                    config = RunConfig(**base, **MODE_SETTINGS[mode], **privacy, finetune=mode,
+                                       partition=spec["partition"] if partners > 1 else "iid",
+                                       min_partners=max(1, partners // 2),
+                                       out_dir=str(args.out / "runs" / name / arm))
+                    entry["arms"][arm] = {"setting": setting, "finetune": mode, "epsilon": None if math.isinf(eps) else eps,
+                                          "partners": partners, **run_arm(config, partners)}
+                    entry["gap_to_central_no_dp_points"] = gaps(entry["arms"])
+                    summary["machine"]["load_average_at_end"] = os.getloadavg()
+                    atomic_write_json(target, summary)
+                    print(f"{name} {arm}: accuracy {entry['arms'][arm]['final_accuracy']:.4f}",
+                          flush=True)
+    print(f"\n{'data':<5} {'arm':<24} {'accuracy':>9} {'max ε':>7} {'gap pts':>8} {'s':>6}")
+    for name, entry in summary["datasets"].items():
+        for arm, r in entry["arms"].items():
+            eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
+            gap = entry.get("gap_to_central_no_dp_points", {}).get(arm)
+            print(f"{name:<5} {arm:<24} {r['final_accuracy']:>9.4f} {eps:>7} "
+                  f"{'' if gap is None else f'{gap:+.1f}':>8} {r['seconds']:>6.0f}")
+    print(f"written: {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
