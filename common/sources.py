@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from common import synthetic_ner
 from common.config import TOKEN_TASK, RunConfig
 from common.data import infer_labels
@@ -14,27 +16,22 @@ def run_labels(config: RunConfig, partner_has_own_data: bool = False) -> tuple[s
     """Declared labels, else those of the embedded data, else those of the simulated file.
 
     For token-classification: the tags (O, B-T, I-T, ...) derived from the entity types."""
-    if config.task == TOKEN_TASK:
-        return tag_names(_entity_types(config, partner_has_own_data))
+    if config.task != TOKEN_TASK:
+        return _resolve(config, partner_has_own_data, "the label set", "negative,positive",
+                        SYNTHETIC_LABELS, lambda: infer_labels(config.data, config.label_column))
+    return tag_names(_resolve(
+        config, partner_has_own_data, "the entity types", "PER,ORG,LOC", synthetic_ner.ENTITY_TYPES,
+        lambda: infer_entity_types(config.data, config.tag_column, *token_keys(config))))
+
+
+def _resolve(config: RunConfig, partner_has_own_data: bool, what: str, example: str,
+             embedded: tuple[str, ...], infer: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
     if config.label_list:
         return config.label_list
     if partner_has_own_data:
-        raise ConfigError("labels is empty but partners read their own files: declare the label "
-                          "set in the run config, e.g. labels=\"negative,positive\"")
-    if not config.data:
-        return SYNTHETIC_LABELS
-    return infer_labels(config.data, config.label_column)
-
-
-def _entity_types(config: RunConfig, partner_has_own_data: bool) -> tuple[str, ...]:
-    if config.label_list:
-        return config.label_list
-    if partner_has_own_data:
-        raise ConfigError("labels is empty but partners read their own files: declare the entity "
-                          "types in the run config, e.g. labels=\"PER,ORG,LOC\"")
-    if not config.data:
-        return synthetic_ner.ENTITY_TYPES
-    return infer_entity_types(config.data, config.tag_column, *token_keys(config))
+        raise ConfigError("labels is empty but partners read their own files: declare "
+                          f"{what} in the run config, e.g. labels=\"{example}\"")
+    return infer() if config.data else embedded
 
 
 def token_keys(config: RunConfig, text_column: str = "", label_column: str = "") -> tuple[str, str]:

@@ -14,10 +14,8 @@ import argparse
 import io
 import logging
 import math
-import platform
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +28,7 @@ from common.errors import ConfigError, PrivacyError
 from common.sources import run_labels
 from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
 from common.synthetic import synthetic_partner_data
+from simulations.bench_env import machine, versions
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +174,7 @@ def report(config: RunConfig, settings: A.AuditSettings, arms: dict[str, dict[st
                   "repeats": settings.repeats, "candidates": settings.candidates,
                   "words_per_canary": settings.words, "seed": settings.seed,
                   "score": "loss (lower = member)"},
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("torch", "opacus", "transformers", "peft")},
+        "machine": machine(), "versions": versions(),
         "arms": arms}
 
 

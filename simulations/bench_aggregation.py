@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import tracemalloc
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from server.aggregation import WeightedMean, validate_update
+from simulations.bench_env import machine
 
 # trainable tensor shapes of MiniLM-L6 (hidden 384, 6 layers) as the coordinator sees them
 LORA_SHAPES = [(8, 384), (384, 8)] * 12 + [(4, 384), (4,)]  # r = 8 on query, value + head
@@ -92,8 +92,7 @@ def main() -> int:
         ratios[kind] = mine[max(ks)] / mine[min(ks)]
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"command": " ".join(["python -m simulations.bench_aggregation", *sys.argv[1:]]),
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "numpy": np.__version__},
+              "machine": machine(numpy=np.__version__),
               "rows": rows, f"streaming_peak_ratio_k{max(ks)}_over_k{min(ks)}": ratios,
               "goal": "peak memory at K=1000 <= 1.10 x at K=10"}
     (args.out / "aggregation.json").write_text(json.dumps(result, indent=2))

@@ -24,12 +24,10 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.storage import atomic_write_json
+from simulations.bench_env import machine, versions
 from simulations.local_grid import LocalGrid, Tamper, sign_flip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +105,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
     return {
         "command": " ".join(["python -m simulations.bench_attack", *sys.argv[1:]]),
         "complete": sum(map(len, results.values())) == len(args.arms) * len(args.seeds),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "load_average_at_start": load_start,
-                    "load_average_at_end": os.getloadavg()},
-        "versions": {p: version(p) for p in ("torch", "flwr", "transformers")},
+        "machine": machine("load_average_at_end", load_average_at_start=load_start),
+        "versions": versions(),
         "task": {**TASK, "update_clip_norm": args.update_clip_norm, "partners": PARTNERS,
                  "attacker": f"partner-{ATTACKER}", "rounds": args.rounds, "chance_accuracy": 0.25,
                  "model": "tiny random BERT (2 layers, 32 wide), tests/conftest.py"},

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from simulations.bench_env import machine, versions
 
 ACCURACY_GOAL_POINTS = 0.3
 BYTES_GOAL = 0.005  # ≤ 0.5 % of full-model fp32 FedAvg (issue 5, P2)
@@ -122,12 +123,7 @@ def main() -> int:
             print(f"demo {a['compression']:4s}: accuracy {a['final_accuracy']:.4f} "
                   f"({a['difference_points']:+.2f} pts), per round "
                   f"{[round(x, 4) for x in a['accuracy_per_round']]}, {a['seconds']:.0f} s")
-    import flwr
-    import torch
-
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version(), "torch": torch.__version__,
-                          "flwr": flwr.__version__, "loadavg_after": os.getloadavg()},
+    result = {"machine": machine("loadavg_after", **versions("torch", "flwr")),
               "baseline": {"params": params, "fp32_bytes": baseline},
               "bytes": rows, "accuracy": accuracy}
     from common.storage import atomic_write_json

@@ -13,19 +13,18 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 from common.config import RunConfig
 from common.logs import configure_logging
 from common.synthetic import LABELS, synthetic_partner_data
+from simulations.bench_env import machine, versions
 from simulations.simulate import Federation, run_simulation
 
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -125,8 +124,7 @@ def main() -> int:
     mean_sim, mean_dep = sum(simulated) / len(simulated), sum(deployed) / len(deployed)
     summary = {
         "command": " ".join(["python -m simulations.bench_deploy", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers")},
+        "machine": machine(), "versions": versions(),
         "config": {"partners": args.partners, "rounds": args.rounds,
                    "examples_per_partner": args.examples_per_partner, "model": "MiniLM + LoRA"},
         "round_seconds": {"simulation": simulated, "deployment": deployed},

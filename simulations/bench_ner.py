@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from common.tokens import (TokenDataset, encode_tokens, entity_types, load_token
                            predicted_tags, read_sentences, tag_names)
 from common.training import evaluate_tokens
 from server.checkpoint import latest_checkpoint
+from simulations.bench_env import PACKAGES, machine, versions
 from simulations.simulate import Federation, run_simulation
 
 # per data set: training file, test file, max-length (words of 95 % of sentences fit)
@@ -142,9 +141,7 @@ def main() -> int:
             results[key]["arms"][arm] = run_arm(RunConfig(**base, **extra, out_dir=str(run_dir)),
                                                 test)
     old = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    summary = {"machine": {"platform": platform.platform(), "python": platform.python_version()},
-               "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers",
-                                                    "peft", "seqeval")},
+    summary = {"machine": machine(), "versions": versions(*PACKAGES, "seqeval"),
                "datasets": {**old.get("datasets", {}), **results}}
     atomic_write_json(args.json, summary)
     print(f"\n{'data set':<18} {'arm':<9} {'F1 test':>8} {'F1 partners':>12} {'max ε':>7} {'s':>6}")

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import numpy as np
 from client.secagg import PartnerSecAgg
 from common import protocol as P
 from server.secagg import MOD_RANGE, SecAggRound, threshold_for
+from simulations.bench_env import machine, versions
 
 LORA_PARAMS = 2 * 12 * 8 * 384 + 4 * 384 + 4  # MiniLM-L6, r = 8 on query + value, 4-label head
 
@@ -97,9 +96,7 @@ def main() -> int:
              for key in ("upload_bytes_per_partner_round", "round_seconds", "train_phase_seconds")}
     summary = {
         "command": " ".join(["python -m simulations.bench_secagg", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("flwr", "cryptography", "opacus", "torch")},
+        "machine": machine(), "versions": versions(),
         "config": {"model": "all-MiniLM-L6-v2 LoRA r=8", "partners": args.partners,
                    "rounds": args.rounds, "examples_per_partner": args.examples, "dp": True},
         "arms": arms, "on_over_off": ratio,

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import shutil
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 from common.config import RunConfig
 from common.logs import configure_logging
+from simulations.bench_env import machine, versions
 from simulations.simulate import Federation, run_simulation
 
 DOMAINS = ("amazon_cells", "imdb", "yelp")
@@ -85,9 +84,7 @@ def main() -> int:
     summary = {
         "mode_settings": {m: MODE_SETTINGS[m] for m in args.finetune or ["lora", "head"]},
         "command": " ".join(["python -m simulations.bench_sentiment", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers", "peft")},
+        "machine": machine(), "versions": versions(),
         "config": {**base, "examples": n, "partners": list(DOMAINS)},
         "arms": results,
     }

@@ -23,11 +23,9 @@ import csv
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import numpy as np
 from common.config import RunConfig
 from common.logs import configure_logging
 from common.storage import atomic_write_json
+from simulations.bench_env import machine, versions
 from simulations.local_grid import LocalGrid
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
@@ -134,10 +133,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "utility.json"
     summary = json.loads(target.read_text()) if target.exists() else {"datasets": {}}
-    summary.update({
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
-        "versions": {p: version(p) for p in ("torch", "flwr", "opacus", "transformers", "peft")}})
+    summary.update({"machine": machine("load_average_at_start"), "versions": versions()})
     for name in args.dataset or list(DATASETS):
         spec = DATASETS[name]
         folder = args.datasets_dir / ("sst2" if name == "sst2" else "multi_domain_sentiment")
