@@ -30,6 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger-dir", type=Path, help="privacy ledger and audit log "
                    "(default: ~/.consortium/NAME)")
     p.add_argument("--allowed-base-models", default="", help="comma-separated; empty = any")
+    p.add_argument("--device", default="", help="where to train: auto, cpu, cuda or cuda:N "
+                   "(default: the run's device, auto = a visible GPU, else the CPU)")
     p.add_argument("--port", type=int, default=9094, help="local port of the SuperNode")
     p.add_argument("--max-wait-time", type=float, help="give up after this many seconds "
                    "without the coordinator (default: keep retrying with back-off)")
@@ -48,7 +50,7 @@ def handle(args: argparse.Namespace) -> int:
         name=name, data=args.data, max_epsilon=args.max_epsilon, delta=args.delta,
         ledger_dir=args.ledger_dir or Path.home() / ".consortium" / name,
         text_column=args.text_column, label_column=args.label_column,
-        allowed_base_models=args.allowed_base_models)
+        allowed_base_models=args.allowed_base_models, device=args.device)
     rows = check_partner_data(policy)
     command = supernode_command(policy, args.coordinator, args.ca, args.key, args.port,
                                 args.insecure)

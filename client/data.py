@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common import synthetic_ner
-from common.config import TOKEN_TASK, RunConfig
+from common.config import TOKEN_TASK, RunConfig, check_device
 from common.data import TextDataset, load_text_dataset, split_train_test
 from common.errors import ConfigError, PrivacyError
 from common.sources import token_keys
@@ -32,6 +32,7 @@ class PartnerSettings:
     max_epsilon: float = math.inf
     delta: float = 0.0  # the δ this partner accounts its budget at; 0 = the run's
     allowed_base_models: tuple[str, ...] = ()  # empty = any
+    device: str = ""  # where this partner trains (auto, cpu, cuda, cuda:N); empty = the run's
 
     @property
     def has_own_data(self) -> bool:
@@ -40,7 +41,7 @@ class PartnerSettings:
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> PartnerSettings:
         known = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
-                 "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models"}
+                 "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError(f"unknown node-config key(s) {unknown}; known: {sorted(known)}")
@@ -55,10 +56,13 @@ class PartnerSettings:
             ledger_dir=str(node_config.get("ledger-dir", "")),
             max_epsilon=float(node_config.get("max-epsilon", math.inf)),
             delta=float(node_config.get("delta", 0.0)),
+            device=str(node_config.get("device", "")),
             allowed_base_models=tuple(
                 m.strip() for m in str(node_config.get("allowed-base-models", "")).split(",")
                 if m.strip()),
         )
+        if settings.device:
+            check_device(settings.device, "node-config device")
         if not settings.max_epsilon > 0:
             raise ConfigError(f"node-config max-epsilon = {settings.max_epsilon} must be > 0")
         return settings

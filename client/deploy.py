@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.keys import check_partner_name
+from common.config import check_device
 from common.data import read_rows
 from common.errors import ConfigError, DataError
 
@@ -28,9 +29,12 @@ class PartnerPolicy:
     text_column: str = "text"
     label_column: str = "label"
     allowed_base_models: str = ""  # comma-separated; empty = any
+    device: str = ""  # auto, cpu, cuda, cuda:N; empty = the run's
 
     def __post_init__(self) -> None:
         check_partner_name(self.name)
+        if self.device:
+            check_device(self.device, "--device")
         if not (self.max_epsilon > 0 and math.isfinite(self.max_epsilon)):
             raise ConfigError(f"--max-epsilon {self.max_epsilon} must be a positive number")
         if not 0 < self.delta < 1:
@@ -41,7 +45,8 @@ class PartnerPolicy:
                   "text-column": self.text_column, "label-column": self.label_column,
                   "max-epsilon": float(self.max_epsilon), "delta": float(self.delta),
                   "ledger-dir": str(self.ledger_dir.resolve()),
-                  "allowed-base-models": self.allowed_base_models}
+                  "allowed-base-models": self.allowed_base_models,
+                  **({"device": self.device} if self.device else {})}
         return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
@@ -29,6 +30,7 @@ from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
 from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
+from common.device import free_cached, gpu_memory, resolve_device
 from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
@@ -57,7 +59,7 @@ class _Prepared:
 
 
 def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
-             fingerprint: str) -> _Prepared:
+             fingerprint: str, device: torch.device) -> _Prepared:
     labels = run_labels(config, partner.has_own_data)
     train, test = partner_dataset(config, partner, labels)
     tokenizer = load_tokenizer(config)
@@ -67,7 +69,15 @@ def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, n
                          f"{config.base_model or '(bundled MiniLM)'} differ from the "
                          "coordinator's; install the same model version at every partner")
     load_trainable_state(model, shared)
-    return _Prepared(model, tokenizer, train, test)
+    return _Prepared(model.to(device), tokenizer, train, test)
+
+
+def partner_device(config: RunConfig, partner: PartnerSettings) -> torch.device:
+    """The partner's node-config device, else the run's; logged, since ``auto`` may pick either."""
+    device = resolve_device(partner.device or config.device,
+                            f"{partner.name}'s {'node config' if partner.device else 'run config'}")
+    logger.info("%s trains on %s", partner.name, device)
+    return device
 
 
 def _encode(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
@@ -140,8 +150,23 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
                 known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
     """Train one round on the partner's data and return the clipped update and its metrics."""
     partner.check_policy(config)
-    prep = _prepare(config, partner, shared, fingerprint)
-    check_fits(prep.model, config.batch_size, config.max_length, config.dp, partner.name)
+    device = partner_device(config, partner)
+    try:
+        reply = _train_round(config, partner, shared, fingerprint, server_round, run_id,
+                             known_history, device)
+    finally:
+        free_cached(device)  # the round's model is gone: hand its GPU memory back
+    reply.metrics.update(gpu_memory(device))
+    return reply
+
+
+def _train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
+                 fingerprint: str, server_round: int, run_id: str,
+                 known_history: list[tuple[float, float, int]] | None,
+                 device: torch.device) -> TrainReply:
+    prep = _prepare(config, partner, shared, fingerprint, device)
+    check_fits(prep.model, config.batch_size, config.max_length, config.dp, partner.name,
+               device)
     old = trainable_state(prep.model)
     data = _encode(config, prep.tokenizer, prep.train)
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only
@@ -198,8 +223,16 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
                    shared: Mapping[str, np.ndarray], fingerprint: str) -> dict[str, float]:
     """Accuracy, macro-F1 and per-class counts (``tp/<label>`` ...) of the shared model on this
     partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1."""
-    prep = _prepare(config, partner, shared, fingerprint)
-    if config.task == TOKEN_TASK:  # token accuracy, entity-level P / R / F1, counts per type
-        return entity_metrics(prep.model, prep.tokenizer, prep.test, config.max_length)
-    return text_metrics(prep.model, prep.tokenizer, prep.test, config.max_length)
+    device = partner_device(config, partner)
+    try:
+        return _evaluate(config, partner, shared, fingerprint, device)
+    finally:
+        free_cached(device)
+
+
+def _evaluate(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
+              fingerprint: str, device: torch.device) -> dict[str, float]:
+    prep = _prepare(config, partner, shared, fingerprint, device)
+    score = entity_metrics if config.task == TOKEN_TASK else text_metrics
+    return score(prep.model, prep.tokenizer, prep.test, config.max_length)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ TEXT_TASK, TOKEN_TASK = "text-classification", "token-classification"
 TASKS = (TEXT_TASK, TOKEN_TASK)
 COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -80,6 +82,10 @@ class RunConfig:
                                     "(float32 weights), fp16, or int8 (per-tensor scale).",
                             choices=COMPRESSIONS)
     dp: bool = _opt(True, "Train with DP-SGD. false = non-private baseline (ε = ∞).")
+    device: str = _opt("auto", "Where partners train: auto (a visible CUDA GPU, else the CPU), "
+                               "cpu, cuda or cuda:N; a partner's node-config device overrides "
+                               "it. The coordinator scores server-eval-data on a GPU if it has "
+                               "one.")
     central_dp: bool = _opt(False, "Partner-level DP: the coordinator adds Gaussian noise "
                                    "σ = z · update-clip-norm · max w / Σ w (w = examples of the "
                                    "updates averaged) to each round's mean. Needs aggregation = "
@@ -122,6 +128,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
+        check_device(self.device, "config key 'device'")
         parse_aggregation(self.aggregation)
         if self.secure_aggregation:
             self._check_secure_aggregation()
@@ -221,6 +228,12 @@ def parse_partition(spec: str) -> tuple[str, float | str | None]:
         return "column", arg
     raise ConfigError(f"partition={spec!r} is not valid; pick one of "
                       f"{', '.join(PARTITION_SCHEMES)}")
+
+
+def check_device(spec: str, where: str) -> None:
+    """Syntax only (the coordinator may have no GPU while partners do): auto, cpu, cuda, cuda:N."""
+    if spec not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", spec):
+        raise ConfigError(f"{where} = {spec!r} is not valid; pick one of {', '.join(DEVICES)}")
 
 
 def parse_aggregation(spec: str) -> tuple[str, float | int | None]:

@@ -71,12 +71,18 @@ def encode(tokenizer: PreTrainedTokenizerBase, data: TextDataset, max_length: in
                          torch.tensor(data.labels, dtype=torch.long))
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are: batches are moved there, results come back to the CPU."""
+    return next(model.parameters()).device
+
+
 def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits for a batch trimmed to its longest text, with explicit contiguous position and
     token-type ids: BERT's broadcast default ``position_ids`` breaks Opacus' per-sample hooks."""
     length = max(1, int(mask.sum(dim=1).max())) if len(mask) else 1
-    input_ids, mask = input_ids[:, :length], mask[:, :length]
-    positions = torch.arange(length).unsqueeze(0).repeat(len(input_ids), 1)
+    device = device_of(model)
+    input_ids, mask = input_ids[:, :length].to(device), mask[:, :length].to(device)
+    positions = torch.arange(length, device=device).unsqueeze(0).repeat(len(input_ids), 1)
     return model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                  token_type_ids=torch.zeros_like(input_ids)).logits
 
@@ -170,6 +176,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
         for _ in range(settings.local_epochs):
             for input_ids, mask, labels in bar.over(private_loader):
                 logits = _forward(private, input_ids, mask)
+                labels = labels.to(logits.device)
                 loss = criterion(logits, labels) if len(labels) else logits.sum() * 0.0
                 loss.backward()
                 if len(labels):
@@ -201,7 +208,8 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
         for input_ids, mask, labels in bar.over(loader):
-            loss = _loss(_forward(model, input_ids, mask), labels)
+            logits = _forward(model, input_ids, mask)
+            loss = _loss(logits, labels.to(logits.device))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -220,7 +228,7 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> Eva
     losses, preds, labels_all = [], [], []
     try:
         for input_ids, mask, labels in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask)
+            logits = _forward(model, input_ids, mask).cpu()
             losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
             preds.append(logits.argmax(dim=-1).numpy())
             labels_all.append(labels.numpy())
@@ -248,7 +256,7 @@ def evaluate_tokens(model: nn.Module, data: TensorDataset, batch_size: int = 64)
     loss_sum, words, predictions = 0.0, 0, []
     try:
         for input_ids, mask, labels in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask)
+            logits = _forward(model, input_ids, mask).cpu()
             labels = labels[:, : logits.shape[1]]
             loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels,
                                                     ignore_index=-100, reduction="sum").item()
@@ -270,7 +278,8 @@ def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 6
     out = []
     try:
         for input_ids, mask, _ in DataLoader(data, batch_size=batch_size):
-            out.append(torch.log_softmax(_forward(model, input_ids, mask), dim=-1).numpy())
+            logits = _forward(model, input_ids, mask).cpu()
+            out.append(torch.log_softmax(logits, dim=-1).numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.float64)

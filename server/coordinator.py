@@ -7,10 +7,11 @@ server.aggregation and the files in server.outputs / server.checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -108,6 +109,15 @@ def _partner_name(reply: Message) -> str:
     return str(rec[P.PARTNER_NAME]) if rec else f"node-{reply.metadata.src_node_id}"
 
 
+def gpu_line(metrics_by_partner: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """CUDA partners' round memory for metrics.jsonl: peak allocated, and what the process still
+    reserves after the round (it should not grow round over round); empty for CPU partners."""
+    gpu = {name: {"peak": float(m[P.GPU_PEAK_BYTES]),
+                  "reserved": float(m.get(P.GPU_RESERVED_BYTES, math.nan))}
+           for name, m in metrics_by_partner.items() if P.GPU_PEAK_BYTES in m}
+    return {"partner_gpu_bytes": gpu} if gpu else {}
+
+
 def _record_partner(state: RunState, name: str, metrics: dict[str, float], config: RunConfig,
                     history_json: str) -> None:
     history = history_from_json(history_json) if history_json else []
@@ -141,6 +151,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                      central=CentralDP.from_config(config), rng=coordinator_rng())
     started = time.time()
     train_seconds: dict[str, float | None] = {}  # the partners' own, for P5
+    replied: dict[str, dict[str, float]] = {}  # each partner's reply metrics
     download, upload = _nbytes(state.arrays) * len(messages), 0  # as sent / as received
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = _partner_name(reply)
@@ -152,6 +163,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         update = from_array_record(reply.content.array_records[P.ARRAYS]) \
             if P.ARRAYS in reply.content.array_records else {}
         train_seconds[name] = metrics.get(P.TRAIN_SECONDS)
+        replied[name] = metrics
         upload += _nbytes(update)
         if fold.offer(name, update, metrics):
             _record_partner(state, name, metrics, config,
@@ -171,7 +183,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                     central["central_dp"]["max_partner_level_epsilon"])
     return {"partners_replied": fold.accepted, "failures": failures, **central,
             "train_loss": fold.train_loss(), "train_phase_seconds": round(time.time() - started, 3),
-            "partner_train_seconds": train_seconds, "upload_bytes": upload,
+            "partner_train_seconds": train_seconds, **gpu_line(replied), "upload_bytes": upload,
             "download_bytes": download}
 
 

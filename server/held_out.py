@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from common.config import TOKEN_TASK, RunConfig
 from common.data import load_text_dataset
+from common.device import resolve_device
 from common.errors import ConfigError
 from common.model import build_model, load_tokenizer, load_trainable_state
 from common.sources import token_keys
@@ -49,7 +50,8 @@ class HeldOutSet:
         if not config.server_eval_data:
             return None
         path, data = read_held_out(config, labels)
-        return cls(config, build_model(config, labels), load_tokenizer(config), data, path)
+        model = build_model(config, labels).to(resolve_device("auto"))  # a GPU if it has one
+        return cls(config, model, load_tokenizer(config), data, path)
 
     def evaluate(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """The same metrics a partner reports, for the shared weights ``arrays``."""

@@ -134,9 +134,11 @@ def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
             "train_phase_seconds": round(time.time() - started, 3),
             "partner_train_seconds": {names[n]: metrics[n].get(P.TRAIN_SECONDS)
                                       for n in proto.masked},
+            **C.gpu_line({names[n]: metrics[n] for n in proto.masked}),
             "upload_bytes": sum(traffic["upload"].values()),
             "download_bytes": sum(traffic["download"].values()),
             "secagg": {"partners": len(proto.keys), "threshold": proto.threshold,
                        "dropped_after_keys": [names[n] for n in proto.dead()],
                        "aggregate_norm": norm, "upload_bytes_per_partner": traffic["upload"],
                        "download_bytes_per_stage": traffic["download"]}}
+

@@ -2,6 +2,11 @@
 LoRA, with Opacus' per-sample-gradient hooks vs ghost clipping.
 
     python -m simulations.bench_train [--examples 480] [--batch-size 32] [--out results/train]
+    python -m simulations.bench_train --device cuda --examples 4096   # GPU rows
+
+On ``--device cuda`` memory is the peak allocated GPU memory (torch.cuda.max_memory_allocated)
+instead of the process RSS, each timed pass ends with a CUDA synchronize, and the profile ranks
+operators by their GPU time.
 
 Same model (the bundled MiniLM), data (the embedded demo set), batch and code path as a partner:
 ``common.training.train_dp`` (Poisson sampling, clipping, noise, accountant) vs ``train_plain``
@@ -23,12 +28,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from simulations.bench_env import machine, versions
 
 GOALS = {"full": 0.85, "lora": 0.92}  # DP ÷ non-private examples/s (issue 5, P1)
 MEMORY_GOAL = 1.10
@@ -63,12 +69,13 @@ class PeakRss:
 
 
 def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
-            profile_steps: int, timed_calls: int) -> dict:
+            profile_steps: int, timed_calls: int, device_setting: str = "cpu") -> dict:
     """One arm in this process: build, warm up, then time and trace one pass over the data."""
     import torch
 
     from client.data import PartnerSettings, partner_dataset
     from common.config import RunConfig
+    from common.device import resolve_device
     from common.model import build_model, load_tokenizer
     from common.synthetic import LABELS
     from common.training import DPSettings, TrainSettings, encode, train_dp, train_plain
@@ -78,7 +85,9 @@ def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
     train, _ = partner_dataset(config, PartnerSettings(name="bench"), LABELS)
     data = encode(load_tokenizer(config), train, max_length)
     data = torch.utils.data.TensorDataset(*(t[:examples] for t in data.tensors))
-    model = build_model(config, LABELS)
+    device = resolve_device(device_setting)
+    cuda = device.type == "cuda"
+    model = build_model(config, LABELS).to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def train(subset: torch.utils.data.TensorDataset) -> object:
@@ -93,9 +102,14 @@ def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
     rates, calls = [], []
     with PeakRss() as rss:
         train(head(2 * batch))  # warm-up: first-call allocations, kernel selection
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(timed_calls):
             started = time.perf_counter()
             stats = train(data)
+            if cuda:
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - started
             calls.append({"examples": stats.examples_seen, "steps": stats.steps,
                           "seconds": seconds})
@@ -104,18 +118,27 @@ def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
     row = {"finetune": finetune, "arm": arm, "trainable_params": trainable, **best,
            "examples_per_s": max(rates), "timed_calls": calls,
            "peak_rss_mib": rss.peak / 2**20, "rss_before_mib": rss.start_rss / 2**20,
-           "rss_rise_mib": (rss.peak - rss.start_rss) / 2**20}
+           "rss_rise_mib": (rss.peak - rss.start_rss) / 2**20, "device": str(device)}
+    if cuda:
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if profile_steps:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            train(head(profile_steps * batch))
-        total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1.0
-        row["profile_top_ops"] = [
-            {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-             "share": e.self_cpu_time_total / total, "calls": e.count}
-            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
+        row["profile_top_ops"] = _profile(lambda: train(head(profile_steps * batch)), cuda)
     return row
+
+
+def _profile(step: object, cuda: bool) -> list[dict]:
+    """torch.profiler's top operators by self time (GPU time on CUDA, else CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+    unit = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, unit) for e in events) or 1.0
+    return [{"op": e.key, ("self_gpu_ms" if cuda else "self_cpu_ms"): getattr(e, unit) / 1e3,
+             "share": getattr(e, unit) / total, "calls": e.count}
+            for e in sorted(events, key=lambda e: -getattr(e, unit))[:12]]
 
 
 def _spawn(finetune: str, arm: str, args: argparse.Namespace, profile: bool) -> dict:
@@ -123,7 +146,8 @@ def _spawn(finetune: str, arm: str, args: argparse.Namespace, profile: bool) -> 
            "--examples", str(args.examples), "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length),
            "--timed-calls", str(args.timed_calls),
-           "--profile-steps", str(args.profile_steps if profile else 0)]
+           "--profile-steps", str(args.profile_steps if profile else 0),
+           "--device", args.device]
     env = {**os.environ, "CONSORTIUM_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                          cwd=Path(__file__).resolve().parent.parent)
@@ -141,9 +165,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             continue
         base = by[(finetune, "plain")]
         speed = r["examples_per_s"] / base["examples_per_s"]
-        mem = r["peak_rss_mib"] / base["peak_rss_mib"]
+        memory = "peak_gpu_mib" if "peak_gpu_mib" in r else "peak_rss_mib"
+        mem = r[memory] / base[memory]
         out.append({"finetune": finetune, "clipping": arm, "speed_ratio": speed,
-                    "peak_rss_ratio": mem,
+                    "peak_rss_ratio": mem, "memory_measure": memory,
                     "rss_rise_ratio": r["rss_rise_mib"] / max(base["rss_rise_mib"], 1e-9),
                     "speed_goal": GOALS[finetune], "speed_goal_met": speed >= GOALS[finetune],
                     "memory_goal_met": mem <= MEMORY_GOAL})
@@ -160,16 +185,16 @@ def main() -> int:
     parser.add_argument("--timed-calls", type=int, default=3, help="timed passes per process")
     parser.add_argument("--profile", action="store_true", help="record top ops for every arm")
     parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print JSON
     parser.add_argument("--out", type=Path, default=Path("results/train"))
     args = parser.parse_args()
     if args.arm:
         finetune, arm = args.arm.split(":")
         row = run_arm(finetune, arm, args.examples, args.batch_size, args.max_length,
-                      args.profile_steps, args.timed_calls)
+                      args.profile_steps, args.timed_calls, args.device)
         print("ARM " + json.dumps(row), flush=True)
         return 0
-    import opacus
     import torch
 
     runs = []  # arms interleaved, repeated: the best of each is the least disturbed by load
@@ -186,20 +211,18 @@ def main() -> int:
                 key=lambda r: r["examples_per_s"])
             for key in dict.fromkeys((r["finetune"], r["arm"]) for r in runs)]
     ratios = summarize(rows)
-    print("\n| fine-tuning | clipping | DP ÷ plain ex/s | goal | peak RSS ratio | rise ratio |")
+    print("\n| fine-tuning | clipping | DP ÷ plain ex/s | goal | peak memory ratio | RSS rise "
+          "ratio |")
     for r in ratios:
         print(f"| {r['finetune']} | {r['clipping']} | {r['speed_ratio']:.3f} | "
               f"{'met' if r['speed_goal_met'] else 'not met'} (≥ {r['speed_goal']}) | "
               f"{r['peak_rss_ratio']:.3f} | {r['rss_rise_ratio']:.2f} |")
-    load = os.getloadavg()
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version(), "torch": torch.__version__,
-                          "opacus": opacus.__version__, "torch_threads": torch.get_num_threads(),
-                          "loadavg_after": load},
+    result = {"machine": machine("loadavg_after", torch_threads=torch.get_num_threads(),
+                                 **versions("torch", "opacus")),
               "config": {"examples": args.examples, "batch_size": args.batch_size,
                          "max_length": args.max_length, "noise_multiplier": 1.0,
                          "max_grad_norm": 1.0, "model": "bundled all-MiniLM-L6-v2, 4 labels",
-                         "data": "embedded demo set"},
+                         "data": "embedded demo set", "device": args.device},
               "arms": rows, "ratios": ratios, "all_runs": runs}
     from common.storage import atomic_write_json
 

@@ -49,7 +49,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated partner")
     p.add_argument("--num-gpus", type=float, default=0.0,
-                   help="GPU share per simulated partner, e.g. 0.25")
+                   help="GPU share per simulated partner, e.g. 0.25 (partners see a GPU only "
+                        "with a share > 0)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run-config key (see README), repeatable")
 
@@ -58,7 +60,7 @@ def simulate_config(args: argparse.Namespace) -> RunConfig:
     values = _parse_set(args.set)
     flags = {"num-rounds": args.rounds, "data": args.data, "text-column": args.text_column,
              "label-column": args.label_column, "labels": args.labels,
-             "partition": args.partition, "out-dir": args.out}
+             "partition": args.partition, "out-dir": args.out, "device": args.device}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
         values["resume"] = True

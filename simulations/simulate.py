@@ -62,6 +62,9 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     if federation.partners < config.min_partners:
         raise ConfigError(f"--partners {federation.partners} is below min-partners "
                           f"{config.min_partners}")
+    if config.device.startswith("cuda") and federation.num_gpus <= 0:
+        raise ConfigError(f"device = {config.device!r} needs --num-gpus > 0 (each partner's GPU "
+                          "share): Ray hides the GPUs from partners that reserve none")
     if config.task == TOKEN_TASK:
         config = _preflight_tokens(config, federation)
     elif config.data:

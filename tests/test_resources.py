@@ -37,7 +37,7 @@ def test_round_that_does_not_fit_is_refused_before_training(tiny_bert: str, tmp_
     config = RunConfig(base_model=tiny_bert, examples_per_partner=40, max_length=16,
                        batch_size=8, out_dir=str(tmp_path / "out"))
     model = build_model(config, LABELS)
-    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
+    monkeypatch.setattr(resources, "available_memory", lambda device=None: 2**20)
     with pytest.raises(ResourceError):
         train_round(config, PartnerSettings(name="p0"), trainable_state(model),
                     frozen_fingerprint(model), 1, "r")
