@@ -26,11 +26,11 @@ from common import protocol as P
 from common.compression import to_wire
 from common.config import TOKEN_TASK, RunConfig
 from common.data import TextDataset, data_fingerprint
+from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
 from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
-from common.device import free_cached, gpu_memory, resolve_device
 from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
@@ -41,6 +41,7 @@ from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
 AUDIT_LOG = "audit.jsonl"
+_ANNOUNCED: set[tuple[str, torch.device]] = set()  # (partner, device) pairs already logged
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,13 @@ def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, n
 
 
 def partner_device(config: RunConfig, partner: PartnerSettings) -> torch.device:
-    """The partner's node-config device, else the run's; logged, since ``auto`` may pick either."""
+    """The partner's node-config device, else the run's; logged once per process, since
+    ``auto`` may pick either."""
     device = resolve_device(partner.device or config.device,
                             f"{partner.name}'s {'node config' if partner.device else 'run config'}")
-    logger.info("%s trains on %s", partner.name, device)
+    if (partner.name, device) not in _ANNOUNCED:
+        _ANNOUNCED.add((partner.name, device))
+        logger.info("%s trains on %s", partner.name, device)
     return device
 
 
