@@ -41,7 +41,8 @@ class PartnerSettings:
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> PartnerSettings:
         known = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
-                 "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device"}
+                 "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models",
+                 "device"}
         unknown = sorted(set(node_config) - known)
         if unknown:
             raise ConfigError(f"unknown node-config key(s) {unknown}; known: {sorted(known)}")

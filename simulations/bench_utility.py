@@ -165,7 +165,8 @@ def main() -> int:
                                        partition=spec["partition"] if partners > 1 else "iid",
                                        min_partners=max(1, partners // 2),
                                        out_dir=str(args.out / "runs" / name / arm))
-                    entry["arms"][arm] = {"setting": setting, "finetune": mode, "epsilon": None if math.isinf(eps) else eps,
+                    entry["arms"][arm] = {"setting": setting, "finetune": mode,
+                                          "epsilon": None if math.isinf(eps) else eps,
                                           "partners": partners, **run_arm(config, partners)}
                     entry["gap_to_central_no_dp_points"] = gaps(entry["arms"])
                     summary["machine"]["load_average_at_end"] = os.getloadavg()
