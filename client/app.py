@@ -8,11 +8,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import secagg
-from client.data import PartnerSettings
+from client.policy import PartnerSettings
 from client.partner import AUDIT_LOG, append_audit, drops_out, evaluate_round, train_round
 from client.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
 from common import protocol as P
+from common.code_hash import running_code_hash
 from common.config import RunConfig
 from common.errors import PrivacyError, ResourceError
 from common.logs import configure_logging
@@ -32,8 +33,12 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(content.config_records[P.CONFIG][P.ROUND])
     stage = secagg.stage_of(msg)  # '' = plain round; setup trains like a plain round
     if stage and stage != P.SECAGG_SETUP:
-        return secagg.handle(msg, context, partner.name,
+        return secagg.handle(msg, context, partner,
                              drops_out(config, partner, server_round))
+    try:
+        check_code(partner)
+    except PrivacyError as exc:
+        return _refusal(msg, context, config, partner, server_round, exc)
     state = context.state.config_records.get(_STATE, ConfigRecord())
     known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
     shared = from_array_record(content.array_records[P.ARRAYS])
@@ -47,12 +52,7 @@ def train(msg: Message, context: Context) -> Message:
             known_history=known,
         )
     except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about
-        logger.error("%s refuses round %d: %s", partner.name, server_round, exc)
-        append_audit(partner.ledger_root(config) / AUDIT_LOG, {
-            "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
-            "refused": str(exc), "bytes_sent": 0})
-        return Message(RecordDict({P.PARTNER: ConfigRecord(
-            {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
+        return _refusal(msg, context, config, partner, server_round, exc)
     context.state.config_records[_STATE] = ConfigRecord(
         {P.PRIVACY_HISTORY: history_to_json(reply.history)})
     out = RecordDict({
@@ -71,13 +71,39 @@ def evaluate(msg: Message, context: Context) -> Message:
     configure_logging()
     config = RunConfig.from_mapping(context.run_config)
     partner = PartnerSettings.from_node_config(context.node_config)
-    metrics = evaluate_round(
-        config, partner,
-        shared=from_array_record(msg.content.array_records[P.ARRAYS]),
-        fingerprint=str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
-    )
+    server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
+    try:
+        check_code(partner)
+        metrics = evaluate_round(
+            config, partner,
+            shared=from_array_record(msg.content.array_records[P.ARRAYS]),
+            fingerprint=str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
+            server_round=server_round, run_id=str(context.run_id))
+    except PrivacyError as exc:
+        return _refusal(msg, context, config, partner, server_round, exc, "evaluation")
     return Message(
         RecordDict({P.METRICS: MetricRecord(metrics),
                     P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
         reply_to=msg,
     )
+
+
+def check_code(partner: PartnerSettings) -> None:
+    """Refuse a run whose code the partner has not approved (node-config allowed-code)."""
+    if not partner.allowed_code:
+        return
+    running = running_code_hash()
+    if running not in partner.allowed_code:
+        raise PrivacyError(f"the run's code {running[:16]}… is not in {partner.name}'s "
+                           "allowed-code list; review it and run `consortium partner approve`")
+
+
+def _refusal(msg: Message, context: Context, config: RunConfig, partner: PartnerSettings,
+             server_round: int, exc: Exception, what: str = "round") -> Message:
+    """Log a refusal in the partner's audit log and tell the coordinator why."""
+    logger.error("%s refuses %s %d: %s", partner.name, what, server_round, exc)
+    append_audit(partner.ledger_root(config) / AUDIT_LOG, {
+        "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
+        "refused": str(exc), "message": what, "bytes_sent": 0})
+    return Message(RecordDict({P.PARTNER: ConfigRecord(
+        {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from client.deploy import PartnerPolicy, check_partner_data, supernode_command
 from client.keys import generate_node_keys
+from common.code_hash import code_hash
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +38,52 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-time", type=float, help="give up after this many seconds "
                    "without the coordinator (default: keep retrying with back-off)")
     p.add_argument("--insecure", action="store_true", help="no TLS: local trials only")
+    _policy_arguments(p)
+    p = psub.add_parser("approve", help="print the code hash of an App checkout you reviewed, "
+                        "for --allowed-code")
+    p.add_argument("checkout", type=Path, nargs="?", default=Path("."),
+                   help="the reviewed checkout (default: the current directory)")
+
+
+def _policy_arguments(p: argparse.ArgumentParser) -> None:
+    """The partner's policy beyond its budget (client/policy.py), passed as node config."""
+    p.add_argument("--data-id", default="", help="names this data source's privacy ledger "
+                   "(default: the data file's path); a new id starts a new ledger")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="share of rows held out for evaluation, chosen by each row's text "
+                   "(default 0.2); the coordinator cannot change it")
+    p.add_argument("--min-partners", type=int, default=0,
+                   help="refuse runs that aggregate with fewer partners than this")
+    p.add_argument("--require-secure-aggregation", action="store_true")
+    p.add_argument("--require-central-dp", action="store_true")
+    p.add_argument("--max-rounds", type=int, default=0, help="most rounds trained per run")
+    p.add_argument("--release-metrics", default="", help="un-noised batch metrics to send: "
+                   "train-loss, clipped-fraction (default: none)")
+    p.add_argument("--evaluation", default="counts", choices=("counts", "full", "off"),
+                   help="what held-out evaluation sends: counts (default), full (+ exact "
+                   "loss) or off")
+    p.add_argument("--allowed-code", default="", help="comma-separated code hashes from "
+                   "`consortium partner approve`; empty = any")
+
+
+def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    values = {"data-id": args.data_id, "test-fraction": args.test_fraction,
+              "min-partners": args.min_partners,
+              "require-secure-aggregation": args.require_secure_aggregation,
+              "require-central-dp": args.require_central_dp, "max-rounds": args.max_rounds,
+              "release-metrics": args.release_metrics, "evaluation": args.evaluation,
+              "allowed-code": args.allowed_code}
+    defaults = {"data-id": "", "test-fraction": 0.0, "min-partners": 0,
+                "require-secure-aggregation": False, "require-central-dp": False,
+                "max-rounds": 0, "release-metrics": "", "evaluation": "counts",
+                "allowed-code": ""}
+    return tuple((k, v) for k, v in values.items() if v != defaults[k])
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.action == "approve":
+        print(code_hash(args.checkout))
+        return 0
     if args.action == "keygen":
         private, public = generate_node_keys(args.dir, args.name)
         print(f"private key {private} (keep it here, 0600); send {public} to the coordinator")
@@ -50,7 +95,8 @@ def handle(args: argparse.Namespace) -> int:
         name=name, data=args.data, max_epsilon=args.max_epsilon, delta=args.delta,
         ledger_dir=args.ledger_dir or Path.home() / ".consortium" / name,
         text_column=args.text_column, label_column=args.label_column,
-        allowed_base_models=args.allowed_base_models, device=args.device)
+        allowed_base_models=args.allowed_base_models, device=args.device,
+        extra=_policy(args))
     rows = check_partner_data(policy)
     command = supernode_command(policy, args.coordinator, args.ca, args.key, args.port,
                                 args.insecure)

@@ -12,8 +12,10 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from client.keys import check_partner_name
+from client.policy import PartnerSettings
 from common.config import check_device
 from common.data import read_rows
 from common.errors import ConfigError, DataError
@@ -30,6 +32,7 @@ class PartnerPolicy:
     label_column: str = "label"
     allowed_base_models: str = ""  # comma-separated; empty = any
     device: str = ""  # auto, cpu, cuda, cuda:N; empty = the run's
+    extra: tuple[tuple[str, Any], ...] = ()  # further node-config policy keys (client.policy)
 
     def __post_init__(self) -> None:
         check_partner_name(self.name)
@@ -39,6 +42,7 @@ class PartnerPolicy:
             raise ConfigError(f"--max-epsilon {self.max_epsilon} must be a positive number")
         if not 0 < self.delta < 1:
             raise ConfigError(f"--delta {self.delta} must be in (0, 1)")
+        PartnerSettings.from_node_config(dict(self.extra))  # every policy error, now
 
     def node_config(self) -> str:
         values = {"partner-name": self.name, "data-path": str(self.data.resolve()),
@@ -46,7 +50,7 @@ class PartnerPolicy:
                   "max-epsilon": float(self.max_epsilon), "delta": float(self.delta),
                   "ledger-dir": str(self.ledger_dir.resolve()),
                   "allowed-base-models": self.allowed_base_models,
-                  **({"device": self.device} if self.device else {})}
+                  **({"device": self.device} if self.device else {}), **dict(self.extra)}
         return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 

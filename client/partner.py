@@ -6,6 +6,7 @@ flwr, so the same code serves simulation, deployment and tests.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -21,8 +22,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from transformers import PreTrainedTokenizerBase
 
-from client.data import PartnerSettings, partner_dataset
+from client.data import partner_dataset
+from client.policy import PartnerSettings
+from client.run_log import claim_evaluation, note_trained
 from common import protocol as P
+from client.round_plan import batch_and_learning_rate, memory_batch, round_plan, trainable_view
 from common.compression import to_wire
 from common.config import TOKEN_TASK, RunConfig
 from common.data import TextDataset, data_fingerprint
@@ -30,7 +34,7 @@ from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
-from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, poisson_schedule
+from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, spend
 from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
@@ -108,11 +112,11 @@ def drops_out(config: RunConfig, partner: PartnerSettings, server_round: int) ->
     return bool(coin < config.dropout_rate)
 
 
-def open_ledger(config: RunConfig, partner: PartnerSettings, train: TextDataset,
+def open_ledger(config: RunConfig, partner: PartnerSettings,
                 known_history: list[tuple[float, float, int]] | None) -> PrivacyLedger:
-    """The partner's ledger, cross-checked against what this process remembers spending."""
-    fingerprint = data_fingerprint(train)
-    ledger = PrivacyLedger.open(partner.ledger_path(config, fingerprint), fingerprint)
+    """The partner's ledger for its data source, cross-checked against what this process
+    remembers spending in this run."""
+    ledger = PrivacyLedger.open(partner.ledger_path(config), partner.data_source(config))
     if known_history and ledger.history[: len(known_history)] != known_history:
         raise PrivacyError(f"{ledger.path} holds fewer releases than this partner already made "
                            "in this run; the ledger was lost or replaced. Restore it; refusing "
@@ -124,27 +128,35 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
                    data: TensorDataset, settings: TrainSettings, server_round: int, run_id: str,
                    known_history: list[tuple[float, float, int]] | None,
                    ) -> tuple[TrainStats, dict[str, float], list[tuple[float, float, int]]]:
-    """DP-SGD for one round, with the budget checked before and the release recorded after."""
-    if config.delta >= 1.0 / len(prep.train):
-        raise PrivacyError(f"delta = {config.delta:g} is not below 1 / {len(prep.train)} "
-                           f"training examples at {partner.name}; use a smaller delta")
-    ledger = open_ledger(config, partner, prep.train, known_history)
-    q, steps = poisson_schedule(len(prep.train), config.batch_size, config.local_epochs)
-    release = Release(run_id, server_round, noise_for(config, q, steps), q, steps)
-    ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon)
+    """DP-SGD for one round. The budget, for this round and the rest of the run's plan, is
+    checked and the release recorded under the ledger's lock *before* training."""
+    delta = max(config.delta, partner.delta)
+    if delta >= 1.0 / len(prep.train):
+        raise PrivacyError(f"delta = {delta:g} is not below 1 / {len(prep.train)} training "
+                           f"examples at {partner.name}; use a smaller delta")
+    open_ledger(config, partner, known_history)
+    plan = settings.require_plan()  # q, steps and σ from common.planner (logged per round)
+    q, steps = plan.sample_rate, plan.steps_per_round
+    release = Release(run_id, server_round, plan.noise_multiplier, q, steps,
+                      examples=len(prep.train), data_sha256=data_fingerprint(prep.train))
+    this_round = (release.noise_multiplier, release.sample_rate, release.steps)
+    ledger, prior = spend(partner.ledger_path(config), partner.data_source(config), release,
+                          partner.delta or config.delta, partner.max_epsilon,
+                          [this_round] * (config.num_rounds - server_round),
+                          partner.legacy_ledgers(config))
     stats, opacus_history = train_dp(prep.model, data, settings, DPSettings(
         release.noise_multiplier, config.max_grad_norm,
-        clipping_for(config.clipping, config.finetune)), ledger.history)
-    if stats.steps != steps or not math.isclose(stats.sample_rate, q):
+        clipping_for(config.clipping, config.finetune)), prior)
+    if stats.steps != release.steps or not math.isclose(stats.sample_rate, release.sample_rate):
         raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
-                           f"ledger planned {steps} at q={q}; refusing to send the update")
-    ledger.record(release)  # before the update leaves: a lost reply still counts
-    epsilon = ledger.epsilon(config.delta)
-    if not math.isclose(epsilon_of(opacus_history, config.delta), epsilon, rel_tol=1e-9):
+                           f"ledger recorded {release.steps} at q={release.sample_rate}; "
+                           "refusing to send the update (the round stays counted)")
+    if not math.isclose(epsilon_of(opacus_history, config.delta),
+                        epsilon_of(prior + [this_round], config.delta), rel_tol=1e-9):
         raise PrivacyError("the ledger's ε disagrees with Opacus' accountant; not sending")
     history = ledger.history
-    metrics = {P.EPSILON: epsilon, P.DELTA: config.delta,
-               P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: q,
+    metrics = {P.EPSILON: ledger.epsilon(config.delta), P.DELTA: config.delta,
+               P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: release.sample_rate,
                P.STEPS: float(sum(s for _, _, s in history))}
     return stats, metrics, history
 
@@ -152,8 +164,9 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
 def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
                 fingerprint: str, server_round: int, run_id: str,
                 known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
-    """Train one round on the partner's data and return the clipped update and its metrics."""
-    partner.check_policy(config)
+    """Train one round on the partner's data and return the clipped update and the metrics
+    its policy lets leave (no un-noised value about the training batches by default)."""
+    partner.check_policy(config, server_round)
     device = partner_device(config, partner)
     try:
         reply = _train_round(config, partner, shared, fingerprint, server_round, run_id,
@@ -161,6 +174,9 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
     finally:
         free_cached(device)  # the round's model is gone: hand its GPU memory back
     reply.metrics.update(gpu_memory(device))
+    for key in [k for k in reply.metrics if not partner.releases(k, config)]:
+        del reply.metrics[key]
+    note_trained(partner.ledger_root(config), partner.name, run_id, server_round)
     return reply
 
 
@@ -169,23 +185,26 @@ def _train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[st
                  known_history: list[tuple[float, float, int]] | None,
                  device: torch.device) -> TrainReply:
     prep = _prepare(config, partner, shared, fingerprint, device)
-    check_fits(prep.model, config.batch_size, config.max_length, config.dp, partner.name,
-               device)
+    plan = round_plan(config, partner.name, prep.model, len(prep.train))  # may refuse: 0 spent
+    batch, learning_rate = batch_and_learning_rate(config, plan)
+    fit_batch, per_sample = memory_batch(config, batch)
+    check_fits(prep.model, fit_batch, config.max_length, per_sample, partner.name, device)
     old = trainable_state(prep.model)
-    data = _encode(config, prep.tokenizer, prep.train)
+    started = time.perf_counter()
+    trained, data = trainable_view(prep.model, _encode(config, prep.tokenizer, prep.train),
+                                   partner.ledger_root(config) / "cache")
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only
     seed = None if partner.has_own_data else (
         config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
-    settings = TrainSettings(config.learning_rate, config.batch_size, config.local_epochs,
-                             config.max_length, seed=seed,
-                             desc=f"{partner.name} round {server_round}")
+    settings = TrainSettings(learning_rate, batch, config.local_epochs, config.max_length,
+                             seed=seed, desc=f"{partner.name} round {server_round}", plan=plan)
     history: list[tuple[float, float, int]] = []
-    started = time.perf_counter()
     if config.dp:
-        stats, metrics, history = _train_private(config, partner, prep, data, settings,
-                                                 server_round, run_id, known_history)
+        stats, metrics, history = _train_private(
+            config, partner, dataclasses.replace(prep, model=trained), data, settings,
+            server_round, run_id, known_history)
     else:
-        stats = train_plain(prep.model, data, settings)
+        stats = train_plain(trained, data, settings)
         metrics = {P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
                    P.SAMPLE_RATE: 0.0, P.STEPS: float(stats.steps)}
     train_seconds = time.perf_counter() - started
@@ -199,6 +218,10 @@ def _train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[st
     metrics.update({P.NUM_EXAMPLES: float(len(prep.train)), P.TRAIN_LOSS: stats.loss,
                     P.CLIPPED_FRACTION: stats.clipped_fraction, P.UPDATE_NORM: norm,
                     P.UPDATE_CLIPPED: float(clipped), P.TRAIN_SECONDS: train_seconds})
+    if plan is not None:  # public quantities only: the coordinator's report and card show them
+        metrics.update({P.PLAN_EXPECTED_BATCH: plan.expected_batch,
+                        P.PLAN_LEARNING_RATE: plan.learning_rate,
+                        P.PLAN_NOISE_TO_SIGNAL: plan.run_ratio})
     logger.info("%s round %d: loss %.4f, ε %.3f, update norm %.3f%s", partner.name, server_round,
                 stats.loss, metrics[P.EPSILON], norm, " (clipped)" if clipped else "")
     append_audit(partner.ledger_root(config) / AUDIT_LOG, {
@@ -224,14 +247,26 @@ def append_audit(path: Path, entry: dict) -> None:
 
 
 def evaluate_round(config: RunConfig, partner: PartnerSettings,
-                   shared: Mapping[str, np.ndarray], fingerprint: str) -> dict[str, float]:
+                   shared: Mapping[str, np.ndarray], fingerprint: str, server_round: int,
+                   run_id: str) -> dict[str, float]:
     """Accuracy, macro-F1 and per-class counts (``tp/<label>`` ...) of the shared model on this
-    partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1."""
+    partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1.
+
+    At most once per round of this run, only for a round this partner trained, and only as its
+    policy allows (``evaluation``: counts, full = counts + exact loss, off); PrivacyError else.
+    """
+    if partner.evaluation == "off":
+        raise PrivacyError(f"{partner.name} does not evaluate for the coordinator "
+                           "(node-config evaluation = off)")
+    claim_evaluation(partner.ledger_root(config), partner.name, run_id, server_round)
     device = partner_device(config, partner)
     try:
-        return _evaluate(config, partner, shared, fingerprint, device)
+        metrics = _evaluate(config, partner, shared, fingerprint, device)
     finally:
         free_cached(device)
+    if partner.evaluation != "full":
+        metrics.pop(P.EVAL_LOSS, None)  # an exact loss says more than counts do
+    return metrics
 
 
 def _evaluate(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],

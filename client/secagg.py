@@ -8,204 +8,43 @@ ECDH + HKDF shared keys, Fernet encryption of the shares, stochastic quantizatio
    and answers with two fresh public keys (pk1: mask agreement, pk2: share encryption).
 2. share-keys: it Shamir-splits its private-mask seed and its sk1 (t of n) and sends each peer
    its two shares, encrypted under their pk2 agreement.
-3. collect-masked-vectors: it quantizes [w, w·Δ] (w = its examples ÷ the largest announced),
-   adds its private mask and ± a pairwise mask per peer, mod 2^32: to the coordinator, noise.
+3. collect-masked-vectors: it quantizes [w, w·Δ] (w = min(its examples, W) ÷ W, W the run
+   config's ``max-partner-weight``, read here, never taken from the coordinator), adds its
+   private mask and ± a pairwise mask per peer, mod 2^32: to the coordinator, noise.
 4. unmask: for each survivor it gives its share of the private-mask seed, for each dropout its
    share of sk1, never both for one peer (one unmask per round, active ∩ dead = ∅ checked).
 
-One change from Flower: masks are expanded with ChaCha20 keyed by HKDF(seed) (``cryptography``),
-not Flower's ``pseudo_rand_gen``, which folds the 256-bit seed into a 32-bit NumPy seed (a
-coordinator could search 2^32 seeds for a pairwise mask).
+The protocol state and maths live in client/secagg_protocol.py; this module is the Flower glue
+(context.state in, Messages out; client/app.py dispatches here).
+
+Every parameter that shapes the masked input is checked against the run config at each stage
+(common.secagg_params); on a mismatch, or fewer partners than the run's or this partner's
+``min-partners``, the partner refuses with a refusal reply, logged (stages 2 – 4 also in its audit
+log). The setup parameters are checked after training (secagg.start runs on the trained update):
+a bad setup costs that round's ε but reveals nothing; checking before training needs a call to
+``check_setup`` in client/app.py ahead of ``train_round``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import (decrypt, encrypt,
-                                                                        generate_shared_key)
-from flwr.common.secure_aggregation.quantization import quantize
-from flwr.common.secure_aggregation.secaggplus_utils import (share_keys_plaintext_concat,
-                                                             share_keys_plaintext_separate)
-from flwr.supercore.primitives.asymmetric import (bytes_to_private_key, bytes_to_public_key,
-                                                  generate_key_pairs, private_key_to_bytes,
-                                                  public_key_to_bytes)
 
+from client.secagg_protocol import (PartnerSecAgg, mask_vector, pairwise_seed,  # noqa: F401
+                                    quantized_vector)
 from common import protocol as P
+from common.config import RunConfig
 from common.errors import PrivacyError, SimulatedDropout
+from common.secagg_params import check_nodes, check_setup, check_survivors
 
 logger = logging.getLogger(__name__)
 _STATE = "consortium-secagg"  # ConfigRecord in context.state: the protocol state
 _UPDATE = "consortium-secagg-update"  # ArrayRecord in context.state: the update, until masked
 _DELTA = "delta"
 
-
-def mask_vector(seed: bytes, length: int, mod_range: int) -> np.ndarray:
-    """``length`` uniform integers in [0, mod_range) from a secret seed: ChaCha20 keystream under
-    an HKDF-SHA256 key of the seed (mod_range a power of two ≤ 2^32, so the cut is exact)."""
-    key = HKDF(hashes.SHA256(), 32, salt=None, info=b"consortium secagg mask").derive(seed)
-    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    words = np.frombuffer(stream.update(bytes(4 * length)), dtype="<u4").astype(np.int64)
-    return words & (mod_range - 1)
-
-
-def pairwise_seed(own_sk1: bytes, peer_pk1: bytes) -> bytes:
-    """The seed two partners share (ECDH + HKDF); the coordinator can rebuild it only from t
-    shares of one side's sk1, which partners give only for a dropout."""
-    return generate_shared_key(bytes_to_private_key(own_sk1), bytes_to_public_key(peer_pk1))
-
-
-def quantized_vector(delta: np.ndarray, ratio: float, clipping_range: float,
-                     quantization_range: int) -> np.ndarray:
-    """[round(ratio·T), quantize(ratio·Δ)]: weight and weighted update as integers in [0, T]."""
-    weight = round(ratio * quantization_range)  # Δ is scaled by the weight as it is summed
-    values = quantize([weight / quantization_range * delta], clipping_range, quantization_range)
-    return np.concatenate([np.array([weight], dtype=np.int64), values[0].astype(np.int64)])
-
-
-@dataclass
-class PartnerSecAgg:
-    """One partner's protocol state for one round; lives in ``context.state`` between Messages."""
-
-    stage: str = ""
-    nid: int = 0
-    threshold: int = 0
-    clipping_range: float = 0.0
-    quantization_range: int = 0
-    mod_range: int = 0
-    sk1: bytes = b""
-    pk1: bytes = b""
-    sk2: bytes = b""
-    pk2: bytes = b""
-    seed: bytes = b""  # of the private mask
-    weight: float = 0.0  # this partner's examples this round
-    peers: list[int] = field(default_factory=list)  # every partner that shared keys, self too
-    peer_pk1: list[bytes] = field(default_factory=list)
-    peer_pk2: list[bytes] = field(default_factory=list)
-    share_owners: list[int] = field(default_factory=list)  # shares held, for these partners
-    seed_shares: list[bytes] = field(default_factory=list)
-    sk1_shares: list[bytes] = field(default_factory=list)
-
-    def _expect(self, stage: str) -> None:
-        order = P.SECAGG_STAGES
-        if self.stage not in order or order[(order.index(self.stage) + 1) % len(order)] != stage:
-            raise PrivacyError(f"secure aggregation: asked for stage {stage!r} after "
-                               f"{self.stage or 'nothing'!r}; stages run in the order "
-                               f"{list(order)}, once per round")
-        self.stage = stage
-
-    def setup(self, nid: int, params: Mapping[str, Any]) -> tuple[bytes, bytes]:
-        """Fresh key pairs for this round; returns (pk1, pk2)."""
-        self.stage, self.nid = P.SECAGG_SETUP, nid
-        self.threshold = int(params[P.SECAGG_THRESHOLD])
-        self.clipping_range = float(params[P.SECAGG_CLIPPING_RANGE])
-        self.quantization_range = int(params[P.SECAGG_QUANTIZATION_RANGE])
-        self.mod_range = int(params[P.SECAGG_MOD_RANGE])
-        if self.threshold < 2 or self.mod_range & (self.mod_range - 1) or \
-                not 0 < self.quantization_range < self.mod_range <= 2**32:
-            raise PrivacyError(f"secure aggregation: refusing unsafe parameters {dict(params)}")
-        keys = [generate_key_pairs() for _ in range(2)]
-        (self.sk1, self.pk1), (self.sk2, self.pk2) = (
-            (private_key_to_bytes(sk), public_key_to_bytes(pk)) for sk, pk in keys)
-        return self.pk1, self.pk2
-
-    def share_keys(self, keys: Mapping[int, tuple[bytes, bytes]]) -> tuple[list[int], list[bytes]]:
-        """Split the private-mask seed and sk1 among the peers; returns (destinations,
-        ciphertexts), one per peer other than this partner."""
-        self._expect(P.SECAGG_SHARE_KEYS)
-        if not len(keys) / 2 < self.threshold <= len(keys):
-            raise PrivacyError(f"secure aggregation: threshold {self.threshold} for {len(keys)} "
-                               "partners; it must be above half of them (else a coordinator "
-                               "could collect both secrets of one partner) and at most all")
-        if keys.get(self.nid) != (self.pk1, self.pk2):
-            raise PrivacyError("secure aggregation: the coordinator relayed wrong own keys")
-        flat = [k for pair in keys.values() for k in pair]
-        if len(set(flat)) != len(flat):
-            raise PrivacyError("secure aggregation: two partners announced the same public key")
-        self.peers = sorted(keys)
-        self.peer_pk1 = [keys[n][0] for n in self.peers]
-        self.peer_pk2 = [keys[n][1] for n in self.peers]
-        self.seed = os.urandom(32)
-        seed_shares = create_shares(self.seed, self.threshold, len(self.peers))
-        sk1_shares = create_shares(self.sk1, self.threshold, len(self.peers))
-        dsts, ciphertexts = [], []
-        for i, peer in enumerate(self.peers):
-            if peer == self.nid:
-                self._hold(self.nid, seed_shares[i], sk1_shares[i])
-                continue
-            key = generate_shared_key(bytes_to_private_key(self.sk2),
-                                      bytes_to_public_key(self.peer_pk2[i]))
-            plain = share_keys_plaintext_concat(self.nid, peer, seed_shares[i], sk1_shares[i])
-            dsts.append(peer)
-            ciphertexts.append(encrypt(key, plain))
-        return dsts, ciphertexts
-
-    def _hold(self, owner: int, seed_share: bytes, sk1_share: bytes) -> None:
-        self.share_owners.append(owner)
-        self.seed_shares.append(seed_share)
-        self.sk1_shares.append(sk1_share)
-
-    def mask(self, sources: list[int], ciphertexts: list[bytes], delta: np.ndarray,
-             ratio: float) -> np.ndarray:
-        """Store the peers' shares; return the masked [w, w·Δ] as uint32 (flat)."""
-        self._expect(P.SECAGG_MASK)
-        if len(sources) + 1 < self.threshold:
-            raise PrivacyError(f"secure aggregation: shares from {len(sources)} peers, the "
-                               f"threshold is {self.threshold}")
-        if not 0 < ratio <= 1 or not math.isfinite(ratio):
-            raise PrivacyError(f"secure aggregation: weight ratio {ratio} is not in (0, 1]")
-        for src, ciphertext in zip(sources, ciphertexts, strict=True):
-            i = self.peers.index(src)  # ValueError for a partner that never shared keys
-            key = generate_shared_key(bytes_to_private_key(self.sk2),
-                                      bytes_to_public_key(self.peer_pk2[i]))
-            real_src, dst, seed_share, sk1_share = share_keys_plaintext_separate(
-                decrypt(key, ciphertext))
-            if (real_src, dst) != (src, self.nid):
-                raise PrivacyError(f"secure aggregation: a share from {real_src} to {dst} was "
-                                   f"relayed as from {src} to {self.nid}")
-            self._hold(src, seed_share, sk1_share)
-        vector = quantized_vector(delta, ratio, self.clipping_range, self.quantization_range)
-        vector += mask_vector(self.seed, vector.size, self.mod_range)
-        for src in sources:
-            pairwise = mask_vector(pairwise_seed(self.sk1, self.peer_pk1[self.peers.index(src)]),
-                                   vector.size, self.mod_range)
-            vector += pairwise if self.nid > src else -pairwise
-        return (vector & (self.mod_range - 1)).astype(np.uint32)
-
-    def unmask(self, active: list[int], dead: list[int]) -> tuple[list[int], list[bytes]]:
-        """Shares of the survivors' mask seeds and of the dropouts' sk1: (owners, shares)."""
-        self._expect(P.SECAGG_UNMASK)
-        if set(active) & set(dead) or self.nid not in active or len(active) < self.threshold:
-            raise PrivacyError(f"secure aggregation: refusing to unmask, survivors {active} / "
-                               f"dropouts {dead} are inconsistent or below the threshold "
-                               f"{self.threshold}")
-        unknown = set(active + dead) - set(self.share_owners)
-        if unknown:
-            raise PrivacyError(f"secure aggregation: holds no share for partners {unknown}")
-        owners = active + dead
-        shares = [self.seed_shares[self.share_owners.index(n)] for n in active]
-        shares += [self.sk1_shares[self.share_owners.index(n)] for n in dead]
-        return owners, shares
-
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord(asdict(self))  # type: ignore[arg-type]
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord | None) -> PartnerSecAgg:
-        return cls(**dict(record)) if record else cls()  # type: ignore[arg-type]
-
-
-# ---- Flower glue: context.state in, Messages out (client/app.py dispatches here) ----
 
 def stage_of(msg: Message) -> str:
     """The secure-aggregation stage a TRAIN message asks for; '' for a plain round."""
@@ -223,49 +62,85 @@ def start(msg: Message, context: Context, content: RecordDict,
           shared: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]) -> RecordDict:
     """Setup stage, after training: keep the update here and reply with public keys instead.
     The per-update norm and clip flag are withheld too: they describe one partner's update."""
-    state = PartnerSecAgg()
-    pk1, pk2 = state.setup(msg.metadata.dst_node_id, msg.content.config_records[P.SECAGG])
-    metrics = content.metric_records[P.METRICS]
-    state.weight = float(metrics[P.NUM_EXAMPLES])
-    context.state.config_records[_STATE] = state.to_record()
-    context.state.array_records[_UPDATE] = ArrayRecord({_DELTA: Array(flat_update(shared, new))})
+    config = RunConfig.from_mapping(context.run_config)
+    params, metrics = msg.content.config_records[P.SECAGG], content.metric_records[P.METRICS]
     for key in (P.UPDATE_NORM, P.UPDATE_CLIPPED):
         metrics.pop(key, None)
     del content.array_records[P.ARRAYS]
+    try:
+        check_setup(params, config)
+    except PrivacyError as exc:  # refused; the privacy history still goes back: ε is spent
+        logger.error("%s refuses secure aggregation: %s",
+                     content.config_records[P.PARTNER][P.PARTNER_NAME], exc)
+        content.config_records[P.PARTNER][P.REFUSAL] = str(exc)
+        return content
+    state = PartnerSecAgg()
+    pk1, pk2 = state.setup(msg.metadata.dst_node_id, params)
+    state.weight, state.max_weight = float(metrics[P.NUM_EXAMPLES]), config.max_partner_weight
+    context.state.config_records[_STATE] = state.to_record()
+    context.state.array_records[_UPDATE] = ArrayRecord({_DELTA: Array(flat_update(shared, new))})
     content.config_records[P.SECAGG] = ConfigRecord({P.SECAGG_PUBLIC_KEYS: [pk1, pk2]})
     return content
 
 
-def handle(msg: Message, context: Context, name: str, drops_out: bool) -> Message:
-    """Stages 2 – 4. ``drops_out``: a simulated partner leaves after sharing keys, before its
-    masked update (client.partner.drops_out), to exercise the dropout recovery."""
+def handle(msg: Message, context: Context, partner: Any, drops_out: bool) -> Message:
+    """Stages 2 – 4. ``partner``: the partner's PartnerSettings (its name and ``min-partners``).
+    ``drops_out``: a simulated partner leaves after sharing keys, before its masked update
+    (client.partner.drops_out), to exercise the dropout recovery. A parameter the run config
+    contradicts is refused: logged, audited, and answered with a refusal."""
     stage = stage_of(msg)
-    params = msg.content.config_records[P.SECAGG]
+    if stage == P.SECAGG_MASK and drops_out:
+        raise SimulatedDropout(f"{partner.name} dropped out after sharing keys, before sending "
+                               "its masked update (simulated, dropout-rate)")
+    config = RunConfig.from_mapping(context.run_config)
     state = PartnerSecAgg.from_record(context.state.config_records.get(_STATE))
+    try:
+        content = _stage(msg, context, state, config, getattr(partner, "min_partners", 0))
+    except PrivacyError as exc:
+        logger.error("%s refuses secure aggregation stage %r: %s", partner.name, stage, exc)
+        _audit_refusal(partner, config, context, msg, f"secure aggregation {stage}: {exc}")
+        return Message(RecordDict({P.PARTNER: ConfigRecord(
+            {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
+    context.state.config_records[_STATE] = state.to_record()
+    content[P.PARTNER] = ConfigRecord({P.PARTNER_NAME: partner.name})
+    return Message(content, reply_to=msg)
+
+
+def _stage(msg: Message, context: Context, state: PartnerSecAgg, config: RunConfig,
+           min_partners: int) -> RecordDict:
+    """One stage's reply content; PrivacyError when the coordinator's request is refused."""
+    stage, params = stage_of(msg), msg.content.config_records[P.SECAGG]
     out: dict[str, Any] = {}
     content = RecordDict()
     if stage == P.SECAGG_SHARE_KEYS:
         nodes = [int(n) for n in params[P.SECAGG_NODES]]  # type: ignore[union-attr]
+        check_nodes(state.nid, nodes, state.threshold, config, min_partners)
         pks = list(params[P.SECAGG_PUBLIC_KEYS])  # type: ignore[arg-type]
         keys = {n: (pks[2 * i], pks[2 * i + 1]) for i, n in enumerate(nodes)}
         out[P.SECAGG_NODES], out[P.SECAGG_CIPHERTEXTS] = state.share_keys(keys)
     elif stage == P.SECAGG_MASK:
-        if drops_out:
-            raise SimulatedDropout(f"{name} dropped out after sharing keys, before sending its "
-                                   "masked update (simulated, dropout-rate)")
         delta = context.state.array_records[_UPDATE][_DELTA].numpy()
         masked = state.mask([int(n) for n in params[P.SECAGG_SOURCES]],  # type: ignore
                             list(params[P.SECAGG_CIPHERTEXTS]),  # type: ignore[arg-type]
-                            delta, state.weight / float(params[P.SECAGG_MAX_WEIGHT]))
+                            delta, state.ratio())
         content[P.ARRAYS] = ArrayRecord({P.SECAGG_MASKED: Array(masked)})
     elif stage == P.SECAGG_UNMASK:
+        active = [int(n) for n in params[P.SECAGG_ACTIVE]]  # type: ignore[union-attr]
+        check_survivors(active, config, min_partners)
         out[P.SECAGG_NODES], out[P.SECAGG_SHARES] = state.unmask(
-            [int(n) for n in params[P.SECAGG_ACTIVE]],  # type: ignore[union-attr]
-            [int(n) for n in params[P.SECAGG_DEAD]])  # type: ignore[union-attr]
+            active, [int(n) for n in params[P.SECAGG_DEAD]])  # type: ignore[union-attr]
         del context.state.array_records[_UPDATE]  # the round is over here
     else:
         raise PrivacyError(f"secure aggregation: unknown stage {stage!r}")
-    context.state.config_records[_STATE] = state.to_record()
     content[P.SECAGG] = ConfigRecord(out)  # type: ignore[arg-type]
-    content[P.PARTNER] = ConfigRecord({P.PARTNER_NAME: name})
-    return Message(content, reply_to=msg)
+    return content
+
+
+def _audit_refusal(partner: Any, config: RunConfig, context: Context, msg: Message,
+                   reason: str) -> None:
+    from client.partner import AUDIT_LOG, append_audit  # torch-heavy; only when refusing
+
+    append_audit(partner.ledger_root(config) / AUDIT_LOG, {
+        "partner": partner.name, "run_id": str(context.run_id),
+        "round": int(msg.content.config_records[P.CONFIG][P.ROUND]), "refused": reason,
+        "bytes_sent": 0})

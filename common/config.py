@@ -15,11 +15,16 @@ from typing import Any, Mapping
 
 from common.errors import ConfigError
 
-FINETUNE_MODES = ("lora", "full", "head")
+FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head")
+
+AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F")
 TEXT_TASK, TOKEN_TASK = "text-classification", "token-classification"
 TASKS = (TEXT_TASK, TOKEN_TASK)
+# finetune = "auto": the DP-friendly choice per task, by measurement (BENCHMARKS.md, DP recipe):
+# a text's mean-pooled frozen features + a linear head; a word's tag from a head on the encoder
+AUTO_FINETUNE = {TEXT_TASK: "pooled-head", TOKEN_TASK: "head"}
 COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -56,16 +61,27 @@ class RunConfig:
     examples_per_partner: int = _opt(600, "Size of each partner's embedded synthetic data set.",
                                      min=20)
     max_length: int = _opt(48, "Tokens per text after truncation.", min=8, max=512)
-    finetune: str = _opt("lora", "lora (adapters + head trained and sent), full (every layer "
-                                 "but, by default, the embeddings) or head (classifier only).",
+    finetune: str = _opt("auto", "auto (pooled-head for text-classification, head for "
+                                 "token-classification), "
+                                 "lora (adapters + head trained and sent), full (every layer "
+                                 "but, by default, the embeddings), head (classifier on the "
+                                 "[CLS] pooler) or pooled-head (linear head on the mean-pooled "
+                                 "frozen encoder; features computed once per round; exported "
+                                 "as sentence-transformers).",
                          choices=FINETUNE_MODES)
     lora_r: int = _opt(8, "LoRA rank.", min=1)
     lora_alpha: int = _opt(16, "LoRA scaling numerator.", min=1)
     freeze_embeddings: bool = _opt(True, "Keep the embedding layer frozen in full fine-tuning.")
     local_epochs: int = _opt(2, "Passes over the partner's training split per round.", min=1)
-    batch_size: int = _opt(32, "Expected batch size (Poisson sampling: rate = batch / n).", min=1)
-    learning_rate: float = _opt(1e-2, "AdamW learning rate at the partners (1e-2 suits LoRA; "
-                                      "use ~1e-3 for full).", gt=0.0)
+    batch_size: int | str = _opt(AUTO, "Expected batch size (Poisson sampling: rate = batch / "
+                                       "n); auto = the DP planner's (common.planner: as large "
+                                       "as still leaves enough steps), 32 without DP.", min=1)
+    learning_rate: float | str = _opt(AUTO, "AdamW learning rate at the partners; auto = the "
+                                            "measured one for the finetune mode and dp "
+                                            "(common.planner.LEARNING_RATE).", gt=0.0)
+    dp_plan_check: bool = _opt(True, "Refuse, before any ε is spent, a DP plan predicted to "
+                                     "learn nothing (noise-to-signal over the run above "
+                                     "common.planner.MAX_RUN_RATIO); false = run it anyway.")
     epsilon: float = _opt(8.0, "Target ε per partner over all planned rounds (sets σ when "
                                "noise-multiplier is 0).", gt=0.0)
     delta: float = _opt(1e-5, "δ of the (ε, δ) guarantee; must be below 1 / partner examples.",
@@ -123,8 +139,16 @@ class RunConfig:
     secagg_quantization_range: int = _opt(4194304, "Secure aggregation: integer levels per "
                                                    "coordinate (2^22); a round takes at most "
                                                    "2^32 / this partners.", min=256, max=2**30)
+    max_partner_weight: float = _opt(10000.0, "Most examples one partner's update counts for "
+                                              "in the weighted mean, however many it claims "
+                                              "(every aggregation mode). Under secure "
+                                              "aggregation each partner masks min(n, this) / "
+                                              "this: set it near the largest partner's size.",
+                                     gt=0.0)
 
     def __post_init__(self) -> None:
+        if self.finetune == "auto" and self.task in AUTO_FINETUNE:  # resolved once, here
+            object.__setattr__(self, "finetune", AUTO_FINETUNE[self.task])
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
@@ -179,6 +203,9 @@ class RunConfig:
         if self.partition != "iid":
             raise ConfigError(f"partition={self.partition!r}: token-classification data can only "
                               "be split iid (a sentence has no single label or group)")
+        if self.finetune == "pooled-head":
+            raise ConfigError('finetune = "pooled-head" pools a whole text into one vector; '
+                              'token-classification needs a tag per word: use "lora" or "head"')
         if self.tag_column == 0:
             raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "
                               "(the last) or 3 (CoNLL-2003's NER column)")
@@ -260,6 +287,14 @@ _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    if str(type_name).endswith(" | str"):  # a number, or "auto"
+        number = str(type_name).split(" | ")[0]
+        if value == AUTO:
+            return value
+        if isinstance(value, str) or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} = {value!r} is not valid; use {AUTO!r} or "
+                              f"{_article(number)}")
+        return _coerce(key, value, number)
     expected = _TYPES[str(type_name)]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -272,6 +307,8 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     key, meta = _kebab(f.name), f.metadata
     _coerce(key, value, f.type)
+    if value == AUTO and str(f.type).endswith(" | str"):
+        return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key {key!r} = {value!r} must be a finite number")
     bounds = [("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),

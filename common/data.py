@@ -177,6 +177,33 @@ def split_train_test(data: TextDataset, test_fraction: float,
     return data.subset(order[n_test:]), data.subset(order[:n_test])
 
 
+def split_held_out(data: TextDataset, test_fraction: float) -> tuple[TextDataset, TextDataset]:
+    """(train, held-out) decided by each row's own text, not by a seed or the row order.
+
+    A row is held out when the SHA-256 of its text falls in the lowest ``test_fraction`` of the
+    hash range, so the split is the same in every run, whatever seed or label order the
+    coordinator sets; appended rows do not move old ones, and duplicate texts stay together.
+    Both parts keep at least one example (the lowest-hash row is held out if none falls in).
+    """
+    if len(data) < 2:
+        raise DataError(f"{len(data)} example(s) cannot be split into train and test; "
+                        "a partner needs at least 2")
+    points = [_unit_hash(text) for text in data.texts]
+    test = [i for i, h in enumerate(points) if h < test_fraction]
+    if not test:
+        test = [min(range(len(points)), key=points.__getitem__)]
+    if len(test) == len(data):
+        test.remove(max(test, key=points.__getitem__))
+    held = set(test)
+    return data.subset([i for i in range(len(data)) if i not in held]), data.subset(test)
+
+
+def _unit_hash(text: Any) -> float:
+    """A row's place in [0, 1), from the SHA-256 of its text (words, for token data)."""
+    digest = hashlib.sha256(json.dumps(text, ensure_ascii=False).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def data_fingerprint(data: TextDataset) -> str:
     """SHA-256 of texts, labels and label names: the identity a privacy ledger is kept for."""
     digest = hashlib.sha256(json.dumps([data.label_names, data.texts, data.labels]).encode())

@@ -46,3 +46,7 @@ class SimulatedDropout(ConsortiumError):
 
 class ReportError(ConsortiumError, ValueError):
     """A run directory's files (metrics.jsonl, privacy report) cannot be read into a report."""
+
+
+class UnlearnablePlanError(PrivacyError):
+    """A DP plan's predicted noise drowns its signal: refused before any ε is spent."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                          AutoTokenizer, PreTrainedTokenizerBase)
+from transformers import (AutoModel, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase)
 
 from common.config import TOKEN_TASK, RunConfig
 from common.errors import ModelError, UpdateError
@@ -55,6 +56,8 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)
     token_task = config.task == TOKEN_TASK
+    if config.finetune == "pooled-head":
+        return _pooled_head(path, len(label_names))
     auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
     try:
         model = auto.from_pretrained(
@@ -81,6 +84,37 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
             param.requires_grad_(False)
     model.train()  # from_pretrained returns eval mode; Opacus needs train mode
     return model
+
+
+def _pooled_head(path: str, num_labels: int) -> nn.Module:
+    from common.features import PooledHeadClassifier
+
+    try:
+        encoder = AutoModel.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    return PooledHeadClassifier(encoder, num_labels).train()
+
+
+def save_model(model: nn.Module, config: RunConfig, directory: Path) -> None:
+    """The shared model as a directory that loads in one line with a standard library:
+    transformers ``save_pretrained`` (LoRA merged) + tokenizer, or, for pooled-head, a
+    sentence-transformers model whose ``encode`` returns the logits."""
+    if config.finetune == "pooled-head":
+        from common.features import save_sentence_transformer
+
+        save_sentence_transformer(model, resolve_base_model(config.base_model),  # type: ignore
+                                  directory, config.max_length)
+        return
+    plain = exportable_model(model)
+    plain.eval()
+    plain.save_pretrained(directory)
+    load_tokenizer(config).save_pretrained(directory)
+
+
+def trainable_size(model: nn.Module) -> int:
+    """d: how many numbers training changes (and a partner sends)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def exportable_model(model: nn.Module) -> nn.Module:

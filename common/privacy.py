@@ -7,10 +7,13 @@ Opacus' accountant, so it is cumulative across rounds, runs and process restarts
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -18,7 +21,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from common.errors import BudgetExceededError, CheckpointError, PrivacyError
 from common.storage import read_sealed_json, write_sealed_json
 
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2  # 1: one ledger per training split (see _legacy_releases)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Release:
     noise_multiplier: float
     sample_rate: float
     steps: int
+    examples: int = 0  # training-split size this round (a count; the data may grow)
+    data_sha256: str = ""  # the training split's fingerprint, so an auditor sees what changed
 
 
 def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> float:
@@ -61,32 +66,37 @@ def poisson_schedule(num_examples: int, batch_size: int, local_epochs: int) -> t
 
 
 class PrivacyLedger:
-    """The on-disk record of every release from one data set, written atomically."""
+    """The on-disk record of every release from one partner's data source, written atomically.
 
-    def __init__(self, path: str | Path, data_fingerprint: str,
-                 releases: Sequence[Release] = ()) -> None:
+    A ledger belongs to a partner and a *data source* (the partner's ``data-id``, or its data
+    file), never to one split or version of the data: every run, seed, held-out fraction, label
+    order and appended row composes into the same ledger, so the coordinator cannot open a fresh
+    one by changing run config. A new ledger starts only when the partner names a new data-id.
+    """
+
+    def __init__(self, path: str | Path, source: str, releases: Sequence[Release] = ()) -> None:
         self.path = Path(path)
-        self.data_fingerprint = data_fingerprint
+        self.source = source
         self.releases: list[Release] = list(releases)
 
     @classmethod
-    def open(cls, path: str | Path, data_fingerprint: str) -> PrivacyLedger:
+    def open(cls, path: str | Path, source: str) -> PrivacyLedger:
         """Load the ledger, or start an empty one if the file does not exist yet.
 
         A damaged ledger is an error, never a reset to zero: that would erase spent budget.
         """
         path = Path(path)
         if not path.exists():
-            return cls(path, data_fingerprint)
+            return cls(path, source)
         body = read_sealed_json(path)
         if body.get("version") != LEDGER_VERSION:
             raise CheckpointError(f"{path}: ledger version {body.get('version')!r} is not "
                                   f"{LEDGER_VERSION}")
-        if body["data_fingerprint"] != data_fingerprint:
-            raise PrivacyError(f"{path} records releases of other data "
-                               f"({body['data_fingerprint'][:12]}…, this data is "
-                               f"{data_fingerprint[:12]}…); give each data set its own ledger")
-        return cls(path, data_fingerprint, [Release(**r) for r in body["releases"]])
+        if body["source"] != source:
+            raise PrivacyError(f"{path} records releases of another data source "
+                               f"({body['source']!r}, this one is {source!r}); give each data "
+                               "source its own ledger")
+        return cls(path, source, [Release(**r) for r in body["releases"]])
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -95,15 +105,25 @@ class PrivacyLedger:
     def epsilon(self, delta: float) -> float:
         return epsilon_of(self.history, delta)
 
-    def check_budget(self, release: Release, delta: float, max_epsilon: float) -> float:
-        """ε after ``release``; BudgetExceededError if that passes ``max_epsilon``."""
-        after = epsilon_of(self.history + [(release.noise_multiplier, release.sample_rate,
-                                            release.steps)], delta)
+    def check_budget(self, release: Release, delta: float, max_epsilon: float,
+                     rest_of_run: Sequence[tuple[float, float, int]] = ()) -> float:
+        """ε after ``release``; BudgetExceededError if that, or the rest of the run's plan
+        after it (``rest_of_run``), passes ``max_epsilon``. Returns ε after ``release``."""
+        step = (release.noise_multiplier, release.sample_rate, release.steps)
+        after = epsilon_of(self.history + [step], delta)
         if after > max_epsilon:
             raise BudgetExceededError(
                 f"round {release.round} would bring ε to {after:.3f} > this partner's budget "
                 f"{max_epsilon:g} (spent so far: {self.epsilon(delta):.3f}); the round is refused "
                 "and nothing was trained")
+        planned = epsilon_of(self.history + [step, *rest_of_run], delta) if rest_of_run else after
+        if planned > max_epsilon:
+            raise BudgetExceededError(
+                f"the run's plan from round {release.round} on ({1 + len(rest_of_run)} more "
+                f"round(s)) would bring ε to {planned:.3f} > this partner's budget "
+                f"{max_epsilon:g} (spent so far over all runs on this data: "
+                f"{self.epsilon(delta):.3f}); refused now rather than part-way, and nothing was "
+                "trained. Plan fewer rounds or a smaller epsilon, or raise max-epsilon")
         return after
 
     def record(self, release: Release) -> None:
@@ -115,5 +135,50 @@ class PrivacyLedger:
         write_sealed_json(self.path, self.to_body(), mode=0o600)
 
     def to_body(self) -> dict[str, Any]:
-        return {"version": LEDGER_VERSION, "data_fingerprint": self.data_fingerprint,
+        return {"version": LEDGER_VERSION, "source": self.source,
                 "releases": [asdict(r) for r in self.releases]}
+
+
+@contextmanager
+def ledger_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on a ledger for the whole read - check - record sequence, so two
+    processes spending from one ledger cannot both pass the budget check on the same state."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def spend(path: str | Path, source: str, release: Release, delta: float, max_epsilon: float,
+          rest_of_run: Sequence[tuple[float, float, int]] = (),
+          legacy: Sequence[Path] = ()) -> tuple[PrivacyLedger, list[tuple[float, float, int]]]:
+    """Under the ledger's lock: re-read it, check the budget, record ``release``.
+
+    The release is recorded *before* training: a crash or refusal after this point over-counts,
+    never under-counts. Returns the ledger and its history before this release (what Opacus'
+    accountant starts from). ``legacy``: version-1 ledger files of this partner (one per
+    training split, before ledgers were kept per data source), folded in on first use.
+    """
+    with ledger_lock(path):
+        ledger = PrivacyLedger.open(path, source)
+        if not ledger.releases and legacy:
+            ledger.releases.extend(_legacy_releases(legacy))
+        prior = ledger.history
+        ledger.check_budget(release, delta, max_epsilon, rest_of_run)
+        ledger.record(release)
+    return ledger, prior
+
+
+def _legacy_releases(paths: Sequence[Path]) -> list[Release]:
+    """Releases of version-1 ledgers: composing them in can only over-count."""
+    releases = []
+    for path in sorted(paths):
+        body = read_sealed_json(path)
+        if body.get("version") == 1:
+            releases.extend(Release(**r) for r in body["releases"])
+    return releases

@@ -27,6 +27,12 @@ UPDATE_CLIPPED = "update-clipped"
 TRAIN_SECONDS = "train-seconds"  # wall time of local training alone
 GPU_PEAK_BYTES = "gpu-peak-bytes"  # CUDA partners only: peak allocated during the round
 GPU_RESERVED_BYTES = "gpu-reserved-bytes"  # CUDA only: still reserved after the round's release
+# the partner's DP plan (common.planner), from public quantities only (n, ε, δ, rounds, d)
+PLAN_EXPECTED_BATCH = "plan-expected-batch"
+PLAN_LEARNING_RATE = "plan-learning-rate"
+PLAN_NOISE_TO_SIGNAL = "plan-noise-to-signal"  # predicted, over the run
+PLAN_KEYS = {PLAN_EXPECTED_BATCH: "expected_batch", PLAN_LEARNING_RATE: "learning_rate",
+             PLAN_NOISE_TO_SIGNAL: "predicted_noise_to_signal"}
 EVAL_LOSS = "eval-loss"
 ACCURACY = "accuracy"
 MACRO_F1 = "macro-f1"
@@ -59,7 +65,7 @@ SECAGG_THRESHOLD = "threshold"
 SECAGG_CLIPPING_RANGE = "clipping-range"
 SECAGG_QUANTIZATION_RANGE = "quantization-range"
 SECAGG_MOD_RANGE = "mod-range"
-SECAGG_MAX_WEIGHT = "max-weight"
+SECAGG_MAX_WEIGHT = "max-weight"  # setup: the run's max-partner-weight, checked by partners
 SECAGG_PUBLIC_KEYS = "public-keys"  # [pk1 (mask agreement), pk2 (share encryption)]
 SECAGG_NODES = "nodes"
 SECAGG_CIPHERTEXTS = "ciphertexts"

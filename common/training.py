@@ -24,6 +24,7 @@ from common import protocol as P
 from common.data import TextDataset
 from common.errors import PrivacyError
 from common.metrics import accuracy, class_counts, macro_f1
+from common.planner import DPPlan
 from common.progress import RoundProgress
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,14 @@ class TrainSettings:
     max_length: int
     seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
     desc: str = ""  # the progress bar's label, e.g. "partner-0 round 3"
+    plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
+
+    def require_plan(self) -> DPPlan:
+        """The DP plan this round runs; a DP round without one is refused, never improvised."""
+        if self.plan is None:
+            raise PrivacyError("a DP round needs a plan from common.planner.plan_dp (q, steps, "
+                               "sigma); none was given, so nothing is trained")
+        return self.plan
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,14 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> t
     positions = torch.arange(length, device=device).unsqueeze(0).repeat(len(input_ids), 1)
     return model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                  token_type_ids=torch.zeros_like(input_ids)).logits
+
+
+def _logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Logits of a training batch: (input_ids, mask) texts through ``_forward``, or one tensor
+    of precomputed features (finetune = pooled-head) through a head that returns logits."""
+    if len(inputs) == 1:
+        return model(inputs[0].to(device_of(model)))
+    return _forward(model, *inputs)
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -174,8 +191,8 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     bar = RoundProgress(settings.local_epochs * len(private_loader), settings.desc)
     try:
         for _ in range(settings.local_epochs):
-            for input_ids, mask, labels in bar.over(private_loader):
-                logits = _forward(private, input_ids, mask)
+            for *inputs, labels in bar.over(private_loader):
+                logits = _logits(private, inputs)
                 labels = labels.to(logits.device)
                 loss = criterion(logits, labels) if len(labels) else logits.sum() * 0.0
                 loss.backward()
@@ -207,8 +224,8 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     model.train()
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
-        for input_ids, mask, labels in bar.over(loader):
-            logits = _forward(model, input_ids, mask)
+        for *inputs, labels in bar.over(loader):
+            logits = _logits(model, inputs)
             loss = _loss(logits, labels.to(logits.device))
             loss.backward()
             optimizer.step()

@@ -13,6 +13,7 @@ from common.compression import from_wire
 from common.errors import UpdateError
 from common.model import check_update_matches
 from common.updates import update_norm
+from common.weights import capped_weight, check_claimed_examples, check_weight
 from server.central_dp import CentralDP, clip_exactly, coordinator_rng
 
 
@@ -37,11 +38,6 @@ class WeightedMean:
         if self.total_weight == 0:
             raise UpdateError("no update to average")
         return {k: (s / self.total_weight).astype(self._dtypes[k]) for k, s in self._sum.items()}
-
-
-def check_weight(weight: float) -> None:
-    if not weight > 0 or not math.isfinite(weight):
-        raise UpdateError(f"weight {weight!r} must be a positive number of examples")
 
 
 def fedavg(updates: list[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -69,7 +65,9 @@ def validate_update(update: Mapping[str, np.ndarray], current: Mapping[str, np.n
 @dataclass
 class RoundFold:
     """One round's aggregation at the coordinator: each reply is validated, then folded in or
-    rejected with its reason; one bad partner never stops the round."""
+    rejected with its reason; one bad partner never stops the round. Each update's weight is
+    its claimed example count, checked against its DP sampling rate and capped at ``max_weight``
+    (common.weights), in every mode."""
 
     current: Mapping[str, np.ndarray]  # the shared weights sent this round
     clip_norm: float
@@ -78,6 +76,9 @@ class RoundFold:
     central: CentralDP | None = None  # partner-level DP: exact re-clip, noise at result()
     rng: np.random.Generator | None = None  # the central noise's source (coordinator_rng())
     noise_std: float | None = None  # the central σ result() added, for the metrics line
+    max_weight: float = math.inf  # max-partner-weight: the most one update counts for
+    dp: bool = False  # partners report their sampling rate; num-examples is checked against it
+    batch_size: int | None = None  # the run's fixed batch size (None: partners choose it)
     mean: WeightedMean = field(default_factory=WeightedMean)
     held: list[tuple[Mapping[str, np.ndarray], float]] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
@@ -93,22 +94,27 @@ class RoundFold:
         try:
             update = from_wire(update, self.current, self.compression)
             validate_update(update, self.current, self.clip_norm)
-            weight = float(metrics[P.NUM_EXAMPLES])
+            weight = self.weight_of(metrics)
             if self.robust:  # robust rules need every update; nothing to fold
-                check_weight(weight)
                 self.held.append((update, weight))
             else:
                 if self.central is not None:
-                    check_weight(weight)
                     update = clip_exactly(self.current, update, self.central.clip_norm)
                 self.mean.add(update, weight)
         except (UpdateError, KeyError, TypeError, ValueError) as exc:
             self.failures.append({"partner": name, "reason": f"update rejected: {exc}"})
             return False
         self.accepted.append(name)
-        self.losses.append((float(metrics.get(P.TRAIN_LOSS, math.nan)),
-                            float(metrics[P.NUM_EXAMPLES])))
+        self.losses.append((float(metrics.get(P.TRAIN_LOSS, math.nan)), weight))
         return True
+
+    def weight_of(self, metrics: Mapping[str, float]) -> float:
+        """The update's weight: its claimed examples, checked, then capped."""
+        examples = float(metrics[P.NUM_EXAMPLES])
+        check_weight(examples)
+        if self.dp:  # under DP the partner's q must agree with its claim
+            check_claimed_examples(examples, float(metrics[P.SAMPLE_RATE]), self.batch_size)
+        return capped_weight(examples, self.max_weight)
 
     def result(self) -> dict[str, np.ndarray]:
         if self.robust:

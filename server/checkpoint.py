@@ -20,6 +20,7 @@ from common.storage import atomic_write_bytes, read_sealed_json, write_sealed_js
 
 logger = logging.getLogger(__name__)
 KEEP = 2
+PENDING_LINE = "pending_line"  # state entry: the round's metrics line before evaluation
 
 
 @dataclass(frozen=True)

@@ -19,21 +19,22 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
-from client.records import from_array_record, history_from_json, to_array_record
+from client.records import from_array_record, to_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.model import build_model, frozen_fingerprint, trainable_state
-from common.privacy import epsilon_of
 from common.sources import run_labels
+from common.weights import fixed_batch_size
 from server.aggregation import RoundFold
 from server.central_dp import CentralDP, coordinator_rng, record_round
-from server.checkpoint import Checkpoint, check_same_config, latest_checkpoint, save_checkpoint
-from common.storage import finite_or_none
+from server.checkpoint import (PENDING_LINE, Checkpoint, check_same_config,
+                               latest_checkpoint, save_checkpoint)
 from server.evaluation import main_metric, progress_line, summarize_held_out, summarize_round
 from server.held_out import HeldOutSet
 from server.outputs import (METRICS_FILE, append_metrics, export_model, json_safe,
-                            privacy_report, truncate_metrics, write_privacy_report)
+                            privacy_report, record_partner, truncate_metrics,
+                            write_privacy_report)
 from server.report import write_report
 from server.run_data import last_metrics_line
 
@@ -118,24 +119,6 @@ def gpu_line(metrics_by_partner: Mapping[str, Mapping[str, Any]]) -> dict[str, A
     return {"partner_gpu_bytes": gpu} if gpu else {}
 
 
-def _record_partner(state: RunState, name: str, metrics: dict[str, float], config: RunConfig,
-                    history_json: str) -> None:
-    history = history_from_json(history_json) if history_json else []
-    state.partners[name] = {
-        "epsilon": finite_or_none(epsilon_of(history, config.delta)) if config.dp else None,
-        "delta": config.delta if config.dp else 0.0,
-        "noise_multiplier": metrics[P.NOISE_MULTIPLIER],
-        "sample_rate": metrics[P.SAMPLE_RATE],
-        "steps": int(sum(s for _, _, s in history)) if config.dp else int(metrics[P.STEPS]),
-        "max_grad_norm": config.max_grad_norm if config.dp else None,
-        "rounds_trained": state.partners.get(name, {}).get("rounds_trained", 0) + 1,
-        "examples": int(metrics[P.NUM_EXAMPLES]),  # training examples: a count, never data
-        "history": [list(h) for h in history],
-        **{k: v for k, v in state.partners.get(name, {}).items()  # server.central_dp's
-           if k.startswith("partner_level_")},
-    }
-
-
 def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                 fingerprint: str) -> dict[str, Any]:
     if config.secure_aggregation:  # the coordinator sees only the sum: server/secagg_phase.py
@@ -148,7 +131,9 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     robust = "" if config.aggregation == "fedavg" else config.aggregation
     fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust,
                      compression=config.compression, failures=failures,
-                     central=CentralDP.from_config(config), rng=coordinator_rng())
+                     central=CentralDP.from_config(config), rng=coordinator_rng(),
+                     max_weight=config.max_partner_weight, dp=config.dp,
+                     batch_size=fixed_batch_size(config.batch_size))
     started = time.time()
     train_seconds: dict[str, float | None] = {}  # the partners' own, for P5
     replied: dict[str, dict[str, float]] = {}  # each partner's reply metrics
@@ -165,9 +150,9 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         train_seconds[name] = metrics.get(P.TRAIN_SECONDS)
         replied[name] = metrics
         upload += _nbytes(update)
-        if fold.offer(name, update, metrics):
-            _record_partner(state, name, metrics, config,
-                            str(partner.get(P.PRIVACY_HISTORY, "")))
+        fold.offer(name, update, metrics)  # a rejected update's ε is spent all the same
+        record_partner(state.partners, name, metrics, config,
+                       str(partner.get(P.PRIVACY_HISTORY, "")))
     for failure in failures:
         logger.warning("round %d: %s", rnd, failure)
     if len(fold.accepted) < config.min_partners:
@@ -191,9 +176,13 @@ def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
                    fingerprint: str) -> dict[str, Any]:
     failures: list[dict[str, Any]] = []
     messages = _messages(grid, MessageType.EVALUATE, rnd, state.arrays, fingerprint, 1)
-    per_partner = {_partner_name(r): dict(r.content.metric_records[P.METRICS])
-                   for r in stream_replies(grid, messages, config.round_timeout, state.names,
-                                           failures)}
+    per_partner = {}
+    for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
+        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
+        if refusal:  # the partner's policy: evaluation off, or not a round it trained
+            failures.append({"partner": _partner_name(reply), "reason": f"refused: {refusal}"})
+        else:
+            per_partner[_partner_name(reply)] = dict(reply.content.metric_records[P.METRICS])
     for failure in failures:
         logger.warning("round %d evaluation: %s", rnd, failure)
     summary = summarize_round(per_partner, main_metric(config.task))
@@ -207,55 +196,78 @@ def _nbytes(arrays: dict[str, np.ndarray]) -> int:
     return int(sum(a.nbytes for a in arrays.values()))
 
 
-def _start_state(config: RunConfig, out: Path, initial: dict[str, np.ndarray]) -> RunState:
+def _start_state(config: RunConfig, out: Path,
+                 initial: dict[str, np.ndarray]) -> tuple[RunState, dict[str, Any] | None]:
+    """The state to run from, and the metrics line of a checkpointed round whose evaluation
+    never finished (None when every checkpointed round has its line)."""
     ckpt_dir = out / "checkpoints"
     existing = list(ckpt_dir.glob("round-*.json"))
     if existing and not config.resume:
         raise ConsortiumError(f"{out} already holds a run; set resume=true to continue it or "
                               "choose another out-dir")
     if not config.resume:
-        return RunState(0, initial)
+        return RunState(0, initial), None
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is None:
         raise ConsortiumError(f"resume=true but {ckpt_dir} holds no usable checkpoint")
     check_same_config(ckpt.state["config"], config.to_mapping())
-    truncate_metrics(out, ckpt.round)
+    written = truncate_metrics(out, ckpt.round)
     logger.info("resuming %s after round %d of %d", out, ckpt.round, config.num_rounds)
-    return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"])
+    pending = ckpt.state.get(PENDING_LINE) if written < ckpt.round else None
+    return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"]), pending
+
+
+def _close_round(grid: Grid, config: RunConfig, state: RunState, out: Path,
+                 line: dict[str, Any], fingerprint: str, held_out: HeldOutSet | None,
+                 started: float) -> dict[str, Any]:
+    """Evaluate the round's released weights, then append its metrics line."""
+    line = {**line, **evaluate_phase(grid, config, state, int(line["round"]), fingerprint)}
+    line["download_bytes"] += line.pop("eval_download_bytes")  # train + evaluate sends
+    if held_out:
+        line["eval_coordinator"] = summarize_held_out(held_out.evaluate(state.arrays),
+                                                      held_out.path.name)
+    line["seconds"] = round(time.time() - started, 3)
+    append_metrics(out, line)
+    done = json_safe(line)
+    logger.info(progress_line(done, config.num_rounds, config.dp))
+    return done
 
 
 def run_federation(grid: Grid, config: RunConfig) -> Path:
-    """Run every round, checkpointing each; export the shared model and the privacy report."""
+    """Run every round, checkpointing each; export the shared model and the privacy report.
+
+    A round's order: train (the release) → checkpoint (weights, every partner's privacy record
+    and the round's metrics so far) → evaluate (the first message carrying the new weights) →
+    metrics line. A crash after the checkpoint loses nothing: resume evaluates that round again
+    and writes its line (truncate_metrics drops lines of rounds past the checkpoint)."""
     out = Path(config.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(config)
     model = build_model(config, labels)
     fingerprint = frozen_fingerprint(model)
-    state = _start_state(config, out, trainable_state(model))
+    state, pending = _start_state(config, out, trainable_state(model))
     del model
     held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
     logger.info("run -> %s: %d rounds, labels %s", out, config.num_rounds, list(labels))
     last_line: dict[str, Any] | None = None
+    if pending is not None:
+        logger.info("round %d was released before the coordinator stopped; evaluating it now",
+                    state.round)
+        last_line = _close_round(grid, config, state, out, pending, fingerprint, held_out,
+                                 time.time())
     for rnd in range(state.round + 1, config.num_rounds + 1):
         started = time.time()
         line: dict[str, Any] = {"round": rnd}
         line.update(train_phase(grid, config, state, rnd, fingerprint))
-        line.update(evaluate_phase(grid, config, state, rnd, fingerprint))
         eps = [p["epsilon"] for p in state.partners.values()]
         line["max_epsilon"] = (max(e for e in eps if e is not None)
                                if config.dp and all(e is not None for e in eps) else None)
         line["epsilon_per_partner"] = {n: p["epsilon"] for n, p in sorted(state.partners.items())}
-        line["download_bytes"] += line.pop("eval_download_bytes")  # train + evaluate sends
-        if held_out:
-            line["eval_coordinator"] = summarize_held_out(held_out.evaluate(state.arrays),
-                                                          held_out.path.name)
-        line["seconds"] = round(time.time() - started, 3)
         state.round = rnd
-        save_checkpoint(out / "checkpoints", Checkpoint(
-            rnd, state.arrays, {"config": config.to_mapping(), "partners": state.partners}))
-        append_metrics(out, line)
-        last_line = json_safe(line)
-        logger.info(progress_line(last_line, config.num_rounds, config.dp))
+        save_checkpoint(out / "checkpoints", Checkpoint(rnd, state.arrays, {
+            "config": config.to_mapping(), "partners": state.partners,
+            PENDING_LINE: json_safe(line)}))
+        last_line = _close_round(grid, config, state, out, line, fingerprint, held_out, started)
     report = privacy_report(config, state.partners)
     write_privacy_report(out, report)
     export_model(out, config, labels, state.arrays, report,

@@ -102,7 +102,9 @@ def progress_line(line: Mapping[str, Any], num_rounds: int, dp: bool) -> str:
                 f"{_fmt(worst.get('value'))} ({worst.get('partner', 'n/a')}), gap "
                 f"{_fmt(line.get('eval_gap'))}")
     return (f"round {line['round']}/{num_rounds} | partners {len(line.get('partners_replied', []))}"
-            f" | train loss {_fmt(line.get('train_loss'))} | {fairness} | max ε "
+            + (f" | train loss {_fmt(loss)}" if (loss := line.get("train_loss")) is not None
+               else "")  # partners release it only when their policy allows
+            + f" | {fairness} | max ε "
             f"{_fmt(line.get('max_epsilon')) if dp else '∞'} | up "
             f"{megabytes(line.get('upload_bytes'))}, down {megabytes(line.get('download_bytes'))}"
             + (f" | coordinator's set {metric} {_fmt(own.get(metric))}"

@@ -38,6 +38,15 @@ def _privacy(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> li
     lines += [f"| {_cell(name)} | {_num(p.get('epsilon'), 3)} | {_num(p.get('delta'), 8)} | "
               f"{_num(p.get('noise_multiplier'), 4)} | {_num(p.get('steps'))} | "
               f"{_num(p.get('rounds_trained'))} |" for name, p in sorted(partners.items())]
+    plans = {name: p["plan"] for name, p in sorted(partners.items()) if p.get("plan")}
+    if plans:
+        lines += ["", "Each partner's DP plan (common.planner; from public n, ε, δ, rounds and "
+                  "trainable size only):", "",
+                  "| partner | expected batch | learning rate | predicted noise-to-signal |",
+                  "|---|---|---|---|"]
+        lines += [f"| {_cell(name)} | {_num(p.get('expected_batch'), 1)} | "
+                  f"{_num(p.get('learning_rate'), 4)} | "
+                  f"{_num(p.get('predicted_noise_to_signal'), 3)} |" for name, p in plans.items()]
     return lines + [""]
 
 
@@ -81,8 +90,16 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
     finetune = {"lora": f"LoRA (r = {config.lora_r}, α = {config.lora_alpha}), merged into the "
                         "weights", "full": "full fine-tuning"
                 + (" (embeddings frozen)" if config.freeze_embeddings else ""),
-                "head": "classifier head only"}[config.finetune]
-    lines = ["---", "library_name: transformers", f"pipeline_tag: {task}",
+                "head": "classifier head only",
+                "pooled-head": "a linear head on the mean-pooled output of the frozen encoder "
+                               "(sentence-transformers layout: Transformer, mean Pooling, Dense "
+                               "to the label logits)"}[config.finetune]
+    pooled = config.finetune == "pooled-head"
+    library = "sentence-transformers" if pooled else "transformers"
+    load = ('`SentenceTransformer(DIR).encode(texts)` (sentence-transformers) returns the '
+            "label logits; `argmax` is the label id above" if pooled else
+            f'`transformers.pipeline("{task}", model=DIR)`')
+    lines = ["---", f"library_name: {library}", f"pipeline_tag: {task}",
              "tags: [federated-learning, differential-privacy, consortium]", "---", "",
              f"# Federated{' DP' if config.dp else ''} fine-tune for {task}", "",
              "Trained with Consortium: Flower carried the shared weights between a coordinator "
@@ -93,6 +110,7 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
              f"- Labels (id = position): {', '.join(labels)}",
              f"- Fine-tuning: {finetune}; aggregation {config.aggregation}; "
              f"{config.num_rounds} rounds × {config.local_epochs} local epoch(s)",
+             f"- Load it in one line: {load}",
              "", "## Training data", "",
              f"- Partners: {len(partners)}",
              f"- Training examples, all partners together: {examples or 'n/a'}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from common import protocol as P
 from common.config import RunConfig
-from common.model import build_model, exportable_model, load_tokenizer, load_trainable_state
+from common.model import build_model, load_trainable_state, save_model
+from common.privacy import epsilon_of
 from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json, finite_or_none
 from server.model_card import model_card
 
@@ -38,14 +41,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def truncate_metrics(out_dir: Path, last_round: int) -> None:
-    """Drop lines of rounds after ``last_round`` (a round that ran past the last checkpoint)."""
+def truncate_metrics(out_dir: Path, last_round: int) -> int:
+    """Drop lines of rounds after ``last_round`` (a round that ran past the last checkpoint);
+    return the last round that keeps its line (0: none)."""
     path = out_dir / METRICS_FILE
     if not path.exists():
-        return
+        return 0
     keep = [ln for ln in path.read_text().splitlines()
             if ln.strip() and json.loads(ln)["round"] <= last_round]
     atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
+    return max((int(json.loads(ln)["round"]) for ln in keep), default=0)
 
 
 def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -70,6 +75,36 @@ def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]])
     }
 
 
+def record_partner(partners: dict[str, dict[str, Any]], name: str, metrics: Mapping[str, float],
+                    config: RunConfig, history_json: str) -> None:
+    """Record what a reply says the partner spent: every reply that trained carries the
+    partner's whole ledger history, whether its update is then used, rejected or lost with a
+    dropout (a refusal carries none). A history that does not parse is logged, not recorded."""
+    try:
+        history = [(float(s), float(q), int(n)) for s, q, n in json.loads(history_json or "[]")]
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        logger.error("%s sent a privacy history that does not parse (%s); not recorded", name,
+                     exc)
+        return
+    nan = math.nan
+    partners[name] = {
+        "epsilon": finite_or_none(epsilon_of(history, config.delta)) if config.dp else None,
+        "delta": config.delta if config.dp else 0.0,
+        "noise_multiplier": metrics.get(P.NOISE_MULTIPLIER, nan),
+        "sample_rate": metrics.get(P.SAMPLE_RATE, nan),
+        "steps": int(sum(s for _, _, s in history)) if config.dp
+        else int(metrics.get(P.STEPS, 0)),
+        "max_grad_norm": config.max_grad_norm if config.dp else None,
+        "rounds_trained": partners.get(name, {}).get("rounds_trained", 0) + 1,
+        "examples": int(metrics.get(P.NUM_EXAMPLES, 0)),  # a count, never data
+        "history": [list(h) for h in history],
+        **({"plan": {field: metrics[key] for key, field in P.PLAN_KEYS.items()}}
+           if all(key in metrics for key in P.PLAN_KEYS) else {}),
+        **{k: v for k, v in partners.get(name, {}).items()  # server.central_dp's
+           if k.startswith("partner_level_")},
+    }
+
+
 def write_privacy_report(out_dir: Path, report: Mapping[str, Any]) -> None:
     atomic_write_json(out_dir / PRIVACY_REPORT, report)
 
@@ -84,12 +119,9 @@ def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
     """
     model = build_model(config, labels)
     load_trainable_state(model, arrays)
-    plain = exportable_model(model)
-    plain.eval()
     final, tmp = out_dir / MODEL_DIR, out_dir / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    load_tokenizer(config).save_pretrained(tmp)
+    save_model(model, config, tmp)  # save_pretrained + tokenizer, or sentence-transformers
     atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
     atomic_write_json(tmp / "run_config.json", config.to_mapping())
     atomic_write_json(tmp / PRIVACY_REPORT, report)

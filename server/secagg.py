@@ -24,17 +24,13 @@ import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.quantization import dequantize
 
-from client.secagg import mask_vector, pairwise_seed
+from client.secagg_protocol import mask_vector, pairwise_seed
 from common import protocol as P
 from common.errors import ConsortiumError, UpdateError
+from common.secagg_params import MOD_RANGE, threshold_for  # noqa: F401 (re-exported)
+from common.weights import capped_weight
 
 logger = logging.getLogger(__name__)
-MOD_RANGE = 2**32  # masks and sums live mod 2^32; masked values travel as uint32
-
-
-def threshold_for(n: int, share: float) -> int:
-    """t = max(2, ceil(share · n)): shares that rebuild one partner's secret."""
-    return max(2, math.ceil(share * n - 1e-9))
 
 
 class SecAggError(ConsortiumError):
@@ -52,6 +48,7 @@ class SecAggRound:
     clipping_range: float
     quantization_range: int
     length: int  # flat update length (the weight entry excluded)
+    max_weight: float  # max-partner-weight W: weights are min(n, W), masked as min(n, W) / W
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     weights: dict[int, float] = field(default_factory=dict)
     sharers: list[int] = field(default_factory=list)
@@ -66,20 +63,16 @@ class SecAggRound:
             raise SecAggError(f"secure aggregation, {stage}: {len(nodes)} partner(s) left, the "
                               f"threshold is {self.threshold}; the round cannot complete")
 
-    def add_keys(self, nid: int, pk1: bytes, pk2: bytes, weight: float) -> None:
-        if not weight > 0 or not math.isfinite(weight):
-            raise UpdateError(f"num-examples {weight!r} must be a positive number")
-        self.keys[nid], self.weights[nid] = (pk1, pk2), weight
+    def add_keys(self, nid: int, pk1: bytes, pk2: bytes, examples: float) -> None:
+        """A partner's public keys and claimed examples; its weight is the capped claim, as
+        the partner itself caps it before masking."""
+        self.keys[nid], self.weights[nid] = (pk1, pk2), capped_weight(examples, self.max_weight)
 
     def check_setup(self) -> None:
         self.need(self.keys, "setup")
         if len(self.keys) * self.quantization_range >= MOD_RANGE:
             raise SecAggError(f"{len(self.keys)} partners × secagg-quantization-range "
                               f"{self.quantization_range} overflow 2^32; lower the range")
-
-    @property
-    def max_weight(self) -> float:
-        return max(self.weights.values())
 
     def add_ciphertexts(self, src: int, dsts: list[int], ciphertexts: list[bytes]) -> None:
         if len(dsts) != len(ciphertexts) or set(dsts) - set(self.keys):

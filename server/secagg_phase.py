@@ -19,9 +19,11 @@ from flwr.serverapp import Grid
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConsortiumError, UpdateError
+from common.secagg_params import setup_parameters, threshold_for
+from common.weights import check_claimed_examples, fixed_batch_size
 from server import coordinator as C
-from server.secagg import (MOD_RANGE, SecAggRound, check_mean_update, payload_bytes,
-                           split_flat, threshold_for)
+from server.outputs import record_partner
+from server.secagg import SecAggRound, check_mean_update, payload_bytes, split_flat
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +39,18 @@ def _collect(grid: Grid, config: RunConfig, state: C.RunState, messages: list[Me
              stage: str, failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
              take: Callable[[int, Message], None]) -> None:
     """Send one stage's messages; hand each good reply to ``take``; a reply ``take`` rejects
-    (malformed) or a refusal counts as that partner dropping out at this stage."""
+    (malformed) or a refusal counts as that partner dropping out at this stage. Every privacy
+    history a reply carries is recorded first, whatever happens to the reply."""
     traffic["download"][stage] = sum(payload_bytes(m.content) for m in messages)
     upload = traffic["upload"]
     for reply in C.stream_replies(grid, messages, config.round_timeout, state.names, failures):
         name = C._partner_name(reply)
         upload[name] = upload.get(name, 0) + payload_bytes(reply.content)
-        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
+        partner = reply.content.config_records[P.PARTNER]
+        if P.PRIVACY_HISTORY in partner:  # setup replies: the partner trained, ε is spent
+            record_partner(state.partners, name, dict(reply.content.metric_records.get(
+                P.METRICS, {})), config, str(partner[P.PRIVACY_HISTORY]))
+        refusal = partner.get(P.REFUSAL)
         if refusal:
             failures.append({"partner": name, "reason": f"refused: {refusal}"})
             continue
@@ -60,25 +67,26 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: in
     traffic: dict[str, dict[str, int]] = {"upload": {}, "download": {}}
     messages = C._messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
                            config.min_partners)
+    fixed = setup_parameters(config)  # each partner checks these against its run config
     proto = SecAggRound(threshold_for(len(messages), config.secagg_threshold),
-                        config.secagg_clipping_range or config.update_clip_norm,
-                        config.secagg_quantization_range,
-                        sum(a.size for a in state.arrays.values()))
+                        fixed[P.SECAGG_CLIPPING_RANGE], fixed[P.SECAGG_QUANTIZATION_RANGE],
+                        sum(a.size for a in state.arrays.values()), config.max_partner_weight)
     setup = ConfigRecord({P.SECAGG_STAGE: P.SECAGG_SETUP, P.SECAGG_THRESHOLD: proto.threshold,
-                          P.SECAGG_CLIPPING_RANGE: proto.clipping_range,
-                          P.SECAGG_QUANTIZATION_RANGE: proto.quantization_range,
-                          P.SECAGG_MOD_RANGE: MOD_RANGE})
+                          **fixed})
     for message in messages:
         message.content.config_records[P.SECAGG] = setup
     metrics: dict[int, dict[str, float]] = {}
-    histories: dict[int, str] = {}
+    batch_size = fixed_batch_size(config.batch_size)
 
     def take_keys(nid: int, reply: Message) -> None:
         pk1, pk2 = reply.content.config_records[P.SECAGG][P.SECAGG_PUBLIC_KEYS]  # type: ignore
         values = dict(reply.content.metric_records[P.METRICS])
-        proto.add_keys(nid, pk1, pk2, float(values[P.NUM_EXAMPLES]))  # type: ignore[arg-type]
+        examples = float(values[P.NUM_EXAMPLES])  # type: ignore[arg-type]
+        if config.dp:  # its DP sampling rate must agree with its claim (common.weights)
+            check_claimed_examples(examples, float(values[P.SAMPLE_RATE]),  # type: ignore
+                                   batch_size)
+        proto.add_keys(nid, pk1, pk2, examples)
         metrics[nid] = values  # type: ignore[assignment]
-        histories[nid] = str(reply.content.config_records[P.PARTNER].get(P.PRIVACY_HISTORY, ""))
 
     _collect(grid, config, state, messages, P.SECAGG_SETUP, failures, traffic, take_keys)
     proto.check_setup()
@@ -92,7 +100,7 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: in
     proto.need(proto.sharers, P.SECAGG_SHARE_KEYS)
     _collect(grid, config, state, [_stage_message(rnd, n, {
         P.SECAGG_STAGE: P.SECAGG_MASK, P.SECAGG_SOURCES: proto.forward_for(n)[0],
-        P.SECAGG_CIPHERTEXTS: proto.forward_for(n)[1], P.SECAGG_MAX_WEIGHT: proto.max_weight})
+        P.SECAGG_CIPHERTEXTS: proto.forward_for(n)[1]})
         for n in proto.sharers], P.SECAGG_MASK, failures, traffic,
         lambda nid, r: proto.add_masked(
             nid, r.content.array_records[P.ARRAYS][P.SECAGG_MASKED].numpy()))
@@ -102,11 +110,11 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: in
         P.SECAGG_DEAD: proto.dead()}) for n in proto.masked], P.SECAGG_UNMASK, failures, traffic,
         lambda nid, r: proto.add_unmask_shares(nid, list(r.content.config_records[P.SECAGG][
             P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_SHARES])))
-    return _finish(config, state, rnd, proto, metrics, histories, failures, traffic, started)
+    return _finish(config, state, rnd, proto, metrics, failures, traffic, started)
 
 
 def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
-            metrics: dict[int, dict[str, float]], histories: dict[int, str],
+            metrics: dict[int, dict[str, float]],
             failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
             started: float) -> dict[str, Any]:
     """Unmask, validate the mean update, apply it; record the partners whose update is in it."""
@@ -125,9 +133,7 @@ def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
         failures.append({"partner": "(aggregate)", "reason": f"aggregate rejected: {exc}"})
     for failure in failures:
         logger.warning("round %d: %s", rnd, failure)
-    for nid in proto.masked:
-        C._record_partner(state, names[nid], metrics[nid], config, histories[nid])
-    weights = [metrics[n][P.NUM_EXAMPLES] for n in proto.masked]
+    weights = [proto.weights[n] for n in proto.masked]  # capped, as the partners masked them
     losses = [metrics[n].get(P.TRAIN_LOSS, math.nan) for n in proto.masked]
     return {"partners_replied": summed, "failures": failures,
             "train_loss": sum(w * x for w, x in zip(weights, losses)) / sum(weights),

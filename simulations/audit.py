@@ -94,11 +94,22 @@ def partner_data(config: RunConfig) -> tuple[TextDataset, TextDataset]:
 
 def train_arm(config: RunConfig, model: Any, encoded: Any, n: int) -> dict[str, Any]:
     """Train on ``encoded`` (n examples) once; the privacy numbers from Opacus' accountant."""
-    from common.privacy import calibrate_noise, epsilon_of, poisson_schedule
+    from client.round_plan import batch_and_learning_rate
+    from common.model import trainable_size
+    from common.planner import plan_dp
+    from common.privacy import epsilon_of
     from common.training import DPSettings, TrainSettings, clipping_for, train_dp, train_plain
 
-    settings = TrainSettings(config.learning_rate, config.batch_size, config.local_epochs,
-                             config.max_length, seed=config.seed)
+    plan = None  # one round; the audit measures leakage, so an unlearnable plan is not refused
+    if config.dp and config.delta < 1.0 / n:
+        plan = plan_dp(n, config.epsilon, config.delta, 1, config.local_epochs,
+                       trainable_size(model), config.max_grad_norm,
+                       None if config.batch_size == "auto" else int(config.batch_size),
+                       None if config.learning_rate == "auto" else float(config.learning_rate),
+                       config.finetune, config.noise_multiplier, check=False)
+    batch, lr = batch_and_learning_rate(config, plan)
+    settings = TrainSettings(lr, batch, config.local_epochs, config.max_length, seed=config.seed,
+                             plan=plan)
     if not config.dp:
         stats = train_plain(model, encoded, settings)
         return {"dp": False, "epsilon_target": None, "epsilon_spent": None, "delta": 0.0,
@@ -107,8 +118,8 @@ def train_arm(config: RunConfig, model: Any, encoded: Any, n: int) -> dict[str, 
     if config.delta >= 1.0 / n:
         raise PrivacyError(f"delta = {config.delta:g} is not below 1 / {n} training examples; "
                            "use a smaller delta (--set delta=...)")
-    q, steps = poisson_schedule(n, config.batch_size, config.local_epochs)
-    sigma = config.noise_multiplier or calibrate_noise(config.epsilon, config.delta, q, steps)
+    plan = settings.require_plan()
+    q, steps, sigma = plan.sample_rate, plan.steps_per_round, plan.noise_multiplier
     dp = DPSettings(sigma, config.max_grad_norm, clipping_for(config.clipping, config.finetune))
     stats, history = train_dp(model, encoded, settings, dp, [])
     if stats.steps != steps:

@@ -13,7 +13,7 @@ from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.logs import configure_logging
 from server import cli as server_cli
-from simulations import audit
+from simulations import audit, plan_cli
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_cli.add_parsers(sub)
     client_cli.add_parsers(sub)
     audit.add_parser(sub)
+    plan_cli.add_parser(sub)
     _report_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return server_cli.handle(args, _parse_set(getattr(args, "set", [])))
         if args.command == "partner":
             return client_cli.handle(args)
+        if args.command == "plan":
+            return plan_cli.handle(args)
         if args.command == "audit":
             return audit.handle(args, _parse_set(args.set))
         if args.command == "report":

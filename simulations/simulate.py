@@ -29,6 +29,7 @@ from common.tokens import infer_entity_types, load_token_dataset, tag_names
 from server.checkpoint import check_same_config, latest_checkpoint
 from server.held_out import read_held_out
 from simulations.partition import partition_indices
+from simulations.processes import RUN_TAG, Stopped, StopOnSignal, new_tag, stop_tagged
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,8 @@ def run_simulation(config: RunConfig, federation: Federation) -> Path:
         if _port_in_use(port):
             raise ConsortiumError(
                 f"127.0.0.1:{port} ({name}) is taken: a Flower SuperLink left by an earlier "
-                "`flwr run`? Stop it first (`pkill -f flower-superlink`), or set "
+                "`flwr run`? Find its PID (`pgrep -af flower-superlink`) and stop that one "
+                "process (`kill PID`), or set "
                 f"{name} to a free port")
     out = Path(config.out_dir)
     with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
@@ -192,21 +194,34 @@ def run_simulation(config: RunConfig, federation: Federation) -> Path:
             f"client-resources-num-cpus={federation.num_cpus} "
             f"client-resources-num-gpus={federation.num_gpus}",
         ]
-        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)}
+        tag = new_tag()
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home), RUN_TAG: tag}
         logger.info("simulating %d partners x %d rounds -> %s", federation.partners,
                     config.num_rounds, out)
         try:
-            proc = subprocess.run(command, env=env, cwd=APP_DIR)
+            with StopOnSignal():
+                proc = subprocess.run(command, env=env, cwd=APP_DIR)
+        except Stopped as stop:
+            stopped = stop_tagged(tag)
+            raise ConsortiumError(
+                f"stopped by {stop}: {len(stopped)} process(es) this run started (SuperLink, "
+                f"simulation, Ray) are stopped; {_resume_hint(out)}") from None
         finally:
             stop_superlink(flwr_home)
+            stop_tagged(tag)  # anything of Ray's the SuperLink left behind
     check_finished(out, proc.returncode)
     return out
+
+
+def _resume_hint(out: Path) -> str:
+    if any((out / "checkpoints").glob("round-*.json")):
+        return f"the checkpoints in {out} let you finish it: rerun the command with --resume"
+    return "no round had finished; rerun the command to start again"
 
 
 def check_finished(out: Path, returncode: int) -> None:
     """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof."""
     if returncode != 0 or not (out / "model" / "config.json").exists():
-        hint = (f"; checkpoints in {out} let you --resume" if (out / "checkpoints").is_dir()
-                else "")
+        hint = f"; {_resume_hint(out)}" if (out / "checkpoints").is_dir() else ""
         raise ConsortiumError(f"the run did not finish (flwr exit code {returncode}); see the "
                               f"log above{hint}")

@@ -40,6 +40,7 @@ def test_bad_updates_from_partners_are_rejected_in_the_real_round_loop(
     from server.coordinator import run_federation
 
     config = RunConfig(base_model=tiny_bert, examples_per_partner=20, max_length=16, batch_size=8,
+                       finetune="lora", dp_plan_check=False,
                        local_epochs=1, num_rounds=1, dp=False, min_partners=1,
                        update_clip_norm=CLIP, out_dir=str(tmp_path / "out"))
     tampers = {1: _nan, 2: _inf, 3: _wrong_shape, 4: sign_flip(scale=-1000.0)}  # old + 1000 Δ

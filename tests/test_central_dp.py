@@ -159,20 +159,72 @@ def test_coordinator_run_recalibrates_and_reports_partner_level_epsilon(
     from simulations.local_grid import LocalGrid
 
     config = RunConfig(base_model=tiny_bert, examples_per_partner=20, max_length=16,
-                       batch_size=8, local_epochs=1, num_rounds=2, dp=False, central_dp=True,
+                       batch_size=8, dp_plan_check=False, local_epochs=1, num_rounds=2, dp=False,
+                       central_dp=True,
                        central_noise_multiplier=Z, update_clip_norm=C, round_timeout=1.0,
                        out_dir=str(tmp_path / "out"))
     grid = LocalGrid(config, 5, silent=lambda pid, rnd: pid == 4 and rnd == 2)
     out = run_federation(grid, config)
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    # equal sizes (16 training examples each): σ = z C / k over the k updates averaged
-    assert lines[0]["central_dp"]["noise_std"] == pytest.approx(Z * C / 5)
-    assert lines[1]["central_dp"]["noise_std"] == pytest.approx(Z * C / 4)
-    assert "no reply within round-timeout" in lines[1]["failures"][0]["reason"]
     report = json.loads((out / "privacy_report.json").read_text())
+    # σ = z C max w / Σ w over the updates averaged (w: training examples, ~16 each)
+    w = {n: p["examples"] for n, p in report["partners"].items()}
+    assert lines[0]["central_dp"]["noise_std"] == pytest.approx(
+        Z * C * max(w.values()) / sum(w.values()))
+    four = [v for n, v in w.items() if n != "partner-4"]
+    assert lines[1]["central_dp"]["noise_std"] == pytest.approx(Z * C * max(four) / sum(four))
+    assert "no reply within round-timeout" in lines[1]["failures"][0]["reason"]
     assert report["partner_level"]["central_dp"] is True
     eps = {n: p["partner_level_epsilon"] for n, p in report["partners"].items()}
     assert eps["partner-4"] == pytest.approx(fresh_epsilon(1), rel=1e-9)
     assert eps["partner-0"] == pytest.approx(fresh_epsilon(2), rel=1e-9)
     assert lines[1]["central_dp"]["partner_level_epsilon"] == eps
     assert lines[1]["central_dp"]["max_partner_level_epsilon"] == eps["partner-0"]
+
+
+def test_a_coordinator_crash_after_a_release_is_counted_on_resume(
+        tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 2's noised model reaches the partners (its evaluation) and the coordinator dies
+    there. The round was checkpointed before that message left, so the resumed run evaluates
+    round 2 again without releasing it again, writes its metrics line, and the report counts
+    exactly the releases made."""
+    import server.coordinator as coordinator
+    from simulations.local_grid import LocalGrid
+
+    made: list[float] = []  # σ of every central release
+    real_release, real_evaluate = CentralDP.release, coordinator.evaluate_phase
+
+    def release(self, *args, **kwargs):
+        noised, std = real_release(self, *args, **kwargs)
+        made.append(std)
+        return noised, std
+
+    def evaluate_then_die(grid, config, state, rnd, fingerprint):
+        result = real_evaluate(grid, config, state, rnd, fingerprint)  # the model has left
+        if rnd == 2 and not config.resume:
+            raise RuntimeError("coordinator killed after round 2's release")
+        return result
+
+    monkeypatch.setattr(CentralDP, "release", release)
+    monkeypatch.setattr(coordinator, "evaluate_phase", evaluate_then_die)
+    monkeypatch.setattr(coordinator, "export_model", lambda *args, **kwargs: None)
+    config = RunConfig(base_model=tiny_bert, examples_per_partner=20, max_length=16,
+                       batch_size=8, dp_plan_check=False, local_epochs=1, num_rounds=3, dp=False,
+                       central_dp=True,
+                       central_noise_multiplier=Z, update_clip_norm=C, round_timeout=1.0,
+                       out_dir=str(tmp_path / "out"))
+    with pytest.raises(RuntimeError, match="killed"):
+        coordinator.run_federation(LocalGrid(config, 3), config)
+    assert len(made) == 2
+    resumed = config.replace(resume=True)
+    out = coordinator.run_federation(LocalGrid(resumed, 3), resumed)
+    assert len(made) == 3  # round 2 is not released twice; round 3 once
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert lines[1]["central_dp"]["noise_std"] == pytest.approx(made[1])  # kept from before
+    assert "eval_failures" in lines[1]  # evaluated after the restart (or refused: a partner
+    # evaluates a round once, and the in-process grid keeps the run id)
+    report = json.loads((out / "privacy_report.json").read_text())["partners"]
+    for record in report.values():
+        assert len(record["partner_level_history"]) == len(made)
+        assert record["partner_level_epsilon"] == pytest.approx(fresh_epsilon(3), rel=1e-9)

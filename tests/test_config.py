@@ -20,7 +20,8 @@ def test_empty_mapping_gives_the_defaults():
     assert config.epsilon == 8.0
     assert config.delta == 1e-5
     assert config.partition == "iid"
-    assert config.finetune == "lora"
+    assert config.finetune == "pooled-head"  # auto, resolved for text-classification
+    assert RunConfig(task="token-classification").finetune == "head"
     assert config.dp is True
     assert config.resume is False
     assert config.label_list == ()
@@ -141,7 +142,7 @@ def test_to_mapping_round_trips_through_from_mapping():
 
 def test_pyproject_run_config_matches_the_dataclass():
     table = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
-    defaults = RunConfig().to_mapping()
+    defaults = {**RunConfig().to_mapping(), "finetune": "auto"}  # resolved per task on build
     assert set(table) == set(RunConfig.keys())
     assert len(table) == len(RunConfig.keys())
     for key, value in table.items():

@@ -80,7 +80,7 @@ def test_gpu_rounds_train_on_cuda_and_do_not_keep_memory(tiny_bert: str, tmp_pat
         reserved.append(reply.metrics[P.GPU_RESERVED_BYTES])
         shared = reply.arrays
     assert reserved[2] <= reserved[0]  # nothing piles up round over round
-    metrics = evaluate_round(config, PartnerSettings(name="p0"), shared, fingerprint)
+    metrics = evaluate_round(config, PartnerSettings(name="p0"), shared, fingerprint, 3, "r")
     assert 0.0 <= metrics[P.ACCURACY] <= 1.0
 
 

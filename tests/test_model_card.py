@@ -24,9 +24,10 @@ FINAL = {"round": 3, **summarize_round({
 
 
 def test_model_card_content():
-    config = RunConfig(num_rounds=3, labels="neg,pos", epsilon=8.0)
+    config = RunConfig(num_rounds=3, labels="neg,pos", epsilon=8.0, finetune="lora")
     card = model_card(config, ("neg", "pos"), REPORT, FINAL)
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification")
+    assert 'transformers.pipeline("text-classification", model=DIR)' in card
     assert "- Base model: sentence-transformers/all-MiniLM-L6-v2 (bundled copy)" in card
     assert "- Task: text-classification" in card
     assert "- Labels (id = position): neg, pos" in card
@@ -65,3 +66,13 @@ def test_exported_model_directory_has_the_card(tiny_bert: str, tmp_path: Path):
     assert f"- Base model: {tiny_bert}" in card
     assert "| worst partner (hospital-b) | 0.6000 |" in card
     assert (out / "config.json").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_pooled_head_card_says_how_to_load_it():
+    plan = {"expected_batch": 256.0, "learning_rate": 0.01, "predicted_noise_to_signal": 0.11}
+    report = {**REPORT, "partners": {"hospital-a": {**REPORT["partners"]["hospital-a"],
+                                                    "plan": plan}}}
+    card = model_card(RunConfig(labels="neg,pos"), ("neg", "pos"), report, FINAL)
+    assert "| hospital-a | 256.0 | 0.0100 | 0.110 |" in card
+    assert card.startswith("---\nlibrary_name: sentence-transformers\n")
+    assert "`SentenceTransformer(DIR).encode(texts)`" in card and "mean Pooling" in card

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
-from client.data import PartnerSettings
+from client.data import PartnerSettings, partner_dataset
 from client.partner import evaluate_round, train_round
 from client.records import from_array_record, to_array_record
 from common import protocol as P
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tiny_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
     values = dict(base_model=tiny_bert, examples_per_partner=60, max_length=16, batch_size=8,
+                  finetune="lora", dp_plan_check=False,
                   local_epochs=1, num_rounds=3, out_dir=str(tmp_path / "out"),
                   ledger_dir=str(tmp_path / "ledgers"))
     values.update(changes)
@@ -46,7 +47,7 @@ def recomputed_epsilon(sigma: float, q: float, steps: int, delta: float) -> floa
 _ROUND_SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
-from client.data import PartnerSettings
+from client.data import PartnerSettings, partner_dataset
 from client.partner import train_round
 from common.config import RunConfig
 from common.model import build_model, frozen_fingerprint, trainable_state
@@ -77,7 +78,7 @@ def test_epsilon_is_cumulative_across_process_restarts(tiny_bert: str, tmp_path:
     for metrics in (first, second):
         expected = recomputed_epsilon(sigma, q, int(metrics[P.STEPS]), config.delta)
         assert metrics[P.EPSILON] == pytest.approx(expected, rel=0.01)
-    ledgers = list((tmp_path / "ledgers").glob("p0-*.json"))
+    ledgers = list((tmp_path / "ledgers").glob("p0@*.json"))
     assert len(ledgers) == 1 and ledgers[0].stat().st_mode & 0o777 == 0o600
 
 
@@ -98,22 +99,28 @@ def test_reply_and_metrics(tiny_bert: str, tmp_path: Path) -> None:
     reply = train_round(config, PartnerSettings(name="p0"), shared, fingerprint, 1, "r")
     assert set(reply.arrays) == set(shared)
     assert not any("_module" in k for k in reply.arrays)  # unwrapped from Opacus
-    assert reply.metrics[P.NUM_EXAMPLES] == 48  # examples (60 × 0.8), not batches
+    train, test = partner_dataset(config, PartnerSettings(name="p0"), LABELS)
+    assert len(train) + len(test) == 60 and abs(len(test) - 12) <= 6  # 20 % held out, by hash
+    assert reply.metrics[P.NUM_EXAMPLES] == len(train)  # examples, not batches
     assert reply.metrics[P.UPDATE_CLIPPED] == 1.0
     delta = np.sqrt(sum(np.sum((reply.arrays[k] - shared[k]).astype(np.float64) ** 2)
                         for k in shared))
     assert delta == pytest.approx(1e-3, rel=1e-3)
-    assert 0.0 <= reply.metrics[P.CLIPPED_FRACTION] <= 1.0
+    # un-noised values about the private batches stay at the partner by default
+    assert P.CLIPPED_FRACTION not in reply.metrics and P.TRAIN_LOSS not in reply.metrics
     packed = from_array_record(to_array_record(reply.arrays))
     assert all(packed[k].dtype == v.dtype and np.array_equal(packed[k], v)
                for k, v in reply.arrays.items())
-    metrics = evaluate_round(config, PartnerSettings(name="p0"), reply.arrays, fingerprint)
-    assert metrics[P.NUM_EXAMPLES] == 12 and 0.0 <= metrics[P.ACCURACY] <= 1.0
+    metrics = evaluate_round(config, PartnerSettings(name="p0"), reply.arrays, fingerprint, 1,
+                             "r")
+    n = len(test)
+    assert metrics[P.NUM_EXAMPLES] == n and 0.0 <= metrics[P.ACCURACY] <= 1.0
+    assert P.EVAL_LOSS not in metrics  # counts only, by default
     # per-class counts: right answers are the TPs; each wrong one is one FP and one FN
     count = {kind: sum(metrics[f"{kind}/{label}"] for label in LABELS)
              for kind in (P.TRUE_POSITIVES, P.FALSE_POSITIVES, P.FALSE_NEGATIVES)}
-    assert count["tp"] == round(metrics[P.ACCURACY] * 12)
-    assert count["fp"] == count["fn"] == 12 - count["tp"]
+    assert count["tp"] == round(metrics[P.ACCURACY] * n)
+    assert count["fp"] == count["fn"] == n - count["tp"]
 
 
 def test_full_finetune_with_frozen_embeddings(tiny_bert: str, tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def test_check_fits_names_the_numbers_and_the_fix(tiny_bert: str) -> None:
 def test_round_that_does_not_fit_is_refused_before_training(tiny_bert: str, tmp_path: Path,
                                                              monkeypatch) -> None:
     config = RunConfig(base_model=tiny_bert, examples_per_partner=40, max_length=16,
-                       batch_size=8, out_dir=str(tmp_path / "out"))
+                       batch_size=8, finetune="lora", dp_plan_check=False,
+                       out_dir=str(tmp_path / "out"))
     model = build_model(config, LABELS)
     monkeypatch.setattr(resources, "available_memory", lambda device=None: 2**20)
     with pytest.raises(ResourceError):

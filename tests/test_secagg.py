@@ -12,6 +12,7 @@ import pytest
 from client.secagg import PartnerSecAgg, quantized_vector
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, SimulatedDropout, UpdateError
+from common.storage import read_sealed_json
 from server.aggregation import fedavg
 from server.secagg import (MOD_RANGE, SecAggError, SecAggRound, check_mean_update,
                            threshold_for)
@@ -22,10 +23,12 @@ NODES = [7, 1_000_003, 2**63 + 11, 42]  # Flower node ids are unsigned 64-bit
 
 
 def run_protocol(deltas: dict[int, np.ndarray], weights: dict[int, float], share: float = 0.6,
-                 drop_after_keys: frozenset[int] = frozenset(), masked_weights=None):
+                 drop_after_keys: frozenset[int] = frozenset(), masked_weights=None,
+                 max_weight: float = 500.0):
     """Every stage, as the two apps run them; returns (mean, error bound, masked views, round)."""
     n = len(deltas)
-    proto = SecAggRound(threshold_for(n, share), CLIP, LEVELS, next(iter(deltas.values())).size)
+    proto = SecAggRound(threshold_for(n, share), CLIP, LEVELS, next(iter(deltas.values())).size,
+                        max_weight)
     params = {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: CLIP,
               P.SECAGG_QUANTIZATION_RANGE: LEVELS, P.SECAGG_MOD_RANGE: MOD_RANGE}
     partners = {nid: PartnerSecAgg() for nid in deltas}
@@ -38,9 +41,9 @@ def run_protocol(deltas: dict[int, np.ndarray], weights: dict[int, float], share
     for nid in proto.sharers:  # collect masked vectors; the dropouts never send theirs
         if nid in drop_after_keys:
             continue
-        weight = (masked_weights or weights)[nid]  # what the partner puts in its vector
-        views[nid] = partners[nid].mask(*proto.forward_for(nid), deltas[nid],
-                                        weight / proto.max_weight)
+        partner = partners[nid]  # it weighs itself: min(n, W) / W, W from its run config
+        partner.weight, partner.max_weight = (masked_weights or weights)[nid], max_weight
+        views[nid] = partner.mask(*proto.forward_for(nid), deltas[nid], partner.ratio())
         proto.add_masked(nid, views[nid])
     proto.need(proto.masked, "collect masked vectors")  # as server/secagg_phase.py does
     for nid in proto.masked:  # unmask
@@ -67,7 +70,7 @@ def test_one_masked_update_is_noise_while_the_sum_is_fedavg() -> None:
     view = views[nid][1:].astype(np.float64)  # what the coordinator holds of partner 0
     truth = deltas[nid]
     masked_corr = np.corrcoef(view, truth)[0, 1]
-    unmasked = quantized_vector(truth, weights[nid] / max(weights.values()), CLIP, LEVELS)[1:]
+    unmasked = quantized_vector(truth, weights[nid] / 500.0, CLIP, LEVELS)[1:]
     control_corr = np.corrcoef(unmasked.astype(np.float64), truth)[0, 1]
     assert control_corr > 0.99  # without the masks the same statistic sees the update
     assert abs(masked_corr) < 0.04  # ~ 1/sqrt(20 000) = 0.007 for noise
@@ -145,6 +148,14 @@ def test_config_rejects_what_secure_aggregation_cannot_do(changes: dict, message
 
 # ---- whole rounds: the real ClientApp and round loop over an in-process Grid ----
 
+def ledger_history(root: Path, name: str) -> list[list[float]]:
+    """The (σ, q, steps) releases in a partner's ledger file(s), as the report lists them."""
+    releases = [r for path in sorted(root.glob(f"{name}[@-]*.json"))
+                for r in read_sealed_json(path)["releases"]]
+    assert releases, f"no ledger of {name} in {root}"
+    return [[r["noise_multiplier"], r["sample_rate"], r["steps"]] for r in releases]
+
+
 def _dropout_seed(rate: float, partners: int, rounds: int) -> int:
     """A seed for which round 1 loses exactly one simulated partner, later rounds none."""
     from client.data import PartnerSettings
@@ -192,6 +203,8 @@ def test_rounds_through_the_apps_with_a_dropout(tiny_bert: str, tmp_path: Path,
     config = RunConfig(base_model=tiny_bert, num_rounds=2, examples_per_partner=40,
                        max_length=16, batch_size=8, local_epochs=1, dp=True, epsilon=50.0,
                        secure_aggregation=True, dropout_rate=0.3, round_timeout=1.0,
+                       max_partner_weight=32.0,  # ≈ each partner's training examples
+                       dp_plan_check=False,  # a 2-round toy: the planner would refuse it
                        seed=_dropout_seed(0.3, 3, 2), out_dir=str(tmp_path / "run"))
     out = run_federation(DroppingGrid(config, 3), config)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -204,6 +217,13 @@ def test_rounds_through_the_apps_with_a_dropout(tiny_bert: str, tmp_path: Path,
         "no reply within round-timeout 1 s"]
     report = json.loads((out / "privacy_report.json").read_text())
     assert len(report["partners"]) == 3
+    # what each partner spent, as the coordinator records it, is what its ledger says; round
+    # 1's checkpoint holds the dropout's release too (it trained, then left after key sharing)
+    for name, record in report["partners"].items():
+        assert record["history"] == ledger_history(out / "ledgers", name)
+    after_round_1 = read_sealed_json(out / "checkpoints" / "round-00001.json")["state"]
+    assert after_round_1["partners"][dropped]["history"] == ledger_history(out / "ledgers",
+                                                                           dropped)[:1]
     final = latest_checkpoint(out / "checkpoints").arrays  # round 2: every partner summed
     final_flat = np.concatenate([final[k].ravel() for k in sorted(final)])
     deltas, ratios = zip(*masked[-3:])
@@ -224,7 +244,7 @@ def test_flwr_simulation_with_secure_aggregation(tiny_bert: str, tmp_path: Path)
             "--rounds", "2", "--out", str(out), "--set", f'base-model="{tiny_bert}"',
             "--set", "examples-per-partner=40", "--set", "max-length=16", "--set",
             "batch-size=8", "--set", "local-epochs=1", "--set", "secure-aggregation=true",
-            "--set", "dropout-rate=0.3", "--set", f"seed={seed}"]
+            "--set", "dropout-rate=0.3", "--set", f"seed={seed}", "--set", "dp-plan-check=false"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

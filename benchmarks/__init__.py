@@ -1,0 +1,1 @@
+"""Measurements that set Consortium's defaults (results JSON in results/)."""

@@ -1,0 +1,218 @@
+"""DP recipe for finetune = "pooled-head", centralized on SST-2 with the bundled MiniLM.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.dp_recipe --part grid --out results/dp_recipe_grid.json
+    HF_HUB_OFFLINE=1 python -m benchmarks.dp_recipe --part sweep --seeds 3 \
+        --out results/dp_recipe_sweep.json
+
+Frozen mean-pooled features are computed once (cached under results/), then every arm trains the
+linear head with the project's own DP-SGD path (common.training.train_dp: Opacus, Poisson
+sampling, RDP accountant) and is scored on the 872 GLUE dev sentences (../shared/datasets/sst2/
+test.tsv). Arms: batch × learning rate (raw and L2-normalised features), momentum SGD vs AdamW,
+non-DP, and a sweep of n × ε with the planner's automatic batch that calibrates its threshold.
+Skips cleanly when the data set is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common import planner, training
+from common.data import TextDataset
+from common.privacy import calibrate_noise, poisson_schedule
+
+logger = logging.getLogger(__name__)
+SST2 = Path(os.environ.get("SST2_DIR",
+                          Path(__file__).resolve().parents[2] / "shared/datasets/sst2"))
+EPOCHS, DELTA, C = 3, 1e-5, 1.0
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[int]]:
+    rows = [ln.split("\t") for ln in path.read_text().splitlines()[1:] if ln.strip()]
+    return [r[0].strip() for r in rows], [int(r[1]) for r in rows]
+
+
+def features(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset, TensorDataset]:
+    """Mean-pooled MiniLM features of n_train seeded SST-2 training sentences and the dev set."""
+    if cache.exists():
+        blob = torch.load(cache)
+        return TensorDataset(*blob["train"]), TensorDataset(*blob["dev"])
+    from transformers import AutoModel, AutoTokenizer
+
+    from common.features import PooledHeadClassifier, pooled_features
+    from common.model import resolve_base_model
+
+    path = resolve_base_model("")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    clf = PooledHeadClassifier(model, 2).train()
+    texts, labels = _read_tsv(SST2 / "train.tsv")
+    pick = np.random.default_rng(0).permutation(len(texts))[:n_train]
+    out = []
+    for t, y in (([texts[i] for i in pick], [labels[i] for i in pick]),
+                 _read_tsv(SST2 / "test.tsv")):
+        enc = training.encode(tokenizer, TextDataset(tuple(t), tuple(y), ("0", "1")), max_length)
+        started = time.perf_counter()
+        out.append(pooled_features(clf, enc))
+        logger.info("features of %d sentences: %.1f s", len(t), time.perf_counter() - started)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"train": out[0].tensors, "dev": out[1].tensors}, cache)
+    return out[0], out[1]
+
+
+_sigma = functools.lru_cache(calibrate_noise)  # arms share (ε, q, steps): calibrate once
+
+
+@contextmanager
+def momentum_sgd() -> Iterator[None]:
+    """Swap the project's AdamW for SGD with momentum 0.9 (this benchmark's arm only)."""
+    original = training._optimizer
+    training._optimizer = lambda model, lr: torch.optim.SGD(  # type: ignore[assignment]
+        [p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    try:
+        yield
+    finally:
+        training._optimizer = original  # type: ignore[assignment]
+
+
+def train_head(train: TensorDataset, dev: TensorDataset, batch: int, lr: float, seed: int,
+               epsilon: float | None) -> dict[str, Any]:
+    """One arm: a zero-initialised linear head, DP (epsilon) or not (None); dev accuracy."""
+    head = nn.Linear(train.tensors[0].shape[1], 2)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    settings = training.TrainSettings(lr, batch, EPOCHS, 0, seed=seed)
+    row: dict[str, Any] = {"batch": batch, "lr": lr, "seed": seed, "epsilon": epsilon}
+    if epsilon is None:
+        training.train_plain(head, train, settings)
+    else:
+        q, steps = poisson_schedule(len(train), batch, EPOCHS)
+        sigma = _sigma(epsilon, DELTA, q, steps)
+        stats, _ = training.train_dp(head, train, settings,
+                                     training.DPSettings(sigma, C, "hooks"), [])
+        row.update(sigma=sigma, q=q, steps=stats.steps, clipped=stats.clipped_fraction)
+    with torch.no_grad():
+        pred = head(dev.tensors[0]).argmax(dim=1)
+    row["accuracy"] = float((pred == dev.tensors[1]).float().mean())
+    return row
+
+
+def signal_fraction(train: TensorDataset, head: nn.Linear | None = None) -> float:
+    """‖mean of clipped per-example gradients‖ / C of a linear head (closed form)."""
+    x, y = train.tensors
+    logits = head(x) if head is not None else torch.zeros(len(x), 2)
+    err = torch.softmax(logits.detach(), dim=1) - nn.functional.one_hot(y, 2).float()
+    grads = torch.cat([(err.unsqueeze(2) * x.unsqueeze(1)).flatten(1), err], dim=1)
+    scale = (C / grads.norm(dim=1)).clamp(max=1.0)
+    return float((grads * scale.unsqueeze(1)).mean(dim=0).norm() / C)
+
+
+def _normalized(data: TensorDataset) -> TensorDataset:
+    x, y = data.tensors
+    return TensorDataset(nn.functional.normalize(x, dim=1), y)
+
+
+def _mean_acc(rows: list[dict[str, Any]]) -> float:
+    return statistics.mean(r["accuracy"] for r in rows)
+
+
+def _log(rows: list[dict[str, Any]], out: Path) -> None:
+    """Print the last arm and rewrite the partial results (a killed run keeps what it did)."""
+    print({k: v for k, v in rows[-1].items() if k != "runs"}, flush=True)
+    out.with_suffix(".partial.json").write_text(json.dumps(rows))
+
+
+def grid(train: TensorDataset, dev: TensorDataset, seeds: int,
+         out: Path) -> list[dict[str, Any]]:
+    """Batch × lr at ε = 8 (raw and normalised features), SGD momentum, and non-DP."""
+    rows: list[dict[str, Any]] = []
+    n = len(train)
+    for feats in ("raw", "normalized"):
+        tr, dv = (train, dev) if feats == "raw" else (_normalized(train), _normalized(dev))
+        for batch in (64, 256, 1024, n):
+            for lr in (3e-3, 1e-2, 3e-2, 1e-1, 3e-1):
+                runs = [train_head(tr, dv, batch, lr, s, 8.0) for s in range(seeds)]
+                rows.append({"arm": "dp-adamw", "features": feats, "batch": batch, "lr": lr,
+                             "accuracy": _mean_acc(runs), "runs": runs})
+                _log(rows, out)
+        for lr in (1e-3, 1e-2, 3e-2):
+            runs = [train_head(tr, dv, 32, lr, s, None) for s in range(seeds)]
+            rows.append({"arm": "no-dp-adamw", "features": feats, "batch": 32, "lr": lr,
+                         "accuracy": _mean_acc(runs), "runs": runs})
+            _log(rows, out)
+        with momentum_sgd():
+            for lr in (0.1, 0.3, 1.0, 3.0):
+                runs = [train_head(tr, dv, 256, lr, s, 8.0) for s in range(seeds)]
+                rows.append({"arm": "dp-sgd-momentum", "features": feats, "batch": 256,
+                             "lr": lr, "accuracy": _mean_acc(runs), "runs": runs})
+                _log(rows, out)
+    return rows
+
+
+def sweep(train: TensorDataset, dev: TensorDataset, seeds: int,
+          out: Path) -> list[dict[str, Any]]:
+    """n × ε with the planner's batch and learning rate: accuracy against predicted run ratio."""
+    rows: list[dict[str, Any]] = []
+    d = train.tensors[0].shape[1] * 2 + 2
+    for n in (50, 100, 200, 400, 800, 1600, len(train)):
+        sub = TensorDataset(*(t[:n] for t in train.tensors))
+        for epsilon in (1.0, 3.0, 8.0):
+            plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
+            runs = [train_head(sub, dev, plan.batch_size, plan.learning_rate, s, epsilon)
+                    for s in range(seeds)]
+            rows.append({"arm": "sweep", "n": n, "epsilon": epsilon, "batch": plan.batch_size,
+                         "lr": plan.learning_rate, "run_ratio": plan.run_ratio,
+                         "step_ratio": plan.step_ratio, "accuracy": _mean_acc(runs),
+                         "runs": runs})
+            _log(rows, out)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-examples", type=int, default=4000)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--part", choices=("grid", "sweep", "all"), default="all")
+    parser.add_argument("--out", default="results/dp_recipe.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    if not (SST2 / "train.tsv").exists():
+        print(f"skipped: no SST-2 at {SST2} (set SST2_DIR)")
+        return 0
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    cache = Path(args.out).with_name(f"sst2_minilm_mean_{args.train_examples}_{args.max_length}.pt")
+    train, dev = features(args.train_examples, args.max_length, cache)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {
+        "data": f"SST-2 train {args.train_examples} seeded / GLUE dev 872", "epochs": EPOCHS,
+        "delta": DELTA, "max_grad_norm": C, "seeds": args.seeds,
+        "majority": float(max(dev.tensors[1].float().mean(), 1 - dev.tensors[1].float().mean())),
+        "feature_norm_mean": float(train.tensors[0].norm(dim=1).mean()),
+        "signal_fraction_at_init": {"raw": signal_fraction(train),
+                                    "normalized": signal_fraction(_normalized(train))}}
+    if args.part in ("grid", "all"):
+        body["grid"] = grid(train, dev, args.seeds, Path(args.out))
+    if args.part in ("sweep", "all"):
+        body["sweep"] = sweep(train, dev, args.seeds, Path(args.out))
+    body["seconds"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(body, indent=1))
+    print(f"wrote {args.out} ({body['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""What only the partner decides (its node config), never the coordinator: its data, budget,
+ledger, what may leave it, and which runs it takes part in. No flwr here."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.config import RunConfig, check_device
+from common.errors import ConfigError, PrivacyError
+from common import protocol as P
+
+# Un-noised values about the training batches a partner may choose to release (default: none)
+BATCH_METRICS = (P.TRAIN_LOSS, P.CLIPPED_FRACTION)
+EVALUATION_MODES = ("counts", "full", "off")  # full = counts + the exact held-out loss
+DEFAULT_TEST_FRACTION = 0.2  # a real partner's held-out share unless its node config sets one
+_DATA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
+          "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device",
+          "data-id", "test-fraction", "min-partners", "require-secure-aggregation",
+          "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code"}
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"node-config {key} = {value!r}: expected true or false")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(v.strip() for v in str(value or "").split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class PartnerSettings:
+    """A partner's policy, from its node config; every field has a safe default."""
+
+    name: str
+    partition_id: int = 0
+    num_partitions: int = 1
+    data_path: str = ""  # the partner's own file; empty = simulated from the run config
+    text_column: str = ""
+    label_column: str = ""
+    ledger_dir: str = ""
+    max_epsilon: float = math.inf
+    delta: float = 0.0  # the δ this partner accounts its budget at; 0 = the run's
+    allowed_base_models: tuple[str, ...] = ()  # empty = any
+    device: str = ""  # where this partner trains (auto, cpu, cuda, cuda:N); empty = the run's
+    data_id: str = ""  # names the data source its ledger is kept for; a new id = a new ledger
+    test_fraction: float = 0.0  # held-out share; 0 = 0.2 with own data, the run's if simulated
+    min_partners: int = 0  # never aggregate with fewer partners than this (0 = no rule)
+    require_secure_aggregation: bool = False
+    require_central_dp: bool = False
+    max_rounds: int = 0  # the most rounds it trains in one run (0 = no limit)
+    release_metrics: tuple[str, ...] = ()  # BATCH_METRICS it releases un-noised
+    evaluation: str = "counts"  # what its held-out evaluation releases (EVALUATION_MODES)
+    allowed_code: tuple[str, ...] = ()  # code hashes it approved (`consortium partner approve`)
+
+    @property
+    def has_own_data(self) -> bool:
+        return bool(self.data_path)
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> PartnerSettings:
+        unknown = sorted(set(node_config) - _KNOWN)
+        if unknown:
+            raise ConfigError(f"unknown node-config key(s) {unknown}; known: {sorted(_KNOWN)}")
+        get = node_config.get
+        pid = int(get("partition-id", 0))
+        settings = cls(
+            name=str(get("partner-name", f"partner-{pid}")), partition_id=pid,
+            num_partitions=int(get("num-partitions", 1)), data_path=str(get("data-path", "")),
+            text_column=str(get("text-column", "")), label_column=str(get("label-column", "")),
+            ledger_dir=str(get("ledger-dir", "")),
+            max_epsilon=float(get("max-epsilon", math.inf)), delta=float(get("delta", 0.0)),
+            device=str(get("device", "")),
+            allowed_base_models=_names(get("allowed-base-models", "")),
+            data_id=str(get("data-id", "")), test_fraction=float(get("test-fraction", 0.0)),
+            min_partners=int(get("min-partners", 0)),
+            require_secure_aggregation=_flag(get("require-secure-aggregation", False),
+                                             "require-secure-aggregation"),
+            require_central_dp=_flag(get("require-central-dp", False), "require-central-dp"),
+            max_rounds=int(get("max-rounds", 0)),
+            release_metrics=_names(get("release-metrics", "")),
+            evaluation=str(get("evaluation", "counts")),
+            allowed_code=_names(get("allowed-code", "")))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.device:
+            check_device(self.device, "node-config device")
+        if not self.max_epsilon > 0:
+            raise ConfigError(f"node-config max-epsilon = {self.max_epsilon} must be > 0")
+        if self.data_id and not _DATA_ID.fullmatch(self.data_id):
+            raise ConfigError(f"node-config data-id = {self.data_id!r}: use 1-64 letters, "
+                              "digits, '.', '_' or '-'")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"node-config test-fraction = {self.test_fraction}: must be in "
+                              "(0, 1), or 0 for the default")
+        extra = sorted(set(self.release_metrics) - set(BATCH_METRICS))
+        if extra:
+            raise ConfigError(f"node-config release-metrics {extra}: only {list(BATCH_METRICS)} "
+                              "can be released")
+        if self.evaluation not in EVALUATION_MODES:
+            raise ConfigError(f"node-config evaluation = {self.evaluation!r} is not valid; "
+                              f"pick one of {list(EVALUATION_MODES)}")
+        if self.min_partners < 0 or self.max_rounds < 0:
+            raise ConfigError("node-config min-partners and max-rounds must be >= 0")
+
+    def ledger_root(self, config: RunConfig) -> Path:
+        return Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")
+
+    def data_source(self, config: RunConfig) -> str:
+        """What this partner's ledger is kept for: its data-id, else its data file (or, when
+        simulated, the run's data file). Never the split, the seed or the file's content."""
+        if self.data_id:
+            return self.data_id
+        where = self.data_path or config.data
+        origin = str(Path(where).resolve()) if where else f"embedded:{config.task}"
+        kind = "file" if self.data_path else "sim"
+        return f"{kind}-{hashlib.sha256(origin.encode()).hexdigest()[:16]}"
+
+    def ledger_path(self, config: RunConfig) -> Path:
+        return self.ledger_root(config) / f"{self.name}@{self.data_source(config)}.json"
+
+    def legacy_ledgers(self, config: RunConfig) -> list[Path]:
+        """Version-1 ledgers of this partner (one per training split), to fold in once."""
+        pattern = re.compile(re.escape(self.name) + r"-[0-9a-f]{16}\.json")
+        root = self.ledger_root(config)
+        return [p for p in root.glob(f"{self.name}-*.json") if pattern.fullmatch(p.name)]
+
+    def held_out_fraction(self, config: RunConfig) -> float:
+        """The partner's own held-out share; a simulated partner takes the run's."""
+        if self.test_fraction:
+            return self.test_fraction
+        return DEFAULT_TEST_FRACTION if self.has_own_data else config.test_fraction
+
+    def check_policy(self, config: RunConfig, server_round: int = 1) -> None:
+        """Refuse a run that asks more than this partner allows, naming the rule."""
+        rules = [
+            (bool(self.delta and config.delta > self.delta),
+             f"the run asks delta = {config.delta:g}; {self.name} allows at most {self.delta:g}"),
+            (bool(self.allowed_base_models) and config.base_model not in self.allowed_base_models,
+             f"base-model {config.base_model or '(bundled MiniLM)'!r} is not in {self.name}'s "
+             f"allowed list {list(self.allowed_base_models)}"),
+            (not config.dp and math.isfinite(self.max_epsilon),
+             f"the run has dp = false; {self.name} has a privacy budget and trains only with DP"),
+            (self.require_secure_aggregation and not config.secure_aggregation,
+             f"{self.name} requires secure-aggregation = true"),
+            (self.require_central_dp and not config.central_dp,
+             f"{self.name} requires central-dp = true"),
+            (config.min_partners < self.min_partners,
+             f"the run's min-partners = {config.min_partners}; {self.name} never takes part "
+             f"with fewer than {self.min_partners}"),
+            (bool(self.max_rounds) and max(config.num_rounds, server_round) > self.max_rounds,
+             f"the run plans {config.num_rounds} rounds; {self.name} trains at most "
+             f"{self.max_rounds} per run"),
+        ]
+        for broken, reason in rules:
+            if broken:
+                raise PrivacyError(reason)
+
+    def releases(self, metric: str, config: RunConfig) -> bool:
+        """Whether an un-noised value about the training batches may leave this partner."""
+        return not config.dp or metric not in BATCH_METRICS or metric in self.release_metrics

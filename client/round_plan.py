@@ -1,0 +1,74 @@
+"""What a partner's round trains and with which schedule: the DP plan (common.planner) from public
+quantities only (n, ε, δ, rounds, d), and, for pooled-head, the head on cached features.
+
+No flwr here; client/partner.py calls these before any ε is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.config import AUTO, RunConfig
+from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
+from common.model import trainable_size
+from common.planner import NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp
+
+logger = logging.getLogger(__name__)
+
+
+def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int) -> DPPlan | None:
+    """The DP plan of this partner's round, logged in one line; None without DP. Raises
+    UnlearnablePlanError (nothing spent) when it predicts no learning and dp-plan-check is on."""
+    if not config.dp:
+        return None
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    labels = _num_labels(model)
+    plan = plan_dp(examples, config.epsilon, config.delta, config.num_rounds,
+                   config.local_epochs, trainable_size(model), config.max_grad_norm,
+                   batch_size=None if config.batch_size == AUTO else int(config.batch_size),
+                   learning_rate=None if config.learning_rate == AUTO
+                   else float(config.learning_rate),
+                   finetune=config.finetune, noise_multiplier=config.noise_multiplier,
+                   check=config.dp_plan_check,
+                   pooled_head_dims=hidden * labels + labels if hidden and labels else None)
+    logger.info("%s DP plan: %s", who, plan.describe())
+    return plan
+
+
+def batch_and_learning_rate(config: RunConfig, plan: DPPlan | None) -> tuple[int, float]:
+    """The plan's batch and learning rate, or, without DP, the configured or default ones."""
+    if plan is not None:
+        return plan.batch_size, plan.learning_rate
+    batch = NON_PRIVATE_BATCH if config.batch_size == AUTO else int(config.batch_size)
+    lr = (default_learning_rate(config.finetune, False) if config.learning_rate == AUTO
+          else float(config.learning_rate))
+    return batch, lr
+
+
+def memory_batch(config: RunConfig, batch: int) -> tuple[int, bool]:
+    """(batch, per-sample gradients?) whose memory the encoder must hold: pooled-head runs the
+    encoder only in no-grad feature passes; the head's DP step is small."""
+    return (FEATURE_BATCH, False) if config.finetune == "pooled-head" else (batch, config.dp)
+
+
+def trainable_view(model: nn.Module, data: TensorDataset,
+                   cache: Path | None = None) -> tuple[nn.Module, TensorDataset]:
+    """What DP-SGD runs on: the model and encoded texts, or, for pooled-head, its head and the
+    frozen features, computed once per text and kept in ``cache`` (the partner's own disk)."""
+    if not isinstance(model, PooledHeadClassifier):
+        return model, data
+    started = time.perf_counter()
+    features = cached_pooled_features(model, data, cache)
+    logger.info("features of %d texts in %.1f s", len(features), time.perf_counter() - started)
+    return model.head, features
+
+
+def _num_labels(model: nn.Module) -> int | None:
+    if isinstance(model, PooledHeadClassifier):
+        return model.head.out_features
+    return getattr(getattr(model, "config", None), "num_labels", None)

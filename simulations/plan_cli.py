@@ -1,0 +1,63 @@
+"""`consortium plan`: a partner's DP plan and its predicted noise-to-signal, without training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from common.config import AUTO, RunConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="print the DP plan (batch, steps, sigma, lr) of a partner "
+                                    "and whether it is predicted to learn; trains nothing")
+    p.add_argument("--examples", type=int, required=True, help="the partner's training examples")
+    p.add_argument("--epsilon", type=float, required=True, help="target ε over all rounds")
+    p.add_argument("--rounds", type=int, required=True, help="planned federated rounds")
+    p.add_argument("--delta", type=float, help="δ (default: the run config's, 1e-5)")
+    p.add_argument("--local-epochs", type=int, help="passes per round (default: run config's)")
+    p.add_argument("--finetune", help="lora | full | head | pooled-head (default: run config's)")
+    p.add_argument("--batch-size", help="auto or an expected batch (default: auto)")
+    p.add_argument("--num-labels", type=int, default=2, help="classes (default 2)")
+    p.add_argument("--trainable-dims", type=int,
+                   help="d; default: counted on the base model for --finetune (loads it)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    values = {"epsilon": args.epsilon, "num-rounds": args.rounds, "delta": args.delta,
+              "local-epochs": args.local_epochs, "finetune": args.finetune,
+              "batch-size": (args.batch_size if args.batch_size in (None, AUTO)
+                             else _int(args.batch_size))}
+    return RunConfig.from_mapping({k: v for k, v in values.items() if v is not None})
+
+
+def _int(text: str) -> int | str:
+    return int(text) if text.isdigit() else text  # RunConfig names a bad value
+
+
+def _dims(config: RunConfig, num_labels: int) -> int:
+    from common.model import build_model, trainable_size
+
+    return trainable_size(build_model(config, tuple(f"label-{i}" for i in range(num_labels))))
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Print the plan; a plan predicted to learn nothing exits 2 with the refusal's advice."""
+    from common.planner import plan_dp
+
+    config = _config(args)
+    dims = args.trainable_dims or _dims(config, args.num_labels)
+    pooled = None
+    if config.finetune != "pooled-head" and not args.trainable_dims:
+        pooled = _dims(config.replace(finetune="pooled-head"), args.num_labels)
+    plan = plan_dp(args.examples, config.epsilon, config.delta, config.num_rounds,
+                   config.local_epochs, dims, config.max_grad_norm,
+                   None if config.batch_size == AUTO else int(config.batch_size),
+                   finetune=config.finetune, pooled_head_dims=pooled)
+    if args.json:
+        print(json.dumps({**asdict(plan), "learnable": plan.learnable}, indent=1))
+    else:
+        print(f"finetune = {config.finetune!r}: {plan.describe()}")
+    return 0

@@ -1,0 +1,176 @@
+"""A malicious coordinator against one partner's policy, through the real ClientApp handlers:
+evaluation asked twice or of a round the partner did not train, code the partner has not
+approved, and runs that fall short of the partner's requirements. Every refusal is audited."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app
+from client.partner import AUDIT_LOG
+from client.records import from_array_record, to_array_record
+from common import protocol as P
+from common.code_hash import code_hash, running_code_hash
+from common.config import RunConfig
+from common.model import build_model, frozen_fingerprint, trainable_state
+from common.synthetic import LABELS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def task_identity():  # Message(reply_to=...) reads it, as in a real ClientApp process
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+class Partner:
+    """One partner's ClientApp, fed Messages as a coordinator would send them."""
+
+    def __init__(self, tiny_bert: str, tmp_path: Path, node: dict[str, Any] | None = None,
+                 **run: Any) -> None:
+        values = dict(base_model=tiny_bert, examples_per_partner=40, max_length=16,
+                      batch_size=8, local_epochs=1, num_rounds=2, noise_multiplier=1.0,
+                      dp_plan_check=False, out_dir=str(tmp_path / "out"))
+        values.update(run)
+        self.config = RunConfig(**values)
+        self.root = tmp_path / "ledgers"
+        self.context = Context(1, 1, {"partner-name": "org-a", "ledger-dir": str(self.root),
+                                      **(node or {})}, RecordDict(), self.config.to_mapping())
+        model = build_model(self.config, LABELS)
+        self.arrays, self.fingerprint = trainable_state(model), frozen_fingerprint(model)
+
+    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray]) -> Message:
+        msg = Message(RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(
+            {P.ROUND: rnd, P.MODEL_FINGERPRINT: self.fingerprint})}),
+            dst_node_id=1, message_type=kind, group_id=str(rnd))
+        handler = app.train if kind == MessageType.TRAIN else app.evaluate
+        return handler(msg, self.context)
+
+    def train(self, rnd: int) -> Message:
+        return self._send(MessageType.TRAIN, rnd, self.arrays)
+
+    def evaluate(self, rnd: int, arrays: dict[str, np.ndarray] | None = None) -> Message:
+        return self._send(MessageType.EVALUATE, rnd, arrays or self.arrays)
+
+    def audit(self) -> list[dict[str, Any]]:
+        path = self.root / AUDIT_LOG
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def refusal(reply: Message) -> str:
+    return str(reply.content.config_records[P.PARTNER].get(P.REFUSAL, ""))
+
+
+def test_evaluation_once_per_round_the_partner_trained(tiny_bert: str, tmp_path: Path) -> None:
+    partner = Partner(tiny_bert, tmp_path)
+    assert "did not train" in refusal(partner.evaluate(2))
+    trained = partner.train(1)
+    assert not refusal(trained)
+    update = from_array_record(trained.content.array_records[P.ARRAYS])
+    first = partner.evaluate(1, update)
+    assert not refusal(first)
+    metrics = dict(first.content.metric_records[P.METRICS])
+    assert P.ACCURACY in metrics and P.EVAL_LOSS not in metrics  # counts, no exact loss
+    crafted = {k: v + 0.5 for k, v in update.items()}  # other weights, same round
+    assert "already evaluated" in refusal(partner.evaluate(1, crafted))
+    refused = [e for e in partner.audit() if e.get("refused")]
+    assert [e["message"] for e in refused] == ["evaluation", "evaluation"]
+    assert all(e["bytes_sent"] == 0 for e in refused)
+
+
+def test_first_evaluation_before_any_training_is_refused(tiny_bert: str,
+                                                          tmp_path: Path) -> None:
+    assert "did not train" in refusal(Partner(tiny_bert, tmp_path).evaluate(1))
+
+
+def test_evaluation_off_and_full(tiny_bert: str, tmp_path: Path) -> None:
+    off = Partner(tiny_bert, tmp_path / "off", {"evaluation": "off"})
+    off.train(1)
+    assert "evaluation = off" in refusal(off.evaluate(1))
+    full = Partner(tiny_bert, tmp_path / "full", {"evaluation": "full"})
+    full.train(1)
+    assert P.EVAL_LOSS in dict(full.evaluate(1).content.metric_records[P.METRICS])
+
+
+def test_code_the_partner_has_not_approved_is_refused(tiny_bert: str, tmp_path: Path) -> None:
+    partner = Partner(tiny_bert, tmp_path, {"allowed-code": "0" * 64})
+    reason = refusal(partner.train(1))
+    assert "allowed-code" in reason
+    assert not list(partner.root.glob("org-a@*.json"))  # nothing trained, nothing spent
+    assert partner.audit()[-1]["refused"] == reason
+    approved = Partner(tiny_bert, tmp_path / "ok", {"allowed-code": running_code_hash()})
+    assert not refusal(approved.train(1))
+
+
+def test_approve_hashes_a_reviewed_checkout(tmp_path: Path) -> None:
+    assert code_hash(ROOT) == running_code_hash()
+    copy = tmp_path / "checkout"
+    for path in [ROOT / "pyproject.toml", *ROOT.glob("c*/*.py")]:
+        target = copy / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    first = code_hash(copy)
+    (copy / "client" / "app.py").write_text((copy / "client" / "app.py").read_text() + "\n#\n")
+    assert code_hash(copy) != first
+
+
+@pytest.mark.parametrize("node, run, reason", [
+    ({"min-partners": 5}, {"min_partners": 2}, "never takes part with fewer than 5"),
+    ({"require-secure-aggregation": True}, {}, "requires secure-aggregation"),
+    ({"require-central-dp": "true"}, {}, "requires central-dp"),
+    ({"max-rounds": 1}, {"num_rounds": 2}, "trains at most 1 per run"),
+])
+def test_runs_short_of_the_partners_requirements_are_refused(
+        tiny_bert: str, tmp_path: Path, node: dict, run: dict, reason: str) -> None:
+    partner = Partner(tiny_bert, tmp_path, node, **run)
+    assert reason in refusal(partner.train(1))
+    assert not list(partner.root.glob("org-a@*.json"))
+
+
+def test_batch_metrics_leave_only_when_the_policy_says_so(tiny_bert: str,
+                                                          tmp_path: Path) -> None:
+    quiet = dict(Partner(tiny_bert, tmp_path / "q").train(1).content.metric_records[P.METRICS])
+    assert P.TRAIN_LOSS not in quiet and P.CLIPPED_FRACTION not in quiet
+    opened = Partner(tiny_bert, tmp_path / "o", {"release-metrics": "train-loss"})
+    metrics = dict(opened.train(1).content.metric_records[P.METRICS])
+    assert P.TRAIN_LOSS in metrics and P.CLIPPED_FRACTION not in metrics
+
+
+def test_unknown_release_metric_is_a_config_error() -> None:
+    from client.policy import PartnerSettings
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="release-metrics"):
+        PartnerSettings.from_node_config({"release-metrics": "eval-loss"})
+    with pytest.raises(ConfigError, match="evaluation"):
+        PartnerSettings.from_node_config({"evaluation": "everything"})
+    assert RunConfig().min_partners >= 1
+
+
+def test_the_hash_of_a_checkout_equals_the_hash_of_its_fab(tmp_path: Path) -> None:
+    """`flwr build` re-writes pyproject.toml's layout; the hash reads it as TOML."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    app_dir = tmp_path / "app"
+    for name in ("client", "common", "server", "simulations"):
+        shutil.copytree(ROOT / name, app_dir / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, app_dir / name)
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    subprocess.run([flwr, "build", "--app", str(app_dir)], cwd=tmp_path, check=True,
+                   capture_output=True, env={**os.environ, "FLWR_HOME": str(tmp_path / ".flwr")})
+    [fab] = tmp_path.glob("*.fab")
+    with zipfile.ZipFile(fab) as archive:
+        archive.extractall(tmp_path / "installed")
+    assert code_hash(tmp_path / "installed") == code_hash(app_dir) == code_hash(ROOT)

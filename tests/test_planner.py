@@ -1,0 +1,140 @@
+"""The DP planner: refusals with their fixes, ε against Opacus, the noise prediction against the
+noise Opacus actually adds, and the run-config / CLI surface."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.data_loader import DPDataLoader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.config import RunConfig
+from common.errors import ConfigError, PrivacyError, UnlearnablePlanError
+from common.planner import MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp
+from simulations.cli import main
+
+LORA_DIMS, POOLED_DIMS = 74_498, 384 * 2 + 2  # bundled MiniLM: LoRA r=8 (q, v) + head; head
+
+
+def independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Opacus' RDP accountant, stepped one DP-SGD step at a time (no shared code path)."""
+    accountant = RDPAccountant()
+    for _ in range(steps):
+        accountant.step(noise_multiplier=sigma, sample_rate=q)
+    return accountant.get_epsilon(delta)
+
+
+def test_refuses_a_tiny_data_set_with_the_numbers_that_would_pass() -> None:
+    with pytest.raises(UnlearnablePlanError) as refused:
+        plan_dp(160, 8.0, 1e-5, 3, 2, LORA_DIMS, 1.0, finetune="lora",
+                pooled_head_dims=POOLED_DIMS)
+    message = str(refused.value)
+    assert isinstance(refused.value, PrivacyError)
+    assert "at epsilon = 8 with 160 examples expect no learning" in message
+    assert "dp-plan-check = false" in message and "pooled-head" in message
+    n_needed = int(re.search(r">= (\d+) examples", message).group(1))
+    e_needed = float(re.search(r"epsilon >= ([\d.e+]+)", message).group(1))
+    assert n_needed > 160 and e_needed > 8
+    # the advice holds: N examples pass at ε = 8, and ε = E passes with 160 examples
+    assert plan_dp(n_needed, 8.0, 1e-5, 3, 2, LORA_DIMS, 1.0, finetune="lora").learnable
+    assert plan_dp(160, e_needed * 1.01, 1e-5, 3, 2, LORA_DIMS, 1.0, finetune="lora").learnable
+
+
+def test_accepts_a_larger_data_set_and_the_override_runs_a_refused_plan() -> None:
+    plan = plan_dp(4000, 8.0, 1e-5, 1, 3, POOLED_DIMS, 1.0)
+    assert plan.learnable and plan.run_ratio <= MAX_RUN_RATIO
+    assert plan.batch_size == auto_batch(4000, 1, 3, "pooled-head") > 32
+    unchecked = plan_dp(160, 8.0, 1e-5, 3, 2, LORA_DIMS, 1.0, finetune="lora", check=False)
+    assert not unchecked.learnable
+
+
+@pytest.mark.parametrize("n, batch, epochs, rounds", [
+    (1000, 250, 2, 3),  # large batch, q = 0.25
+    (600, 600, 1, 4),  # the whole data set per step, q = 1
+    (999, 64, 1, 2),  # q = 1/16 with a last partial batch: 15 steps per epoch in Opacus
+    (4000, None, 3, 1),  # the automatic batch on cached features
+])
+def test_epsilon_of_the_plan_is_opacus_accountant_over_all_rounds(n, batch, epochs, rounds):
+    plan = plan_dp(n, 8.0, 1e-5, rounds, epochs, POOLED_DIMS, 1.0, batch_size=batch, check=False)
+    loader = DPDataLoader.from_data_loader(
+        DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=plan.batch_size))
+    assert plan.sample_rate == loader.sample_rate
+    assert plan.steps_per_round == len(loader.batch_sampler) * epochs
+    expected = independent_epsilon(plan.noise_multiplier, plan.sample_rate,
+                                    plan.steps_per_round * rounds, plan.delta)
+    assert plan.epsilon == pytest.approx(expected, rel=1e-9)
+    assert plan.epsilon == pytest.approx(8.0, rel=0.01)  # σ spends the whole budget
+
+
+def test_predicted_noise_norm_matches_the_noise_opacus_adds() -> None:
+    """Zero loss, so every per-example gradient is 0 and each step's gradient is pure noise:
+    its norm must be σ·C·√d / B (tolerance 5 %, 20 steps, d = 1,285)."""
+    n, batch, width, labels, clip = 1000, 100, 256, 5, 0.5
+    head = nn.Linear(width, labels)
+    d = sum(p.numel() for p in head.parameters())
+    plan = plan_dp(n, 8.0, 1e-5, 1, 2, d, clip, batch_size=batch, check=False)
+    data = TensorDataset(torch.randn(n, width), torch.randint(0, labels, (n,)))
+    engine = PrivacyEngine(accountant="rdp")
+    model, optimizer, loader = engine.make_private(
+        module=head, optimizer=torch.optim.SGD(head.parameters(), lr=0.0),
+        data_loader=DataLoader(data, batch_size=plan.batch_size),
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=clip, poisson_sampling=True)
+    torch.manual_seed(0)
+    norms = []
+    for x, _ in [batch for _ in range(plan.local_epochs) for batch in loader]:
+        (model(x).sum() * 0.0).backward()
+        optimizer.step()
+        norms.append(torch.cat([p.grad.flatten() for p in head.parameters()]).norm().item())
+        optimizer.zero_grad(set_to_none=True)
+    measured = sum(norms) / len(norms)
+    assert len(norms) == plan.steps_per_round == 20
+    assert measured == pytest.approx(plan.noise_norm, rel=0.05)
+    assert plan.step_ratio == pytest.approx(plan.noise_norm / (SIGNAL_FRACTION * clip))
+    assert plan.run_ratio == pytest.approx(plan.step_ratio / math.sqrt(20))
+
+
+def test_signal_of_clipped_gradients_is_at_most_c() -> None:
+    """The signal side of the model: a step's mean clipped gradient never exceeds C."""
+    torch.manual_seed(1)
+    grads = torch.randn(64, 300) * 5
+    clipped = grads * (1.0 / grads.norm(dim=1, keepdim=True)).clamp(max=1.0)
+    assert clipped.mean(dim=0).norm() <= 1.0 + 1e-6
+
+
+def test_bad_plan_inputs_name_the_key() -> None:
+    with pytest.raises(PrivacyError, match=r"delta = 0.01 must be in \(0, 1/160\)"):
+        plan_dp(160, 8.0, 1e-2, 3, 2, POOLED_DIMS, 1.0)
+    with pytest.raises(ConfigError, match="examples = 0 must be positive"):
+        plan_dp(0, 8.0, 1e-5, 3, 2, POOLED_DIMS, 1.0)
+
+
+def test_run_config_batch_size_and_learning_rate_take_auto_or_a_number() -> None:
+    config = RunConfig()
+    assert config.batch_size == "auto" and config.learning_rate == "auto"
+    assert config.dp_plan_check is True
+    assert RunConfig.from_mapping({"batch-size": 64, "learning-rate": 1}).learning_rate == 1.0
+    for key, bad, why in [("batch-size", "big", "use 'auto' or an int"),
+                          ("batch-size", 0, "must be >= 1"),
+                          ("batch-size", 2.5, "expected an int"),
+                          ("learning-rate", "fast", "use 'auto' or a float"),
+                          ("learning-rate", -1.0, "must be > 0")]:
+        with pytest.raises(ConfigError, match=f"'{key}' = .*{re.escape(why)}"):
+            RunConfig.from_mapping({key: bad})
+    with pytest.raises(ConfigError, match="pooled-head.*token-classification"):
+        RunConfig(task="token-classification", finetune="pooled-head")
+
+
+def test_plan_command_prints_the_plan_and_refuses_with_advice(capsys) -> None:
+    common = ["plan", "--epsilon", "8", "--rounds", "3", "--finetune", "pooled-head",
+              "--trainable-dims", str(POOLED_DIMS)]
+    assert main([*common, "--examples", "4000"]) == 0
+    out = capsys.readouterr().out
+    assert "n=4000" in out and "sigma=" in out and "over the run" in out
+    assert main([*common, "--examples", "60"]) == 2
+    assert "expect no learning" in capsys.readouterr().err
