@@ -17,6 +17,7 @@ from common.code_hash import running_code_hash
 from common.config import RunConfig
 from common.errors import PrivacyError, ResourceError
 from common.logs import configure_logging
+from common.secagg_params import check_setup
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -37,6 +38,8 @@ def train(msg: Message, context: Context) -> Message:
                              drops_out(config, partner, server_round))
     try:
         check_code(partner)
+        if stage:  # every setup parameter the run config fixes, before any ε is spent
+            check_setup(content.config_records[P.SECAGG], config)
     except PrivacyError as exc:
         return _refusal(msg, context, config, partner, server_round, exc)
     state = context.state.config_records.get(_STATE, ConfigRecord())

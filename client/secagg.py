@@ -20,9 +20,8 @@ The protocol state and maths live in client/secagg_protocol.py; this module is t
 Every parameter that shapes the masked input is checked against the run config at each stage
 (common.secagg_params); on a mismatch, or fewer partners than the run's or this partner's
 ``min-partners``, the partner refuses with a refusal reply, logged (stages 2 – 4 also in its audit
-log). The setup parameters are checked after training (secagg.start runs on the trained update):
-a bad setup costs that round's ε but reveals nothing; checking before training needs a call to
-``check_setup`` in client/app.py ahead of ``train_round``.
+log). client/app.py checks the setup parameters before training, so a bad setup costs no ε;
+``start`` checks them again on the trained update.
 """
 
 from __future__ import annotations

@@ -127,6 +127,9 @@ def main() -> int:
     parser.add_argument("--train-examples", type=int, help="training subset (default per set)")
     parser.add_argument("--eval-examples", type=int, help="mds evaluation sample (default 400)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, help="override the mode's learning rate")
+    parser.add_argument("--update-clip-norm", type=float, help="run config update-clip-norm "
+                        "(default 10; 0 = none, for the best non-private reference)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=Path("results/utility"))
     args = parser.parse_args()
@@ -150,7 +153,8 @@ def main() -> int:
         base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
                     server_eval_data=str(args.out / f"{name}_eval.csv"),
                     max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
-                    round_timeout=60.0)
+                    round_timeout=60.0, **({} if args.update_clip_norm is None else
+                                           {"update_clip_norm": args.update_clip_norm}))
         entry = summary["datasets"].setdefault(name, {"arms": {}})
         entry.update({"command": " ".join(["python -m simulations.bench_utility", *sys.argv[1:]]),
                       "train_examples": len(train), "eval_examples": len(held),
@@ -162,7 +166,9 @@ def main() -> int:
                     arm = f"{mode}_{setting}_eps{eps:g}"
                     partners = spec["partners"] if setting == "federated" else 1
                     privacy = dict(dp=False) if math.isinf(eps) else dict(epsilon=eps)
-                    config = RunConfig(**base, **MODE_SETTINGS[mode], **privacy, finetune=mode,
+                    settings = {**MODE_SETTINGS[mode], **({} if args.learning_rate is None else
+                                                          {"learning_rate": args.learning_rate})}
+                    config = RunConfig(**base, **settings, **privacy, finetune=mode,
                                        dp_plan_check=False,
                                        partition=spec["partition"] if partners > 1 else "iid",
                                        min_partners=max(1, partners // 2),

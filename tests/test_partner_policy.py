@@ -174,3 +174,19 @@ def test_the_hash_of_a_checkout_equals_the_hash_of_its_fab(tmp_path: Path) -> No
     with zipfile.ZipFile(fab) as archive:
         archive.extractall(tmp_path / "installed")
     assert code_hash(tmp_path / "installed") == code_hash(app_dir) == code_hash(ROOT)
+
+
+def test_bad_secure_aggregation_setup_is_refused_before_any_epsilon(tiny_bert: str,
+                                                                     tmp_path: Path) -> None:
+    from common.secagg_params import setup_parameters
+
+    partner = Partner(tiny_bert, tmp_path, secure_aggregation=True, min_partners=2)
+    params = {**setup_parameters(partner.config), P.SECAGG_THRESHOLD: 2,
+              P.SECAGG_MAX_WEIGHT: 1e12}  # the weight-isolation attack of issue 13
+    msg = Message(RecordDict({P.ARRAYS: to_array_record(partner.arrays), P.CONFIG: ConfigRecord(
+        {P.ROUND: 1, P.MODEL_FINGERPRINT: partner.fingerprint}), P.SECAGG: ConfigRecord(
+        {P.SECAGG_STAGE: P.SECAGG_SETUP, **params})}),
+        dst_node_id=1, message_type=MessageType.TRAIN, group_id="1")
+    reason = refusal(app.train(msg, partner.context))
+    assert "the run config gives" in reason
+    assert not list(partner.root.glob("org-a@*.json"))  # refused before training: 0 spent
