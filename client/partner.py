@@ -34,7 +34,7 @@ from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import ModelError, PrivacyError, SimulatedDropout
 from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
                           trainable_state)
-from common.privacy import PrivacyLedger, Release, calibrate_noise, epsilon_of, spend
+from common.privacy import PrivacyLedger, Release, epsilon_of, spend
 from common.resources import check_fits
 from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
@@ -93,14 +93,6 @@ def _encode(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
     if isinstance(data, TokenDataset):  # token-classification: word-piece aligned tags
         return encode_tokens(tokenizer, data, config.max_length)
     return encode(tokenizer, data, config.max_length)
-
-
-def noise_for(config: RunConfig, sample_rate: float, steps_per_round: int) -> float:
-    """σ given in the config, or calibrated to reach ``epsilon`` after all planned rounds."""
-    if config.noise_multiplier > 0:
-        return config.noise_multiplier
-    return calibrate_noise(config.epsilon, config.delta, sample_rate,
-                           steps_per_round * config.num_rounds)
 
 
 def drops_out(config: RunConfig, partner: PartnerSettings, server_round: int) -> bool:
