@@ -79,9 +79,9 @@ def cached_pooled_features(model: PooledHeadClassifier, data: TensorDataset,
     if cache is None:
         return pooled_features(model, data)
     input_ids, mask, labels = data.tensors
-    digest = hashlib.sha256()
-    for name, param in sorted(model.encoder.state_dict().items()):
-        digest.update(name.encode() + param.detach().cpu().contiguous().numpy().tobytes())
+    from common.model import frozen_fingerprint  # common.model builds this module's class
+
+    digest = hashlib.sha256(frozen_fingerprint(model.encoder).encode())
     for tensor in (input_ids, mask):
         digest.update(tensor.contiguous().numpy().tobytes())
     path = Path(cache) / f"features-{digest.hexdigest()[:40]}.pt"

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,32 +126,6 @@ def write_run_config(config: RunConfig, path: Path) -> None:
     path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.to_mapping().items()))
 
 
-def _superlink_pids(flwr_home: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def stop_superlink(flwr_home: Path) -> None:
-    """Stop the detached SuperLink that `flwr run` started for this Flower home, by PID."""
-    for pid in _superlink_pids(flwr_home):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.time() + 10
-    while _superlink_pids(flwr_home) and time.time() < deadline:
-        time.sleep(0.2)
-    for pid in _superlink_pids(flwr_home):
-        os.kill(pid, signal.SIGKILL)
-
-
 def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -206,9 +178,8 @@ def run_simulation(config: RunConfig, federation: Federation) -> Path:
             raise ConsortiumError(
                 f"stopped by {stop}: {len(stopped)} process(es) this run started (SuperLink, "
                 f"simulation, Ray) are stopped; {_resume_hint(out)}") from None
-        finally:
-            stop_superlink(flwr_home)
-            stop_tagged(tag)  # anything of Ray's the SuperLink left behind
+        finally:  # the detached SuperLink and all it started (Ray's too) carry the tag
+            stop_tagged(tag)
     check_finished(out, proc.returncode)
     return out
 
