@@ -14,22 +14,22 @@ Skips cleanly when the data set is absent.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
 import os
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from benchmarks import harness
+from benchmarks.harness import Arm
 from common import planner, training
 from common.data import TextDataset
 from common.privacy import calibrate_noise, poisson_schedule
@@ -131,57 +131,71 @@ def _mean_acc(rows: list[dict[str, Any]]) -> float:
 def _log(rows: list[dict[str, Any]], out: Path) -> None:
     """Print the last arm and rewrite the partial results (a killed run keeps what it did)."""
     print({k: v for k, v in rows[-1].items() if k != "runs"}, flush=True)
-    out.with_suffix(".partial.json").write_text(json.dumps(rows))
+    harness.write_json(out.with_suffix(".partial.json"), rows)
+
+
+def _run(arms: list[Arm], measure: Callable[[Arm], dict[str, Any]],
+         out: Path) -> list[dict[str, Any]]:
+    done = harness.run_arms(arms, measure, save=lambda d: _log(list(d.values()), out))
+    return list(done.values())
+
+
+def grid_arms(n: int) -> list[Arm]:
+    """Batch × lr at ε = 8 (raw and normalised features), SGD momentum, and non-DP."""
+    arms = []
+    for feats in ("raw", "normalized"):
+        arms += [Arm(f"dp-adamw/{feats}/b{'all' if b == n else b}/lr{lr:g}",
+                     dict(arm="dp-adamw", features=feats, batch=b, lr=lr, epsilon=8.0))
+                 for b in (64, 256, 1024, n) for lr in (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)]
+        arms += [Arm(f"no-dp-adamw/{feats}/lr{lr:g}",
+                     dict(arm="no-dp-adamw", features=feats, batch=32, lr=lr, epsilon=None))
+                 for lr in (1e-3, 1e-2, 3e-2)]
+        arms += [Arm(f"dp-sgd-momentum/{feats}/lr{lr:g}",
+                     dict(arm="dp-sgd-momentum", features=feats, batch=256, lr=lr, epsilon=8.0))
+                 for lr in (0.1, 0.3, 1.0, 3.0)]
+    return arms
 
 
 def grid(train: TensorDataset, dev: TensorDataset, seeds: int,
          out: Path) -> list[dict[str, Any]]:
-    """Batch × lr at ε = 8 (raw and normalised features), SGD momentum, and non-DP."""
-    rows: list[dict[str, Any]] = []
-    n = len(train)
-    for feats in ("raw", "normalized"):
-        tr, dv = (train, dev) if feats == "raw" else (_normalized(train), _normalized(dev))
-        for batch in (64, 256, 1024, n):
-            for lr in (3e-3, 1e-2, 3e-2, 1e-1, 3e-1):
-                runs = [train_head(tr, dv, batch, lr, s, 8.0) for s in range(seeds)]
-                rows.append({"arm": "dp-adamw", "features": feats, "batch": batch, "lr": lr,
-                             "accuracy": _mean_acc(runs), "runs": runs})
-                _log(rows, out)
-        for lr in (1e-3, 1e-2, 3e-2):
-            runs = [train_head(tr, dv, 32, lr, s, None) for s in range(seeds)]
-            rows.append({"arm": "no-dp-adamw", "features": feats, "batch": 32, "lr": lr,
-                         "accuracy": _mean_acc(runs), "runs": runs})
-            _log(rows, out)
-        with momentum_sgd():
-            for lr in (0.1, 0.3, 1.0, 3.0):
-                runs = [train_head(tr, dv, 256, lr, s, 8.0) for s in range(seeds)]
-                rows.append({"arm": "dp-sgd-momentum", "features": feats, "batch": 256,
-                             "lr": lr, "accuracy": _mean_acc(runs), "runs": runs})
-                _log(rows, out)
-    return rows
+    """Every grid arm, ``seeds`` runs each; a row per arm with the mean accuracy."""
+    data = {"raw": (train, dev), "normalized": (_normalized(train), _normalized(dev))}
+
+    def measure(arm: Arm) -> dict[str, Any]:
+        s = arm.settings
+        tr, dv = data[s["features"]]
+        with momentum_sgd() if s["arm"] == "dp-sgd-momentum" else nullcontext():
+            runs = [train_head(tr, dv, s["batch"], s["lr"], seed, s["epsilon"])
+                    for seed in range(seeds)]
+        return {"arm": s["arm"], "features": s["features"], "batch": s["batch"], "lr": s["lr"],
+                "accuracy": _mean_acc(runs), "runs": runs}
+
+    return _run(grid_arms(len(train)), measure, out)
 
 
 def sweep(train: TensorDataset, dev: TensorDataset, seeds: int,
           out: Path) -> list[dict[str, Any]]:
     """n × ε with the planner's batch and learning rate: accuracy against predicted run ratio."""
-    rows: list[dict[str, Any]] = []
     d = train.tensors[0].shape[1] * 2 + 2
-    for n in (50, 100, 200, 400, 800, 1600, len(train)):
+
+    def measure(arm: Arm) -> dict[str, Any]:
+        n, epsilon = arm.settings["n"], arm.settings["epsilon"]
         sub = TensorDataset(*(t[:n] for t in train.tensors))
-        for epsilon in (1.0, 3.0, 8.0):
-            plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
-            runs = [train_head(sub, dev, plan.batch_size, plan.learning_rate, s, epsilon)
-                    for s in range(seeds)]
-            rows.append({"arm": "sweep", "n": n, "epsilon": epsilon, "batch": plan.batch_size,
-                         "lr": plan.learning_rate, "run_ratio": plan.run_ratio,
-                         "step_ratio": plan.step_ratio, "accuracy": _mean_acc(runs),
-                         "runs": runs})
-            _log(rows, out)
-    return rows
+        plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
+        runs = [train_head(sub, dev, plan.batch_size, plan.learning_rate, s, epsilon)
+                for s in range(seeds)]
+        return {"arm": "sweep", "n": n, "epsilon": epsilon, "batch": plan.batch_size,
+                "lr": plan.learning_rate, "run_ratio": plan.run_ratio,
+                "step_ratio": plan.step_ratio, "accuracy": _mean_acc(runs), "runs": runs}
+
+    arms = [Arm(f"sweep/n{n}/eps{e:g}", {"n": n, "epsilon": e})
+            for n in dict.fromkeys((50, 100, 200, 400, 800, 1600, len(train)))
+            for e in (1.0, 3.0, 8.0)]
+    return _run(arms, measure, out)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--train-examples", type=int, default=4000)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=2)
@@ -198,6 +212,7 @@ def main() -> int:
     train, dev = features(args.train_examples, args.max_length, cache)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     body: dict[str, Any] = {
+        **harness.header("benchmarks.dp_recipe"),
         "data": f"SST-2 train {args.train_examples} seeded / GLUE dev 872", "epochs": EPOCHS,
         "delta": DELTA, "max_grad_norm": C, "seeds": args.seeds,
         "majority": float(max(dev.tensors[1].float().mean(), 1 - dev.tensors[1].float().mean())),
@@ -209,7 +224,7 @@ def main() -> int:
     if args.part in ("sweep", "all"):
         body["sweep"] = sweep(train, dev, args.seeds, Path(args.out))
     body["seconds"] = time.perf_counter() - started
-    Path(args.out).write_text(json.dumps(body, indent=1))
+    harness.write_json(args.out, body)
     print(f"wrote {args.out} ({body['seconds']:.0f} s)")
     return 0
 

@@ -1,4 +1,8 @@
-"""The partner's Flower ClientApp: Messages in, typed calls to client.partner, Messages out."""
+"""The partner's Flower ClientApp: Messages in, typed calls to client.partner, Messages out.
+
+One TRAIN Message per round: the partner evaluates the weights it brings (the aggregate of the
+round before, when the coordinator asks) on one build of the model, then trains from them, and
+answers both in one reply. EVALUATE serves the final model only."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from flwr.clientapp import ClientApp
 
 from client import secagg
 from client.policy import PartnerSettings
-from client.partner import AUDIT_LOG, append_audit, drops_out, evaluate_round, train_round
-from client.records import (from_array_record, history_from_json, history_to_json,
+from client.partner import (AUDIT_LOG, append_audit, drops_out, evaluate_received,
+                            evaluate_round, train_round)
+from client.received import ReceivedModel
+from common.wire.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
 from common import protocol as P
 from common.code_hash import running_code_hash
@@ -38,24 +44,23 @@ def train(msg: Message, context: Context) -> Message:
                              drops_out(config, partner, server_round))
     try:
         check_code(partner)
-        if stage:  # every setup parameter the run config fixes, before any ε is spent
-            check_setup(content.config_records[P.SECAGG], config)
     except PrivacyError as exc:
         return _refusal(msg, context, config, partner, server_round, exc)
+    received = ReceivedModel(from_array_record(content.array_records[P.ARRAYS]),
+                             str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")))
+    evaluation = _evaluate_first(msg, context, config, partner, received)
     state = context.state.config_records.get(_STATE, ConfigRecord())
     known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
-    shared = from_array_record(content.array_records[P.ARRAYS])
+    shared = received.shared
     try:
-        reply = train_round(
-            config, partner,
-            shared=shared,
-            fingerprint=str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
-            server_round=server_round,
-            run_id=str(context.run_id),
-            known_history=known,
-        )
+        if stage:  # every setup parameter the run config fixes, before any ε is spent
+            check_setup(content.config_records[P.SECAGG], config)
+        reply = train_round(config, partner, shared, received.fingerprint, server_round,
+                            str(context.run_id), known, received)
     except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about
-        return _refusal(msg, context, config, partner, server_round, exc)
+        refused = _refusal(msg, context, config, partner, server_round, exc)
+        _attach(refused.content, evaluation)
+        return refused
     context.state.config_records[_STATE] = ConfigRecord(
         {P.PRIVACY_HISTORY: history_to_json(reply.history)})
     out = RecordDict({
@@ -64,6 +69,7 @@ def train(msg: Message, context: Context) -> Message:
         P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
                                  P.PRIVACY_HISTORY: history_to_json(reply.history)}),
     })
+    _attach(out, evaluation)  # counts, not secret-shared: beside the masked vector under SecAgg
     if stage:  # secure aggregation: the update stays here; public keys go instead
         out = secagg.start(msg, context, out, shared, reply.arrays)
     return Message(out, reply_to=msg)
@@ -91,6 +97,31 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
 
 
+def _evaluate_first(msg: Message, context: Context, config: RunConfig,
+                    partner: PartnerSettings, received: ReceivedModel) -> dict[str, float] | str:
+    """The evaluation a TRAIN message asks for (P.EVALUATE_ROUND) of the weights it brings,
+    under the same policy as ``evaluate``: its metrics, the refusal reason (audited), or ''
+    when it asks for none."""
+    asked = int(msg.content.config_records[P.CONFIG].get(P.EVALUATE_ROUND, 0))
+    if not asked:
+        return ""
+    try:
+        return evaluate_received(config, partner, received, asked,
+                                 int(msg.content.config_records[P.CONFIG][P.ROUND]),
+                                 str(context.run_id))
+    except PrivacyError as exc:
+        _audit_refusal(context, config, partner, asked, exc, "evaluation")
+        return str(exc)
+
+
+def _attach(content: RecordDict, evaluation: dict[str, float] | str) -> None:
+    """Put a TRAIN reply's evaluation, or the reason it has none, beside the round's reply."""
+    if isinstance(evaluation, dict):
+        content[P.EVALUATION] = MetricRecord(evaluation)  # type: ignore[arg-type]
+    elif evaluation:
+        content.config_records[P.PARTNER][P.EVAL_REFUSAL] = evaluation
+
+
 def check_code(partner: PartnerSettings) -> None:
     """Refuse a run whose code the partner has not approved (node-config allowed-code)."""
     if not partner.allowed_code:
@@ -104,9 +135,14 @@ def check_code(partner: PartnerSettings) -> None:
 def _refusal(msg: Message, context: Context, config: RunConfig, partner: PartnerSettings,
              server_round: int, exc: Exception, what: str = "round") -> Message:
     """Log a refusal in the partner's audit log and tell the coordinator why."""
+    _audit_refusal(context, config, partner, server_round, exc, what)
+    return Message(RecordDict({P.PARTNER: ConfigRecord(
+        {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
+
+
+def _audit_refusal(context: Context, config: RunConfig, partner: PartnerSettings,
+                   server_round: int, exc: Exception, what: str) -> None:
     logger.error("%s refuses %s %d: %s", partner.name, what, server_round, exc)
     append_audit(partner.ledger_root(config) / AUDIT_LOG, {
         "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
         "refused": str(exc), "message": what, "bytes_sent": 0})
-    return Message(RecordDict({P.PARTNER: ConfigRecord(
-        {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)

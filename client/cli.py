@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from client.deploy import PartnerPolicy, check_partner_data, supernode_command
-from client.keys import generate_node_keys
+from common.keys import generate_node_keys
 from common.code_hash import code_hash
+from common.processes import run_tagged
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -103,8 +104,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.max_wait_time:
         command += ["--max-wait-time", str(args.max_wait_time)]
     if args.insecure:
-        print("WARNING: --insecure: the connection is not encrypted. Local trials only.")
+        print("WARNING: --insecure: the connection is not encrypted. Local trials only.",
+              flush=True)
     print(f"{name}: {rows} rows in {args.data}; budget ε ≤ {args.max_epsilon:g} at "
-          f"δ = {args.delta:g}; ledger in {policy.ledger_dir}")
+          f"δ = {args.delta:g}; ledger in {policy.ledger_dir}", flush=True)
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    os.execve(command[0], command, env)
+    return run_tagged(command, env, f"{name}'s SuperNode and its ClientApps",
+                      lambda: "its ledger holds every round it trained; start it again with the "
+                              "same command and it rejoins the run")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.keys import check_partner_name
+from common.keys import check_partner_name
 from client.policy import PartnerSettings
 from common.config import check_device
 from common.data import read_rows

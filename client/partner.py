@@ -18,29 +18,24 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
-from transformers import PreTrainedTokenizerBase
 
-from client.data import partner_dataset
 from client.policy import PartnerSettings
+from client.received import Prepared, ReceivedModel
 from client.run_log import claim_evaluation, note_trained
 from common import protocol as P
 from client.round_plan import batch_and_learning_rate, memory_batch, round_plan, trainable_view
 from common.compression import to_wire
-from common.config import TOKEN_TASK, RunConfig
-from common.data import TextDataset, data_fingerprint
+from common.config import RunConfig
+from common.data import data_fingerprint
 from common.device import free_cached, gpu_memory, resolve_device
-from common.errors import ModelError, PrivacyError, SimulatedDropout
-from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
-                          trainable_state)
+from common.errors import PrivacyError, SimulatedDropout
+from common.model import trainable_state
 from common.privacy import PrivacyLedger, Release, epsilon_of, spend
 from common.resources import check_fits
-from common.sources import run_labels
 from common.storage import append_jsonl, finite_or_none
-from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for, encode,
-                             text_metrics, train_dp, train_plain)
-from common.tokens import TokenDataset, encode_tokens, entity_metrics
+from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for, train_dp,
+                             train_plain)
 from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
@@ -55,28 +50,6 @@ class TrainReply:
     history: list[tuple[float, float, int]]  # the partner's whole privacy ledger, as (σ, q, steps)
 
 
-@dataclass
-class _Prepared:
-    model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    train: TextDataset
-    test: TextDataset
-
-
-def _prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
-             fingerprint: str, device: torch.device) -> _Prepared:
-    labels = run_labels(config, partner.has_own_data)
-    train, test = partner_dataset(config, partner, labels)
-    tokenizer = load_tokenizer(config)
-    model = build_model(config, labels)
-    if fingerprint and frozen_fingerprint(model) != fingerprint:
-        raise ModelError(f"{partner.name}: the frozen weights of base-model "
-                         f"{config.base_model or '(bundled MiniLM)'} differ from the "
-                         "coordinator's; install the same model version at every partner")
-    load_trainable_state(model, shared)
-    return _Prepared(model.to(device), tokenizer, train, test)
-
-
 def partner_device(config: RunConfig, partner: PartnerSettings) -> torch.device:
     """The partner's node-config device, else the run's; logged once per process, since
     ``auto`` may pick either."""
@@ -86,13 +59,6 @@ def partner_device(config: RunConfig, partner: PartnerSettings) -> torch.device:
         _ANNOUNCED.add((partner.name, device))
         logger.info("%s trains on %s", partner.name, device)
     return device
-
-
-def _encode(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
-            data: TextDataset | TokenDataset) -> TensorDataset:
-    if isinstance(data, TokenDataset):  # token-classification: word-piece aligned tags
-        return encode_tokens(tokenizer, data, config.max_length)
-    return encode(tokenizer, data, config.max_length)
 
 
 def drops_out(config: RunConfig, partner: PartnerSettings, server_round: int) -> bool:
@@ -116,7 +82,7 @@ def open_ledger(config: RunConfig, partner: PartnerSettings,
     return ledger
 
 
-def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
+def _train_private(config: RunConfig, partner: PartnerSettings, prep: Prepared,
                    data: TensorDataset, settings: TrainSettings, server_round: int, run_id: str,
                    known_history: list[tuple[float, float, int]] | None,
                    ) -> tuple[TrainStats, dict[str, float], list[tuple[float, float, int]]]:
@@ -155,14 +121,16 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: _Prepared,
 
 def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
                 fingerprint: str, server_round: int, run_id: str,
-                known_history: list[tuple[float, float, int]] | None = None) -> TrainReply:
+                known_history: list[tuple[float, float, int]] | None = None,
+                received: ReceivedModel | None = None) -> TrainReply:
     """Train one round on the partner's data and return the clipped update and the metrics
-    its policy lets leave (no un-noised value about the training batches by default)."""
+    its policy lets leave (no un-noised value about the training batches by default).
+    ``received``: the same weights, already built (after evaluating them)."""
     partner.check_policy(config, server_round)
     device = partner_device(config, partner)
     try:
-        reply = _train_round(config, partner, shared, fingerprint, server_round, run_id,
-                             known_history, device)
+        reply = _train_round(config, partner, received or ReceivedModel(shared, fingerprint),
+                             server_round, run_id, known_history, device)
     finally:
         free_cached(device)  # the round's model is gone: hand its GPU memory back
     reply.metrics.update(gpu_memory(device))
@@ -172,24 +140,25 @@ def train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str
     return reply
 
 
-def _train_round(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
-                 fingerprint: str, server_round: int, run_id: str,
+def _train_round(config: RunConfig, partner: PartnerSettings, received: ReceivedModel,
+                 server_round: int, run_id: str,
                  known_history: list[tuple[float, float, int]] | None,
                  device: torch.device) -> TrainReply:
-    prep = _prepare(config, partner, shared, fingerprint, device)
+    prep, shared = received.build(config, partner, device), received.shared
     plan = round_plan(config, partner.name, prep.model, len(prep.train))  # may refuse: 0 spent
     batch, learning_rate = batch_and_learning_rate(config, plan)
     fit_batch, per_sample = memory_batch(config, batch)
     check_fits(prep.model, fit_batch, config.max_length, per_sample, partner.name, device)
     old = trainable_state(prep.model)
     started = time.perf_counter()
-    trained, data = trainable_view(prep.model, _encode(config, prep.tokenizer, prep.train),
-                                   partner.ledger_root(config) / "cache")
+    encoded = prep.task.encode(prep.tokenizer, prep.train, config.max_length)
+    trained, data = trainable_view(prep.model, encoded, partner.ledger_root(config) / "cache")
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only
     seed = None if partner.has_own_data else (
         config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
     settings = TrainSettings(learning_rate, batch, config.local_epochs, config.max_length,
-                             seed=seed, desc=f"{partner.name} round {server_round}", plan=plan)
+                             seed=seed, desc=f"{partner.name} round {server_round}", plan=plan,
+                             per_example_loss=prep.task.per_example_loss)
     history: list[tuple[float, float, int]] = []
     if config.dp:
         stats, metrics, history = _train_private(
@@ -240,12 +209,13 @@ def append_audit(path: Path, entry: dict) -> None:
 
 def evaluate_round(config: RunConfig, partner: PartnerSettings,
                    shared: Mapping[str, np.ndarray], fingerprint: str, server_round: int,
-                   run_id: str) -> dict[str, float]:
+                   run_id: str, received: ReceivedModel | None = None) -> dict[str, float]:
     """Accuracy, macro-F1 and per-class counts (``tp/<label>`` ...) of the shared model on this
     partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1.
 
     At most once per round of this run, only for a round this partner trained, and only as its
     policy allows (``evaluation``: counts, full = counts + exact loss, off); PrivacyError else.
+    ``received``: the same weights, to be built once for this evaluation and a training after it.
     """
     if partner.evaluation == "off":
         raise PrivacyError(f"{partner.name} does not evaluate for the coordinator "
@@ -253,7 +223,8 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
     claim_evaluation(partner.ledger_root(config), partner.name, run_id, server_round)
     device = partner_device(config, partner)
     try:
-        metrics = _evaluate(config, partner, shared, fingerprint, device)
+        prep = (received or ReceivedModel(shared, fingerprint)).build(config, partner, device)
+        metrics = prep.task.evaluate(prep.model, prep.tokenizer, prep.test, config.max_length)
     finally:
         free_cached(device)
     if partner.evaluation != "full":
@@ -261,9 +232,12 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
     return metrics
 
 
-def _evaluate(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
-              fingerprint: str, device: torch.device) -> dict[str, float]:
-    prep = _prepare(config, partner, shared, fingerprint, device)
-    score = entity_metrics if config.task == TOKEN_TASK else text_metrics
-    return score(prep.model, prep.tokenizer, prep.test, config.max_length)
-
+def evaluate_received(config: RunConfig, partner: PartnerSettings, received: ReceivedModel,
+                      model_round: int, server_round: int, run_id: str) -> dict[str, float]:
+    """evaluate_round on a TRAIN message's weights, which are the aggregate after the round
+    before it: PrivacyError when the coordinator names any other round."""
+    if model_round != server_round - 1:
+        raise PrivacyError(f"evaluation of round {model_round} refused: the weights of a round "
+                           f"{server_round} message are the aggregate of round {server_round - 1}")
+    return evaluate_round(config, partner, received.shared, received.fingerprint, model_round,
+                          run_id, received)

@@ -5,7 +5,9 @@ ECDH + HKDF shared keys, Fernet encryption of the shares, stochastic quantizatio
 ``cryptography`` package; the stages follow Flower's legacy ``secaggplus_mod``:
 
 1. setup: the partner trains (client.partner.train_round, DP untouched), keeps its update here,
-   and answers with two fresh public keys (pk1: mask agreement, pk2: share encryption).
+   and answers with two fresh public keys (pk1: mask agreement, pk2: share encryption). The
+   evaluation of the model it received (client/app.py) stays in that reply, in the clear: counts,
+   not secret-shared, as without secure aggregation.
 2. share-keys: it Shamir-splits its private-mask seed and its sk1 (t of n) and sends each peer
    its two shares, encrypted under their pk2 agreement.
 3. collect-masked-vectors: it quantizes [w, w·Δ] (w = min(its examples, W) ÷ W, W the run
@@ -32,8 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from client.secagg_protocol import (PartnerSecAgg, mask_vector, pairwise_seed,  # noqa: F401
-                                    quantized_vector)
+from client.secagg_protocol import PartnerSecAgg
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import PrivacyError, SimulatedDropout

@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from common.errors import ConfigError
+from common.tasks import get_task
 
 FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head")
 
 AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F")
-TEXT_TASK, TOKEN_TASK = "text-classification", "token-classification"
-TASKS = (TEXT_TASK, TOKEN_TASK)
-# finetune = "auto": the DP-friendly choice per task, by measurement (BENCHMARKS.md, DP recipe):
-# a text's mean-pooled frozen features + a linear head; a word's tag from a head on the encoder
-AUTO_FINETUNE = {TEXT_TASK: "pooled-head", TOKEN_TASK: "head"}
 COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -43,8 +39,9 @@ class RunConfig:
     labels: str = _opt("", "Comma-separated label set, the same at every partner (id = position); "
                            "for token-classification the entity types (PER,ORG), from which the "
                            "tags O, B-PER, I-PER, B-ORG, I-ORG are derived in that order.")
-    task: str = _opt(TEXT_TASK, "text-classification (a label per text) or token-classification "
-                                "(a tag per word, e.g. NER).", choices=TASKS)
+    task: str = _opt("text-classification", "text-classification (a label per text) or "
+                                             "token-classification (a tag per word, e.g. NER); "
+                                             "any task registered in common/tasks.")
     data: str = _opt("", "CSV / TSV / JSONL file partitioned across simulated partners; "
                          "empty = the embedded synthetic data set.")
     text_column: str = _opt("text", "Column holding the text.")
@@ -147,8 +144,9 @@ class RunConfig:
                                      gt=0.0)
 
     def __post_init__(self) -> None:
-        if self.finetune == "auto" and self.task in AUTO_FINETUNE:  # resolved once, here
-            object.__setattr__(self, "finetune", AUTO_FINETUNE[self.task])
+        task = get_task(self.task)  # ConfigError naming the key and the known tasks
+        if self.finetune == "auto":  # the task's DP-friendly choice, resolved once, here
+            object.__setattr__(self, "finetune", task.auto_finetune)
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
@@ -160,10 +158,7 @@ class RunConfig:
             self._check_central_dp()
         if len(set(self.label_list)) != len(self.label_list):
             raise ConfigError(f"labels={self.labels!r} repeats a label; list each label once.")
-        if self.task == TOKEN_TASK:
-            self._check_token_task()
-        elif self.labels and len(self.label_list) < 2:
-            raise ConfigError(f"labels={self.labels!r} declares fewer than 2 labels.")
+        task.check_config(self)
 
     def _check_central_dp(self) -> None:
         why = {"aggregation": (self.aggregation != "fedavg", f"{self.aggregation!r}: its noise "
@@ -193,22 +188,6 @@ class RunConfig:
         if self.secagg_clipping_range == 0 and self.update_clip_norm == 0:
             raise ConfigError("secure-aggregation = true needs a bound to quantize within: set "
                               "update-clip-norm > 0 or secagg-clipping-range > 0")
-
-    def _check_token_task(self) -> None:
-        tags = [t for t in self.label_list if t == "O" or t[:2] in ("B-", "I-")]
-        if tags:
-            raise ConfigError(f"labels={self.labels!r}: for token-classification list the entity "
-                              f"types (e.g. PER,ORG), not tags {tags[:3]}; O, B-TYPE and I-TYPE "
-                              "are derived from the types")
-        if self.partition != "iid":
-            raise ConfigError(f"partition={self.partition!r}: token-classification data can only "
-                              "be split iid (a sentence has no single label or group)")
-        if self.finetune == "pooled-head":
-            raise ConfigError('finetune = "pooled-head" pools a whole text into one vector; '
-                              'token-classification needs a tag per word: use "lora" or "head"')
-        if self.tag_column == 0:
-            raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "
-                              "(the last) or 3 (CoNLL-2003's NER column)")
 
     @property
     def label_list(self) -> tuple[str, ...]:

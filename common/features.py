@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from common.fingerprint import frozen_fingerprint
 from common.storage import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -79,8 +80,6 @@ def cached_pooled_features(model: PooledHeadClassifier, data: TensorDataset,
     if cache is None:
         return pooled_features(model, data)
     input_ids, mask, labels = data.tensors
-    from common.model import frozen_fingerprint  # common.model builds this module's class
-
     digest = hashlib.sha256(frozen_fingerprint(model.encoder).encode())
     for tensor in (input_ids, mask):
         digest.update(tensor.contiguous().numpy().tobytes())

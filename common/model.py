@@ -7,19 +7,19 @@ coordinator; the frozen rest must be identical everywhere, which ``frozen_finger
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
-from transformers import (AutoModel, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase)
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from common.config import TOKEN_TASK, RunConfig
+from common.config import RunConfig
 from common.errors import ModelError, UpdateError
+from common.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,19 @@ def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
 
 
 def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
-    """A sequence classifier (or, for token-classification, a token classifier whose labels are
-    the tags) on the base model, with only the parts to fine-tune trainable.
+    """The task's transformers auto model (a sequence classifier; for token-classification a
+    token classifier whose labels are the tags) on the base model, with only the parts to
+    fine-tune trainable.
 
     Seeded, so that the coordinator and every partner build bit-identical frozen weights and the
     same initial head.
     """
     path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)
-    token_task = config.task == TOKEN_TASK
+    task = get_task(config.task)
     if config.finetune == "pooled-head":
         return _pooled_head(path, len(label_names))
-    auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
+    auto = getattr(transformers, task.auto_class)
     try:
         model = auto.from_pretrained(
             path,
@@ -71,7 +72,7 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     if config.finetune == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        lora = LoraConfig(task_type=TaskType.TOKEN_CLS if token_task else TaskType.SEQ_CLS,
+        lora = LoraConfig(task_type=TaskType[task.peft_task_type],
                           r=config.lora_r,
                           lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules=list(LORA_TARGETS))
@@ -152,16 +153,6 @@ def check_update_matches(arrays: Mapping[str, np.ndarray],
         if tuple(got.shape) != shape or got.dtype != dtype:
             raise UpdateError(f"parameter {name!r}: got {got.dtype}{list(got.shape)}, the model "
                               f"has {dtype}{list(shape)}")
-
-
-def frozen_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names and bytes of the frozen parameters and buffers."""
-    digest = hashlib.sha256()
-    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
-    for name, tensor in frozen + list(model.named_buffers()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _np_dtype(param: torch.Tensor) -> np.dtype:

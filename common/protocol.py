@@ -7,11 +7,15 @@ Both Flower apps import these; nothing else should spell a key out.
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+EVALUATION = "evaluation"  # MetricRecord in a TRAIN reply: the received model's evaluation
 PARTNER = "partner"
 
 # ConfigRecord keys, coordinator -> partner
 ROUND = "server-round"
 MODEL_FINGERPRINT = "base-model-fingerprint"
+# in a TRAIN message: the round whose aggregate its weights are; the partner evaluates them on its
+# held-out split before training and replies with EVALUATION (absent: nothing to evaluate)
+EVALUATE_ROUND = "evaluate-round"
 
 # MetricRecord keys, partner -> coordinator (num-examples counts examples, never batches)
 NUM_EXAMPLES = "num-examples"
@@ -51,6 +55,7 @@ FALSE_NEGATIVES = "fn"
 PARTNER_NAME = "name"
 PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
 REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained
+EVAL_REFUSAL = "evaluation-refusal"  # in a TRAIN reply: why it did not evaluate the received model
 
 # Secure aggregation (server/secagg.py <-> client/secagg.py): one ConfigRecord SECAGG in both
 # directions; SECAGG_STAGE in the coordinator's record says which step a TRAIN message asks for

@@ -10,12 +10,10 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.utils.module_utils import trainable_modules
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedTokenizerBase
@@ -28,6 +26,7 @@ from common.planner import DPPlan
 from common.progress import RoundProgress
 
 logger = logging.getLogger(__name__)
+PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # -> shape (batch,)
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,11 @@ class TrainSettings:
     seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
     desc: str = ""  # the progress bar's label, e.g. "partner-0 round 3"
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
+    # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
+    per_example_loss: PerExampleLoss | None = None
+
+    def loss_per_example(self) -> PerExampleLoss:
+        return self.per_example_loss or _per_sample_loss
 
     def require_plan(self) -> DPPlan:
         """The DP plan this round runs; a DP round without one is refused, never improvised."""
@@ -104,17 +108,15 @@ def _logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
     return _forward(model, *inputs)
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy, mean over the batch. Token labels (batch, length): each sentence's loss is
-    the mean over its labelled words (IGNORE = -100 skipped) before the batch mean, so a
-    sentence's per-sample gradient depends on that sentence alone, as DP-SGD's clipping needs."""
-    return _per_sample_loss(logits, labels).mean()
+def sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per text, shape (batch,)."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
-def _per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One loss per example (sentence), shape (batch,)."""
-    if labels.dim() == 1:
-        return nn.functional.cross_entropy(logits, labels, reduction="none")
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sentence, shape (batch,): the mean over its labelled words (IGNORE =
+    -100 skipped), so a sentence's per-sample gradient depends on that sentence alone, as
+    DP-SGD's clipping needs."""
     labels = labels[:, : logits.shape[1]]  # _forward trims the batch to its longest text
     per_token = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
                                             reduction="none")
@@ -122,14 +124,30 @@ def _per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return per_token.sum(dim=1) / words
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, mean over the batch of ``_per_sample_loss``."""
+    return _per_sample_loss(logits, labels).mean()
+
+
+def _per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One loss per example, by the labels' shape: a label per text (batch,) or a tag per word
+    (batch, length). The default of TrainSettings; a task passes its own."""
+    return (sequence_loss if labels.dim() == 1 else token_loss)(logits, labels)
+
+
 class _Criterion(nn.Module):
-    """``_loss`` as a criterion Opacus' ghost clipping can wrap: it sets ``reduction`` to
-    "none" to get one loss per example, then runs the two backward passes itself."""
+    """A per-example loss as a criterion Opacus' ghost clipping can wrap: it sets
+    ``reduction`` to "none" to get one loss per example, then runs the two backward passes
+    itself; otherwise the batch mean."""
 
     reduction = "mean"
 
+    def __init__(self, per_example: PerExampleLoss) -> None:
+        super().__init__()
+        self.per_example = per_example
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_sample = _per_sample_loss(logits, labels)
+        per_sample = self.per_example(logits, labels)
         return per_sample if self.reduction == "none" else per_sample.mean()
 
 
@@ -138,7 +156,7 @@ def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 CLIPPINGS = ("hooks", "ghost")
-# clipping = "auto": the faster per fine-tuning mode, measured by simulations/bench_train.py on
+# clipping = "auto": the faster per fine-tuning mode, measured by benchmarks/train.py on
 # the bundled MiniLM, 2-core CPU (BENCHMARKS.md, P1): LoRA hooks 0.93 × non-private vs ghost 0.62
 # (ghost's 2nd backward pass costs more than LoRA's tiny per-sample grads); full ghost 0.50 and
 # 1.1 × memory vs hooks 0.23 and 3.3 × (per-sample grads of every weight). head: hooks, untimed.
@@ -159,6 +177,9 @@ def validate_for_dp(model: nn.Module) -> None:
     each offending module."""
     if not model.training:
         raise PrivacyError("the model is in eval mode; call model.train() before DP training")
+    from opacus.utils.module_utils import trainable_modules  # opacus: imported when used
+    from opacus.validators import ModuleValidator
+
     problems = []  # Opacus' own rules (ModuleValidator.validate), with the module's name
     for name, module in trainable_modules(model):
         rule = ModuleValidator.VALIDATORS.get(type(module))
@@ -173,6 +194,8 @@ def validate_for_dp(model: nn.Module) -> None:
 def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp: DPSettings,
              history: list[tuple[float, float, int]]) -> tuple[TrainStats, list]:
     """One round of DP-SGD. Returns the stats and the accountant history after the round."""
+    from opacus import PrivacyEngine
+
     validate_for_dp(model)
     torch.manual_seed(_seed(settings))
     engine = PrivacyEngine(accountant="rdp")
@@ -181,12 +204,13 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     if dp.clipping not in CLIPPINGS:
         raise PrivacyError(f"clipping {dp.clipping!r} is not valid; pick hooks or ghost")
     ghost = dp.clipping == "ghost"  # norms without per-sample grads, then a 2nd backward pass
+    criterion = _Criterion(settings.loss_per_example())
     wrapped = engine.make_private(
         module=model, optimizer=_optimizer(model, settings.learning_rate), data_loader=loader,
-        criterion=_Criterion(), noise_multiplier=dp.noise_multiplier,
+        criterion=criterion, noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.clipping)
     private, optimizer, criterion, private_loader = (
-        wrapped if ghost else (wrapped[0], wrapped[1], _loss, wrapped[2]))
+        wrapped if ghost else (wrapped[0], wrapped[1], criterion, wrapped[2]))
     losses, clipped, seen, steps = [], [], 0, 0
     bar = RoundProgress(settings.local_epochs * len(private_loader), settings.desc)
     try:
@@ -220,13 +244,14 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     generator = torch.Generator().manual_seed(_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = _optimizer(model, settings.learning_rate)
+    per_example = settings.loss_per_example()
     losses, seen, steps = [], 0, 0
     model.train()
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
         for *inputs, labels in bar.over(loader):
             logits = _logits(model, inputs)
-            loss = _loss(logits, labels.to(logits.device))
+            loss = per_example(logits, labels.to(logits.device)).mean()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,8 @@ from common.storage import atomic_write_bytes, read_sealed_json, write_sealed_js
 
 logger = logging.getLogger(__name__)
 KEEP = 2
-PENDING_LINE = "pending_line"  # state entry: the round's metrics line before evaluation
+PENDING_LINE = "pending_line"  # state entry: the round's metrics line before the partners'
+# evaluations of its model, which come with the next round's train replies (or the final evaluate)
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 from common.config import RunConfig
 from common.errors import ConsortiumError
+from common.console import LOG_FILE, ConsoleFilter
+from common.processes import run_tagged
 from server import deploy
-
-APP_DIR = Path(__file__).resolve().parent.parent
+from server.flwr_run import APP_DIR, check_finished, write_run_config
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint (same config)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Flower's own log lines too (always in OUT/flwr.log)")
 
 
 def handle(args: argparse.Namespace, overrides: dict) -> int:
@@ -57,7 +58,11 @@ def handle(args: argparse.Namespace, overrides: dict) -> int:
             print("WARNING: --insecure: no TLS, no node authentication; anyone who can reach "
                   "this port can join and read the model. Never use it across sites.")
         command = deploy.superlink_command(args.dir.resolve(), args.bind, args.insecure)
-        os.execve(command[0], command, deploy.flwr_env(args.dir.resolve()))
+        return run_tagged(command, deploy.flwr_env(args.dir.resolve()),
+                          "the SuperLink and the ServerApps it ran",
+                          lambda: f"start it again with `consortium coordinator start {args.dir}`;"
+                                  " a stopped run continues from its last checkpoint with "
+                                  "`consortium run ... --resume`")
     elif args.action == "enroll":
         node_id = deploy.enroll(args.dir.resolve(), args.public_key, args.name)
         print(f"enrolled {args.name} as node {node_id}")
@@ -78,8 +83,6 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")
     config = config.replace(out_dir=str(Path(config.out_dir).resolve()))
-    from simulations.simulate import check_finished, write_run_config
-
     model = Path(config.out_dir) / "model" / "config.json"
     if model.exists() and not config.resume:
         raise ConsortiumError(f"{config.out_dir} already holds a finished run; choose another "
@@ -88,7 +91,12 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
         run_config = Path(tmp) / "run_config.toml"
         write_run_config(config, run_config)
         command = deploy.run_command(args.coordinator.resolve(), APP_DIR, run_config)
-        proc = subprocess.run(command, env=deploy.flwr_env(args.coordinator.resolve()))
-    check_finished(Path(config.out_dir), proc.returncode)
+        returncode = run_tagged(
+            command, deploy.flwr_env(args.coordinator.resolve()), "`flwr run` on this machine",
+            lambda: "the ServerApp may still run on the coordinator (`flwr ls`, `flwr stop "
+                    "RUN_ID`); after it stops, `consortium run ... --resume` finishes the run",
+            console=None if args.verbose else ConsoleFilter(),
+            log=Path(config.out_dir) / LOG_FILE)
+    check_finished(Path(config.out_dir), returncode)
     print(f"done: {config.out_dir}/model, metrics.jsonl, privacy_report.json")
     return 0

@@ -7,23 +7,20 @@ server.aggregation and the files in server.outputs / server.checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import MessageType
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
-from client.records import from_array_record, to_array_record
+from common.wire.records import from_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConsortiumError
-from common.model import build_model, frozen_fingerprint, trainable_state
+from common.fingerprint import frozen_fingerprint
+from common.model import build_model, trainable_state
 from common.sources import run_labels
 from common.weights import fixed_batch_size
 from server.aggregation import RoundFold
@@ -36,98 +33,24 @@ from server.outputs import (METRICS_FILE, append_metrics, export_model, json_saf
                             privacy_report, record_partner, truncate_metrics,
                             write_privacy_report)
 from server.report import write_report
+from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
+                              stream_replies)
 from server.run_data import last_metrics_line
+from server.secagg_phase import secure_train_phase
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RunState:
-    round: int
-    arrays: dict[str, np.ndarray]
-    partners: dict[str, dict[str, Any]] = field(default_factory=dict)
-    names: dict[int, str] = field(default_factory=dict)  # node id -> partner name, as replied
-
-
-def _messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
-              fingerprint: str, min_nodes: int) -> list[Message]:
-    """One message per connected partner, after waiting until at least ``min_nodes`` are."""
-    _, node_ids = sample_nodes(grid, min_nodes, min_nodes)  # waits, then lists all connected
-    content = RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(
-        {P.ROUND: rnd, P.MODEL_FINGERPRINT: fingerprint})})
-    return [Message(content=content, message_type=kind, dst_node_id=n, group_id=str(rnd))
-            for n in node_ids]
-
-
-def push_messages(grid: Grid, messages: list[Message], tries: int = 5,
-                  wait: float = 2.0) -> set[str]:
-    """Push, re-pushing the same Messages when an object push was refused. Flower's HTTP client
-    retries a request whose first attempt may already have landed (a SuperLink frozen for a
-    while answers both), and the SuperLink refuses the duplicate object ("push session may have
-    expired"). Re-pushing is idempotent: the SuperLink keys Messages by content id and asks only
-    for the objects it still lacks, so no partner gets an instruction twice."""
-    for attempt in range(1, tries + 1):
-        try:
-            return {i for i in grid.push_messages(messages) if i}
-        except ObjectPushError as exc:
-            if attempt == tries:
-                raise
-            logger.warning("push %d/%d refused (%s); pushing the same messages again",
-                           attempt, tries, exc)
-            time.sleep(wait * attempt)
-    raise AssertionError("unreachable")
-
-
-def stream_replies(grid: Grid, messages: list[Message], timeout: float,
-                   names: dict[int, str], failures: list[dict[str, Any]],
-                   poll: float = 0.5) -> Iterator[Message]:
-    """Yield good replies as they arrive (``send_and_receive`` returns them all at once), so
-    each update can be folded into the running sum and dropped: memory O(model), not O(K ×
-    model). Error replies and partners silent past ``timeout`` are appended to ``failures``."""
-    sent = {m.metadata.dst_node_id for m in messages}
-    pending = push_messages(grid, messages)
-    deadline = time.time() + timeout
-    while pending and time.time() < deadline:
-        for reply in grid.pull_messages(pending):
-            pending.discard(reply.metadata.reply_to_message_id)
-            node = reply.metadata.src_node_id
-            sent.discard(node)
-            if reply.has_error():
-                reason = (reply.error.reason or "").strip().splitlines()
-                failures.append({"partner": names.get(node, f"node-{node}"),
-                                 "reason": reason[-1] if reason else f"code {reply.error.code}"})
-                continue
-            names[node] = _partner_name(reply)
-            yield reply
-        if pending:
-            time.sleep(poll)
-    failures.extend({"partner": names.get(node, f"node-{node}"),
-                     "reason": f"no reply within round-timeout {timeout:g} s"} for node in sent)
-
-
-def _partner_name(reply: Message) -> str:
-    rec = reply.content.config_records.get(P.PARTNER)
-    return str(rec[P.PARTNER_NAME]) if rec else f"node-{reply.metadata.src_node_id}"
-
-
-def gpu_line(metrics_by_partner: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """CUDA partners' round memory for metrics.jsonl: peak allocated, and what the process still
-    reserves after the round (it should not grow round over round); empty for CPU partners."""
-    gpu = {name: {"peak": float(m[P.GPU_PEAK_BYTES]),
-                  "reserved": float(m.get(P.GPU_RESERVED_BYTES, math.nan))}
-           for name, m in metrics_by_partner.items() if P.GPU_PEAK_BYTES in m}
-    return {"partner_gpu_bytes": gpu} if gpu else {}
-
-
-def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
-                fingerprint: str) -> dict[str, Any]:
+def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, fingerprint: str,
+                evals: Evaluations) -> dict[str, Any]:
+    """Round ``rnd``'s TRAIN Messages carry the model after round ``evals.round`` (rnd − 1, or 0
+    when no evaluation is asked); each partner evaluates it first and its reply brings that
+    evaluation (into ``evals``) with its update."""
     if config.secure_aggregation:  # the coordinator sees only the sum: server/secagg_phase.py
-        from server.secagg_phase import secure_train_phase  # imports this module
-
-        return secure_train_phase(grid, config, state, rnd, fingerprint)
+        return secure_train_phase(grid, config, state, rnd, fingerprint, evals)
     failures: list[dict[str, Any]] = []
-    messages = _messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
-                         config.min_partners)
+    messages = make_messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
+                             config.min_partners, evals.round)
     robust = "" if config.aggregation == "fedavg" else config.aggregation
     fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust,
                      compression=config.compression, failures=failures,
@@ -139,7 +62,8 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     replied: dict[str, dict[str, float]] = {}  # each partner's reply metrics
     download, upload = _nbytes(state.arrays) * len(messages), 0  # as sent / as received
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
-        name = _partner_name(reply)
+        name = partner_name(reply)
+        evals.take(reply)  # before the update's fate: a refusal to train may still evaluate
         partner = reply.content.config_records[P.PARTNER]
         if partner.get(P.REFUSAL):
             fold.refuse(name, str(partner[P.REFUSAL]))
@@ -153,6 +77,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         fold.offer(name, update, metrics)  # a rejected update's ε is spent all the same
         record_partner(state.partners, name, metrics, config,
                        str(partner.get(P.PRIVACY_HISTORY, "")))
+    evals.missing(failures, f"round {rnd} train reply")
     for failure in failures:
         logger.warning("round %d: %s", rnd, failure)
     if len(fold.accepted) < config.min_partners:
@@ -172,24 +97,28 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
             "download_bytes": download}
 
 
-def evaluate_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
-                   fingerprint: str) -> dict[str, Any]:
+def evaluate_phase(grid: Grid, config: RunConfig, state: RunState,
+                   fingerprint: str) -> Evaluations:
+    """The final model's own EVALUATE Messages: the only model no TRAIN Message carries."""
     failures: list[dict[str, Any]] = []
-    messages = _messages(grid, MessageType.EVALUATE, rnd, state.arrays, fingerprint, 1)
-    per_partner = {}
+    messages = make_messages(grid, MessageType.EVALUATE, state.round, state.arrays, fingerprint,
+                             1)
+    evals = Evaluations(state.round, download_bytes=_nbytes(state.arrays) * len(messages))
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
-        refusal = reply.content.config_records[P.PARTNER].get(P.REFUSAL)
-        if refusal:  # the partner's policy: evaluation off, or not a round it trained
-            failures.append({"partner": _partner_name(reply), "reason": f"refused: {refusal}"})
-        else:
-            per_partner[_partner_name(reply)] = dict(reply.content.metric_records[P.METRICS])
-    for failure in failures:
-        logger.warning("round %d evaluation: %s", rnd, failure)
-    summary = summarize_round(per_partner, main_metric(config.task))
+        evals.take_final(reply)
+    evals.missing(failures)
+    return evals
+
+
+def evaluation_fields(config: RunConfig, evals: Evaluations) -> dict[str, Any]:
+    """The partners' part of a metrics line: their evaluations of the line's model."""
+    for failure in evals.failures:
+        logger.warning("round %d evaluation: %s", evals.round, failure)
+    summary = summarize_round(evals.per_partner, main_metric(config.task))
     mean = summary["eval_mean"]
-    return {"eval_failures": failures, "eval_accuracy": mean.get("accuracy"),
+    return {"eval_failures": evals.failures, "eval_accuracy": mean.get("accuracy"),
             "eval_macro_f1": mean.get("macro_f1"), "eval_loss": mean.get("eval_loss"),
-            **summary, "eval_download_bytes": _nbytes(state.arrays) * len(messages)}
+            **summary}
 
 
 def _nbytes(arrays: dict[str, np.ndarray]) -> int:
@@ -217,16 +146,21 @@ def _start_state(config: RunConfig, out: Path,
     return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"]), pending
 
 
-def _close_round(grid: Grid, config: RunConfig, state: RunState, out: Path,
-                 line: dict[str, Any], fingerprint: str, held_out: HeldOutSet | None,
-                 started: float) -> dict[str, Any]:
-    """Evaluate the round's released weights, then append its metrics line."""
-    line = {**line, **evaluate_phase(grid, config, state, int(line["round"]), fingerprint)}
-    line["download_bytes"] += line.pop("eval_download_bytes")  # train + evaluate sends
-    if held_out:
+def _own_evaluation(line: dict[str, Any], held_out: HeldOutSet | None, state: RunState,
+                    started: float) -> None:
+    """The coordinator's part of the line of the round just checkpointed: its own held-out
+    evaluation of the round's model, and the round's seconds (train, checkpoint, this)."""
+    if held_out and "eval_coordinator" not in line:
         line["eval_coordinator"] = summarize_held_out(held_out.evaluate(state.arrays),
                                                       held_out.path.name)
-    line["seconds"] = round(time.time() - started, 3)
+    line["seconds"] = round(line.get("seconds", 0.0) + time.time() - started, 3)
+
+
+def _write_line(out: Path, config: RunConfig, line: dict[str, Any],
+                evals: Evaluations) -> dict[str, Any]:
+    """Complete a round's metrics line with the partners' evaluations of its model; append."""
+    line = {**line, **evaluation_fields(config, evals)}
+    line["download_bytes"] += evals.download_bytes  # the final model's EVALUATE Messages
     append_metrics(out, line)
     done = json_safe(line)
     logger.info(progress_line(done, config.num_rounds, config.dp))
@@ -236,10 +170,16 @@ def _close_round(grid: Grid, config: RunConfig, state: RunState, out: Path,
 def run_federation(grid: Grid, config: RunConfig) -> Path:
     """Run every round, checkpointing each; export the shared model and the privacy report.
 
-    A round's order: train (the release) → checkpoint (weights, every partner's privacy record
-    and the round's metrics so far) → evaluate (the first message carrying the new weights) →
-    metrics line. A crash after the checkpoint loses nothing: resume evaluates that round again
-    and writes its line (truncate_metrics drops lines of rounds past the checkpoint)."""
+    One Message per partner per round. Round r's order: TRAIN (carrying the model after round
+    r − 1, which each partner evaluates first; its reply brings that evaluation with its
+    update) → aggregate (the release, in memory) → metrics line r − 1 (round r − 1's training
+    + the evaluation of its model) → checkpoint r (weights, every partner's privacy record,
+    line r so far) → the coordinator's own held-out evaluation. After the last round the final
+    model gets its own EVALUATE Messages and line N. A stop after checkpoint r and before line
+    r loses nothing: resume asks for the evaluation of round r again (in round r + 1's TRAIN
+    Messages, or the final EVALUATE); a partner that already evaluated it refuses, and the line
+    says so. Line r − 1 is written before checkpoint r, so no resume ever lacks it;
+    truncate_metrics drops lines of rounds past the checkpoint."""
     out = Path(config.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(config)
@@ -251,14 +191,21 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     logger.info("run -> %s: %d rounds, labels %s", out, config.num_rounds, list(labels))
     last_line: dict[str, Any] | None = None
     if pending is not None:
-        logger.info("round %d was released before the coordinator stopped; evaluating it now",
-                    state.round)
-        last_line = _close_round(grid, config, state, out, pending, fingerprint, held_out,
-                                 time.time())
+        logger.info("round %d was released before the coordinator stopped; its evaluation is "
+                    "asked again", state.round)
+        _own_evaluation(pending, held_out, state, time.time())
     for rnd in range(state.round + 1, config.num_rounds + 1):
         started = time.time()
+        evals = Evaluations(int(pending["round"]) if pending else 0)
         line: dict[str, Any] = {"round": rnd}
-        line.update(train_phase(grid, config, state, rnd, fingerprint))
+        try:
+            line.update(train_phase(grid, config, state, rnd, fingerprint, evals))
+        except ConsortiumError:  # too few updates: the evaluations that came are kept
+            if pending is not None:
+                _write_line(out, config, pending, evals)
+            raise
+        if pending is not None:
+            _write_line(out, config, pending, evals)
         eps = [p["epsilon"] for p in state.partners.values()]
         line["max_epsilon"] = (max(e for e in eps if e is not None)
                                if config.dp and all(e is not None for e in eps) else None)
@@ -267,7 +214,13 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         save_checkpoint(out / "checkpoints", Checkpoint(rnd, state.arrays, {
             "config": config.to_mapping(), "partners": state.partners,
             PENDING_LINE: json_safe(line)}))
-        last_line = _close_round(grid, config, state, out, line, fingerprint, held_out, started)
+        _own_evaluation(line, held_out, state, started)
+        pending = line
+    if pending is not None:  # the final model: the only one no TRAIN Message carries
+        started = time.time()
+        evals = evaluate_phase(grid, config, state, fingerprint)
+        pending["seconds"] = round(pending.get("seconds", 0.0) + time.time() - started, 3)
+        last_line = _write_line(out, config, pending, evals)
     report = privacy_report(config, state.partners)
     write_privacy_report(out, report)
     export_model(out, config, labels, state.arrays, report,

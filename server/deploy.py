@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.keys import check_partner_name, load_node_public_key
+from common.keys import check_partner_name, load_node_public_key
 from common.errors import ConfigError, ConsortiumError
 from common.storage import atomic_write_bytes, atomic_write_json
 from server.certificates import create_ca_and_server_cert

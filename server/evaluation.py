@@ -11,22 +11,14 @@ import math
 from typing import Any, Mapping
 
 from common import protocol as P
-from common.config import TEXT_TASK, TOKEN_TASK
 from common.metrics import per_class_scores, split_count_key, sum_counts
-
-TASK_METRIC = {  # the main metric per task: the one the worst partner and the gap are read on
-    TEXT_TASK: P.ACCURACY,
-    TOKEN_TASK: P.ENTITY_F1,
-}
+from common.tasks import get_task
 
 
 def main_metric(task: str) -> str:
-    """The protocol key of the task's main metric (accuracy, entity-f1)."""
-    try:
-        return TASK_METRIC[task]
-    except KeyError:
-        raise ValueError(f"task {task!r} has no main metric; pick one of "
-                         f"{sorted(TASK_METRIC)}") from None
+    """The protocol key of the task's main metric (accuracy, entity-f1): the one the worst
+    partner and the gap are read on. ConfigError (a ValueError) for an unknown task."""
+    return get_task(task).main_metric
 
 
 def line_key(metric: str) -> str:
@@ -69,7 +61,8 @@ def extremes(values: Mapping[str, float | None]) -> dict[str, Any]:
 
 def summarize_round(per_partner: Mapping[str, Mapping[str, float]],
                     metric: str) -> dict[str, Any]:
-    """The evaluation part of a metrics.jsonl line, from each partner's evaluate reply."""
+    """The evaluation part of a metrics.jsonl line, from each partner's evaluation of the
+    line's model (sent with its next train reply, or in its final evaluate reply)."""
     partners = {
         name: {**{line_key(k): v for k, v in m.items()
                   if k != P.NUM_EXAMPLES and split_count_key(k) is None},

@@ -9,31 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from common.config import TOKEN_TASK, RunConfig
-from common.data import load_text_dataset
+from common.config import RunConfig
 from common.device import resolve_device
 from common.errors import ConfigError
 from common.model import build_model, load_tokenizer, load_trainable_state
-from common.sources import token_keys
-from common.tokens import entity_metrics, load_token_dataset
-from common.training import text_metrics
+from common.tasks import LabelledData, get_task
 
 
-def read_held_out(config: RunConfig, labels: tuple[str, ...]) -> tuple[Path, Any]:
-    """The file of ``server-eval-data``, read with the run's columns and label set."""
+def read_held_out(config: RunConfig, labels: tuple[str, ...]) -> tuple[Path, LabelledData]:
+    """The file of ``server-eval-data``, read by the run's task with the run's columns and label
+    set."""
     path = Path(config.server_eval_data).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"server-eval-data = {config.server_eval_data!r}: no such file at "
                           "the coordinator; give a labelled file's path or leave it empty")
-    if config.task == TOKEN_TASK:
-        return path, load_token_dataset(path, labels, config.tag_column, *token_keys(config))
-    return path, load_text_dataset(path, config.text_column, config.label_column, labels)
+    return path, get_task(config.task).read(path, config, labels)
 
 
 @dataclass
@@ -41,7 +37,7 @@ class HeldOutSet:
     config: RunConfig
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
-    data: Any  # TextDataset or TokenDataset, by task
+    data: LabelledData
     path: Path
 
     @classmethod
@@ -56,5 +52,5 @@ class HeldOutSet:
     def evaluate(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """The same metrics a partner reports, for the shared weights ``arrays``."""
         load_trainable_state(self.model, arrays)
-        score = entity_metrics if self.config.task == TOKEN_TASK else text_metrics
-        return score(self.model, self.tokenizer, self.data, self.config.max_length)
+        return get_task(self.config.task).evaluate(self.model, self.tokenizer, self.data,
+                                                   self.config.max_length)

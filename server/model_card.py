@@ -7,6 +7,7 @@ import math
 from typing import Any, Mapping
 
 from common.config import RunConfig
+from common.tasks import get_task
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (bundled copy)"
 
@@ -84,7 +85,7 @@ def _evaluation(final: Mapping[str, Any] | None) -> list[str]:
 def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, Any],
                final: Mapping[str, Any] | None) -> str:
     """The model card as Markdown (with the Hugging Face metadata header)."""
-    task = getattr(config, "task", "text-classification")
+    task, tag = config.task, get_task(config.task).pipeline_tag
     partners = report.get("partners") or {}
     examples = sum(int(p.get("examples", 0)) for p in partners.values())
     finetune = {"lora": f"LoRA (r = {config.lora_r}, α = {config.lora_alpha}), merged into the "
@@ -98,8 +99,8 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
     library = "sentence-transformers" if pooled else "transformers"
     load = ('`SentenceTransformer(DIR).encode(texts)` (sentence-transformers) returns the '
             "label logits; `argmax` is the label id above" if pooled else
-            f'`transformers.pipeline("{task}", model=DIR)`')
-    lines = ["---", f"library_name: {library}", f"pipeline_tag: {task}",
+            f'`transformers.pipeline("{tag}", model=DIR)`')
+    lines = ["---", f"library_name: {library}", f"pipeline_tag: {tag}",
              "tags: [federated-learning, differential-privacy, consortium]", "---", "",
              f"# Federated{' DP' if config.dp else ''} fine-tune for {task}", "",
              "Trained with Consortium: Flower carried the shared weights between a coordinator "

@@ -17,7 +17,6 @@ from typing import Any, Mapping
 from common.config import RunConfig
 from common.storage import atomic_write_bytes
 from server.evaluation import extremes, megabytes
-from server.plots import render_all
 from server.report_text import budget_of, privacy_summary, table
 from server.run_data import RunData, RunSeries, load_run, series
 
@@ -83,8 +82,9 @@ FIGURES = [
     ("report_epsilon.png", "Cumulative ε each partner has spent after each round, against the "
                            "run's budget (red, dashed). ε only grows."),
     ("report_loss.png", "Training loss (at the partners, under DP noise) and held-out loss."),
-    ("report_bytes.png", "Megabytes sent each round: the shared model to every partner (train "
-                         "and evaluate), the partners' updates back."),
+    ("report_bytes.png", "Megabytes sent each round: the shared model to every partner (one "
+                         "train Message each; the last round adds the final evaluate), the "
+                         "partners' updates back."),
 ]
 
 
@@ -122,6 +122,8 @@ def render_html(data: RunData, s: RunSeries, images: Mapping[str, bytes]) -> str
 def write_report(run_dir: str | Path, config: RunConfig | None = None) -> Path:
     """Read the run, render every figure and the page, then write them; returns report.html."""
     data = load_run(Path(run_dir), config.to_mapping() if config is not None else None)
+    from server.plots import render_all  # matplotlib: imported when a report is drawn
+
     s = series(data.lines)
     images = render_all(s, budget_of(data.config))
     page = render_html(data, s, images)

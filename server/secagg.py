@@ -24,10 +24,10 @@ import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.quantization import dequantize
 
-from client.secagg_protocol import mask_vector, pairwise_seed
 from common import protocol as P
 from common.errors import ConsortiumError, UpdateError
 from common.secagg_params import MOD_RANGE, threshold_for  # noqa: F401 (re-exported)
+from common.wire.secagg import mask_vector, pairwise_seed
 from common.weights import capped_weight
 
 logger = logging.getLogger(__name__)

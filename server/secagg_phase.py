@@ -2,7 +2,7 @@
 
 Called from server.coordinator.train_phase when ``secure-aggregation = true``; returns the same
 round summary. Each stage pushes one Message per partner still in the protocol and streams the
-replies (server.coordinator.stream_replies: error replies and silence past round-timeout become
+replies (server.messaging.stream_replies: error replies and silence past round-timeout become
 failures, i.e. dropouts).
 """
 
@@ -21,7 +21,8 @@ from common.config import RunConfig
 from common.errors import ConsortiumError, UpdateError
 from common.secagg_params import setup_parameters, threshold_for
 from common.weights import check_claimed_examples, fixed_batch_size
-from server import coordinator as C
+from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
+                              stream_replies)
 from server.outputs import record_partner
 from server.secagg import SecAggRound, check_mean_update, payload_bytes, split_flat
 
@@ -35,21 +36,24 @@ def _stage_message(rnd: int, nid: int, values: dict[str, Any]) -> Message:
                    group_id=str(rnd))
 
 
-def _collect(grid: Grid, config: RunConfig, state: C.RunState, messages: list[Message],
+def _collect(grid: Grid, config: RunConfig, state: RunState, messages: list[Message],
              stage: str, failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
-             take: Callable[[int, Message], None]) -> None:
+             take: Callable[[int, Message], None], evals: Evaluations | None = None) -> None:
     """Send one stage's messages; hand each good reply to ``take``; a reply ``take`` rejects
     (malformed) or a refusal counts as that partner dropping out at this stage. Every privacy
-    history a reply carries is recorded first, whatever happens to the reply."""
+    history a reply carries is recorded first, whatever happens to the reply, and so is the
+    evaluation a setup reply carries (in the clear: counts, beside the keys)."""
     traffic["download"][stage] = sum(payload_bytes(m.content) for m in messages)
     upload = traffic["upload"]
-    for reply in C.stream_replies(grid, messages, config.round_timeout, state.names, failures):
-        name = C._partner_name(reply)
+    for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
+        name = partner_name(reply)
         upload[name] = upload.get(name, 0) + payload_bytes(reply.content)
         partner = reply.content.config_records[P.PARTNER]
         if P.PRIVACY_HISTORY in partner:  # setup replies: the partner trained, ε is spent
             record_partner(state.partners, name, dict(reply.content.metric_records.get(
                 P.METRICS, {})), config, str(partner[P.PRIVACY_HISTORY]))
+        if evals is not None:
+            evals.take(reply)
         refusal = partner.get(P.REFUSAL)
         if refusal:
             failures.append({"partner": name, "reason": f"refused: {refusal}"})
@@ -60,13 +64,15 @@ def _collect(grid: Grid, config: RunConfig, state: C.RunState, messages: list[Me
             failures.append({"partner": name, "reason": f"secure aggregation {stage}: {exc}"})
 
 
-def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: int,
-                       fingerprint: str) -> dict[str, Any]:
+def secure_train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
+                       fingerprint: str, evals: Evaluations) -> dict[str, Any]:
+    """The setup Messages are the round's TRAIN Messages: they carry the model after round
+    ``evals.round``, and their replies bring its evaluation (into ``evals``)."""
     started = time.time()
     failures: list[dict[str, Any]] = []
     traffic: dict[str, dict[str, int]] = {"upload": {}, "download": {}}
-    messages = C._messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
-                           config.min_partners)
+    messages = make_messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
+                             config.min_partners, evals.round)
     fixed = setup_parameters(config)  # each partner checks these against its run config
     proto = SecAggRound(threshold_for(len(messages), config.secagg_threshold),
                         fixed[P.SECAGG_CLIPPING_RANGE], fixed[P.SECAGG_QUANTIZATION_RANGE],
@@ -88,7 +94,8 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: in
         proto.add_keys(nid, pk1, pk2, examples)
         metrics[nid] = values  # type: ignore[assignment]
 
-    _collect(grid, config, state, messages, P.SECAGG_SETUP, failures, traffic, take_keys)
+    _collect(grid, config, state, messages, P.SECAGG_SETUP, failures, traffic, take_keys, evals)
+    evals.missing(failures, f"round {rnd} train reply")
     proto.check_setup()
     nodes = sorted(proto.keys)
     keys = [k for n in nodes for k in proto.keys[n]]
@@ -113,7 +120,7 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: C.RunState, rnd: in
     return _finish(config, state, rnd, proto, metrics, failures, traffic, started)
 
 
-def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
+def _finish(config: RunConfig, state: RunState, rnd: int, proto: SecAggRound,
             metrics: dict[int, dict[str, float]],
             failures: list[dict[str, Any]], traffic: dict[str, dict[str, int]],
             started: float) -> dict[str, Any]:
@@ -140,7 +147,7 @@ def _finish(config: RunConfig, state: C.RunState, rnd: int, proto: SecAggRound,
             "train_phase_seconds": round(time.time() - started, 3),
             "partner_train_seconds": {names[n]: metrics[n].get(P.TRAIN_SECONDS)
                                       for n in proto.masked},
-            **C.gpu_line({names[n]: metrics[n] for n in proto.masked}),
+            **gpu_line({names[n]: metrics[n] for n in proto.masked}),
             "upload_bytes": sum(traffic["upload"].values()),
             "download_bytes": sum(traffic["download"].values()),
             "secagg": {"partners": len(proto.keys), "threshold": proto.threshold,

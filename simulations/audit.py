@@ -22,13 +22,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from common import audit as A
-from common.config import TEXT_TASK, RunConfig
-from common.data import TextDataset, load_text_dataset, split_train_test
+from common.config import RunConfig
+from common.data import TextDataset, split_train_test
 from common.errors import ConfigError, PrivacyError
 from common.sources import run_labels
 from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
-from common.synthetic import synthetic_partner_data
-from simulations.bench_env import machine, versions
+from common.tasks import get_task
+from common.machine import machine, versions
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +76,18 @@ def audit_config(args: argparse.Namespace, extra: dict[str, Any]) -> RunConfig:
     else:
         values.update({"dp": True, "epsilon": args.epsilon})
     config = RunConfig.from_mapping(values)
-    if config.task != TEXT_TASK:
+    if not get_task(config.task).one_label_per_text:
         raise ConfigError(f"task = {config.task!r}: the audit's canaries are labelled texts; "
-                          f"audit a {TEXT_TASK} run")
+                          "audit a text-classification run")
     return config
 
 
 def partner_data(config: RunConfig) -> tuple[TextDataset, TextDataset]:
     """(train, test) of the audited partner: its file, or partner 0 of the embedded data."""
-    if config.data:
-        data = load_text_dataset(config.data, config.text_column, config.label_column,
-                                 run_labels(config))
-    else:
-        data = synthetic_partner_data(0, config.examples_per_partner, config.seed)
-    return split_train_test(data, config.test_fraction, config.seed)
+    task, labels = get_task(config.task), run_labels(config)
+    data = (task.read(config.data, config, labels) if config.data
+            else task.demo_data(0, config, labels))
+    return split_train_test(data, config.test_fraction, config.seed)  # type: ignore[arg-type]
 
 
 def train_arm(config: RunConfig, model: Any, encoded: Any, n: int) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="GPU share per simulated partner, e.g. 0.25 (partners see a GPU only "
                         "with a share > 0)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Flower's and Ray's own log lines too (always in OUT/flwr.log)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run-config key (see README), repeatable")
 
@@ -105,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simulations.simulate import Federation, run_simulation
 
             out = run_simulation(simulate_config(args),
-                                 Federation(args.partners, args.num_cpus, args.num_gpus))
+                                 Federation(args.partners, args.num_cpus, args.num_gpus),
+                                 verbose=args.verbose)
             print(f"done: {out}/model, {out}/metrics.jsonl, {out}/privacy_report.json")
     except ConsortiumError as exc:
         print(f"consortium: error: {exc}", file=sys.stderr)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
-from client.records import from_array_record, to_array_record
+from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.config import RunConfig
 
@@ -34,6 +35,10 @@ class LocalGrid:
     num_partners: int
     tampers: Mapping[int, Tamper] = field(default_factory=dict)  # partition-id -> attack
     silent: Callable[[int, int], bool] = lambda partition_id, rnd: False  # drop this reply
+    node_config: Mapping[str, Any] = field(default_factory=dict)  # every partner's, e.g. policy
+    sent: list[tuple[str, int, int]] = field(default_factory=list)  # (type, round, partition-id)
+    # as Flower's engines do: a ClientApp exception becomes an error reply (else it propagates)
+    errors_as_replies: bool = False
     _replies: dict[str, Message] = field(default_factory=dict)
     _states: dict[int, RecordDict] = field(default_factory=dict)
 
@@ -61,16 +66,23 @@ class LocalGrid:
     def _answer(self, msg: Message) -> Message | None:
         pid = msg.metadata.dst_node_id - 1
         rnd = int(msg.content.config_records[P.CONFIG][P.ROUND])
+        self.sent.append((msg.metadata.message_type, rnd, pid))
         if msg.metadata.message_type == MessageType.TRAIN and self.silent(pid, rnd):
             return None
         context = Context(run_id=1, node_id=pid + 1, run_config=self._run_config(),
-                          node_config={"partition-id": pid, "num-partitions": self.num_partners},
+                          node_config={**self.node_config, "partition-id": pid,
+                                       "num-partitions": self.num_partners},
                           state=self._states.setdefault(pid, RecordDict()))
         TaskIdentity.node_id = pid + 1
         try:
             handler = (client_app.train if msg.metadata.message_type == MessageType.TRAIN
                        else client_app.evaluate)
             reply = handler(msg, context)
+        except Exception as exc:  # noqa: BLE001 - Flower's own wording (vce_api.py)
+            if not self.errors_as_replies:
+                raise
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                 reason=f"{type(exc)}:<'{exc}'>"), reply_to=msg)
         finally:
             TaskIdentity.node_id = COORDINATOR_NODE
         tamper = self.tampers.get(pid)

@@ -7,27 +7,24 @@ and stopping the local SuperLink daemon `flwr run` leaves behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import synthetic_ner
-from common.config import TOKEN_TASK, RunConfig, parse_partition
-from common.data import infer_labels, load_text_dataset
+from common.config import RunConfig, parse_partition
 from common.errors import ConfigError, ConsortiumError
-from common.synthetic import LABELS as SYNTHETIC_LABELS
-from common.sources import run_labels, token_keys
-from common.tokens import infer_entity_types, load_token_dataset, tag_names
+from common.sources import run_labels
+from common.tasks import get_task
 from server.checkpoint import check_same_config, latest_checkpoint
 from server.held_out import read_held_out
-from simulations.partition import partition_indices
-from simulations.processes import RUN_TAG, Stopped, StopOnSignal, new_tag, stop_tagged
+from common.partition import partition_indices
+from common.console import LOG_FILE, ConsoleFilter
+from common.processes import run_tagged
+from server.flwr_run import APP_DIR, check_finished, resume_hint, write_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +32,13 @@ logger = logging.getLogger(__name__)
 # e.g. to run two simulations on one machine at once (the test suite gives each worker its own)
 LOCAL_PORT_VARIABLES = (("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", 39091),
                         ("FLWR_LOCAL_CONTROL_API_PORT", 39093))
-APP_DIR = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     # else the SuperLink `uv sync`s the dependencies and may replace the pinned CPU torch
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-    "RAY_DEDUP_LOGS": "1",
+    "RAY_DEDUP_LOGS": "0",  # every partner's progress line, not one of each kind
 }
 
 
@@ -64,20 +60,19 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     if config.device.startswith("cuda") and federation.num_gpus <= 0:
         raise ConfigError(f"device = {config.device!r} needs --num-gpus > 0 (each partner's GPU "
                           "share): Ray hides the GPUs from partners that reserve none")
-    if config.task == TOKEN_TASK:
-        config = _preflight_tokens(config, federation)
-    elif config.data:
+    task = get_task(config.task)
+    if config.data:  # labels declared (or read from the file), every row checked, split
         data_path = Path(config.data).resolve()
         config = config.replace(data=str(data_path))
-        labels = config.label_list or infer_labels(data_path, config.label_column)
-        config = config.replace(labels=",".join(labels))
+        declared = config.label_list or task.infer_labels(config)
+        config = config.replace(labels=",".join(declared))
         scheme, arg = parse_partition(config.partition)
-        full = load_text_dataset(data_path, config.text_column, config.label_column, labels,
-                                 group_column=str(arg) if scheme == "column" else None)
-        partition_indices(full, federation.partners, config.partition, config.seed)
-    elif config.label_list and config.label_list != SYNTHETIC_LABELS:
-        raise ConfigError(f"--labels {config.labels}: the embedded data set has labels "
-                          f"{','.join(SYNTHETIC_LABELS)}; pass --data to use your own")
+        full = task.read(data_path, config, task.label_names(declared),
+                         group_column=str(arg) if scheme == "column" else None)
+        partition_indices(full, federation.partners, config.partition,  # type: ignore[arg-type]
+                          config.seed)
+    else:
+        task.check_demo_labels(config)
     if config.server_eval_data:  # the coordinator's own set: an absolute path, read once now
         path, _ = read_held_out(config, run_labels(config))
         config = config.replace(server_eval_data=str(path))
@@ -93,37 +88,6 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
             raise ConfigError(f"--resume: {out} holds no usable checkpoint to resume from")
         check_same_config(ckpt.state["config"], config.to_mapping())
     return config
-
-
-def _preflight_tokens(config: RunConfig, federation: Federation) -> RunConfig:
-    """Token-classification: entity types declared (or read from `data`), every tag checked."""
-    if not config.data:
-        if config.label_list and config.label_list != synthetic_ner.ENTITY_TYPES:
-            raise ConfigError(f"--labels {config.labels}: the embedded NER data set has entity "
-                              f"types {','.join(synthetic_ner.ENTITY_TYPES)}; pass --data to use "
-                              "your own")
-        return config
-    data_path = Path(config.data).resolve()
-    config = config.replace(data=str(data_path))
-    keys = token_keys(config)
-    types = config.label_list or infer_entity_types(data_path, config.tag_column, *keys)
-    config = config.replace(labels=",".join(types))
-    full = load_token_dataset(data_path, tag_names(types), config.tag_column, *keys)
-    partition_indices(full, federation.partners, config.partition,  # type: ignore[arg-type]
-                      config.seed)
-    return config
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def write_run_config(config: RunConfig, path: Path) -> None:
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.to_mapping().items()))
 
 
 def _port_in_use(port: int) -> bool:
@@ -143,8 +107,10 @@ def local_superlink_ports() -> list[tuple[str, int]]:
     return ports
 
 
-def run_simulation(config: RunConfig, federation: Federation) -> Path:
-    """Run the App on Flower's simulation engine; returns the output directory."""
+def run_simulation(config: RunConfig, federation: Federation, verbose: bool = False) -> Path:
+    """Run the App on Flower's simulation engine; returns the output directory. The console
+    shows one line per round, partners' progress and errors; OUT/flwr.log has everything
+    (``verbose``: the console too)."""
     config = preflight(config, federation)
     for name, port in local_superlink_ports():
         if _port_in_use(port):
@@ -166,33 +132,12 @@ def run_simulation(config: RunConfig, federation: Federation) -> Path:
             f"client-resources-num-cpus={federation.num_cpus} "
             f"client-resources-num-gpus={federation.num_gpus}",
         ]
-        tag = new_tag()
-        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home), RUN_TAG: tag}
+        env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)}
         logger.info("simulating %d partners x %d rounds -> %s", federation.partners,
                     config.num_rounds, out)
-        try:
-            with StopOnSignal():
-                proc = subprocess.run(command, env=env, cwd=APP_DIR)
-        except Stopped as stop:
-            stopped = stop_tagged(tag)
-            raise ConsortiumError(
-                f"stopped by {stop}: {len(stopped)} process(es) this run started (SuperLink, "
-                f"simulation, Ray) are stopped; {_resume_hint(out)}") from None
-        finally:  # the detached SuperLink and all it started (Ray's too) carry the tag
-            stop_tagged(tag)
-    check_finished(out, proc.returncode)
+        returncode = run_tagged(command, env, "the SuperLink, simulation and Ray processes "
+                                "this run started", lambda: resume_hint(out), cwd=APP_DIR,
+                                console=None if verbose else ConsoleFilter(),
+                                log=out / LOG_FILE)
+    check_finished(out, returncode)
     return out
-
-
-def _resume_hint(out: Path) -> str:
-    if any((out / "checkpoints").glob("round-*.json")):
-        return f"the checkpoints in {out} let you finish it: rerun the command with --resume"
-    return "no round had finished; rerun the command to start again"
-
-
-def check_finished(out: Path, returncode: int) -> None:
-    """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof."""
-    if returncode != 0 or not (out / "model" / "config.json").exists():
-        hint = f"; {_resume_hint(out)}" if (out / "checkpoints").is_dir() else ""
-        raise ConsortiumError(f"the run did not finish (flwr exit code {returncode}); see the "
-                              f"log above{hint}")

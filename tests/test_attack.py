@@ -5,7 +5,7 @@ coordinate-wise median holds (0.97). Measured gap to the clean run: 2.3 points a
 3.7 after 14 (BENCHMARKS.md), so median misses the issue's "within 2 points" (this test guards 3);
 multi-Krum (f = 1) meets it and is held to 2.
 Bad updates (NaN, Inf, wrong shape, 1000×) sent through the same loop are rejected with their
-reasons; the full comparison (trimmed mean, Krum, ×1000) is simulations/bench_attack.py."""
+reasons; the full comparison (trimmed mean, Krum, ×1000) is benchmarks/attack.py."""
 
 from __future__ import annotations
 

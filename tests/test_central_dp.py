@@ -184,29 +184,32 @@ def test_coordinator_run_recalibrates_and_reports_partner_level_epsilon(
 
 def test_a_coordinator_crash_after_a_release_is_counted_on_resume(
         tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Round 2's noised model reaches the partners (its evaluation) and the coordinator dies
-    there. The round was checkpointed before that message left, so the resumed run evaluates
-    round 2 again without releasing it again, writes its metrics line, and the report counts
-    exactly the releases made."""
+    """Round 2's noised model reaches a partner (round 3's first TRAIN Message, which asks it
+    to evaluate that model) and the coordinator dies there. Round 2 was checkpointed before
+    that message left, so the resumed run asks for round 2's evaluation again without
+    releasing it again, writes its metrics line, and the report counts exactly the releases
+    made."""
     import server.coordinator as coordinator
+    from flwr.app import MessageType
+
     from simulations.local_grid import LocalGrid
 
+    class DiesInRound3(LocalGrid):
+        def _answer(self, msg):
+            reply = super()._answer(msg)
+            if self.sent[-1][:2] == (MessageType.TRAIN, 3) and not self.config.resume:
+                raise RuntimeError("coordinator killed after round 2's release")
+            return reply
+
     made: list[float] = []  # σ of every central release
-    real_release, real_evaluate = CentralDP.release, coordinator.evaluate_phase
+    real_release = CentralDP.release
 
     def release(self, *args, **kwargs):
         noised, std = real_release(self, *args, **kwargs)
         made.append(std)
         return noised, std
 
-    def evaluate_then_die(grid, config, state, rnd, fingerprint):
-        result = real_evaluate(grid, config, state, rnd, fingerprint)  # the model has left
-        if rnd == 2 and not config.resume:
-            raise RuntimeError("coordinator killed after round 2's release")
-        return result
-
     monkeypatch.setattr(CentralDP, "release", release)
-    monkeypatch.setattr(coordinator, "evaluate_phase", evaluate_then_die)
     monkeypatch.setattr(coordinator, "export_model", lambda *args, **kwargs: None)
     config = RunConfig(base_model=tiny_bert, examples_per_partner=20, max_length=16,
                        batch_size=8, dp_plan_check=False, local_epochs=1, num_rounds=3, dp=False,
@@ -214,7 +217,7 @@ def test_a_coordinator_crash_after_a_release_is_counted_on_resume(
                        central_noise_multiplier=Z, update_clip_norm=C, round_timeout=1.0,
                        out_dir=str(tmp_path / "out"))
     with pytest.raises(RuntimeError, match="killed"):
-        coordinator.run_federation(LocalGrid(config, 3), config)
+        coordinator.run_federation(DiesInRound3(config, 3), config)
     assert len(made) == 2
     resumed = config.replace(resume=True)
     out = coordinator.run_federation(LocalGrid(resumed, 3), resumed)
@@ -222,8 +225,10 @@ def test_a_coordinator_crash_after_a_release_is_counted_on_resume(
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == [1, 2, 3]
     assert lines[1]["central_dp"]["noise_std"] == pytest.approx(made[1])  # kept from before
-    assert "eval_failures" in lines[1]  # evaluated after the restart (or refused: a partner
-    # evaluates a round once, and the in-process grid keeps the run id)
+    assert "eval_failures" in lines[1]  # evaluated after the restart, but partner-0 refuses:
+    # a partner evaluates a round once, and the in-process grid keeps the run id
+    assert sorted(lines[1]["eval_per_partner"]) == ["partner-1", "partner-2"]
+    assert [f["partner"] for f in lines[1]["eval_failures"]] == ["partner-0"]
     report = json.loads((out / "privacy_report.json").read_text())["partners"]
     for record in report.values():
         assert len(record["partner_level_history"]) == len(made)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.processes import StopOnSignal, Stopped
+from common.processes import StopOnSignal, Stopped, pids_with
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -25,14 +25,7 @@ MARK = "CONSORTIUM_TEST_MARK"
 
 def _marked(mark: str) -> list[int]:
     """Every process that inherited this test's mark: the CLI and all it started."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"{MARK}={mark}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+    return pids_with(MARK, mark)
 
 
 def _start(tiny_bert: str, out: Path, mark: str, *extra: str) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import pytest
 
 from client.data import PartnerSettings
 from client.partner import train_round
-from client.records import from_array_record, to_array_record
+from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.compression import (SCALE_SUFFIX, decode_update, encode_update, from_wire, to_wire,
                                 wire_bytes)

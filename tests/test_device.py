@@ -15,7 +15,7 @@ from common import protocol as P
 from common.config import RunConfig
 from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import ConfigError
-from server.coordinator import gpu_line
+from server.messaging import gpu_line
 from tests.test_partner_round import shared_start, tiny_config
 
 CUDA = torch.cuda.is_available()
@@ -95,7 +95,7 @@ def test_simulation_asking_for_cuda_needs_a_gpu_share(tmp_path: Path) -> None:
 
 
 def test_leak_check_reads_the_reserved_bytes_round_over_round() -> None:
-    from simulations.bench_overhead import LEAK_SLACK, leak_check
+    from benchmarks.overhead import LEAK_SLACK, leak_check
 
     def rows(*reserved: float) -> list[dict]:
         return [{"partner_gpu_bytes": {"p0": {"peak": 9e9, "reserved": r},

@@ -21,10 +21,3 @@ def test_flower_app_components_resolve() -> None:
     for ref in components.values():
         module, attr = ref.split(":")
         assert getattr(importlib.import_module(module), attr) is not None
-
-
-def test_task_code_imports_no_flwr() -> None:
-    for path in (ROOT / "common").glob("*.py"):
-        for line in path.read_text().splitlines():
-            stripped = line.strip()
-            assert not stripped.startswith(("import flwr", "from flwr")), f"{path}: {line}"

@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client import secagg
 from client.policy import PartnerSettings
-from client.records import to_array_record
+from common.wire.records import to_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import PrivacyError

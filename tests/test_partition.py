@@ -1,4 +1,4 @@
-"""simulations.partition (splitting one data set across partners) and common.synthetic."""
+"""common.partition (splitting one data set across partners) and common.synthetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from common.data import TextDataset
 from common.errors import ConfigError
 from common.synthetic import LABELS, label_mix, synthetic_partner_data
-from simulations.partition import partition_indices
+from common.partition import partition_indices
 
 DOMAINS = ("web", "news", "forum")
 

@@ -15,11 +15,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client import app
 from client.partner import AUDIT_LOG
-from client.records import from_array_record, to_array_record
+from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.code_hash import code_hash, running_code_hash
 from common.config import RunConfig
-from common.model import build_model, frozen_fingerprint, trainable_state
+from common.fingerprint import frozen_fingerprint
+from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,15 +47,19 @@ class Partner:
         model = build_model(self.config, LABELS)
         self.arrays, self.fingerprint = trainable_state(model), frozen_fingerprint(model)
 
-    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray]) -> Message:
+    def _send(self, kind: str, rnd: int, arrays: dict[str, np.ndarray],
+              evaluate: int = 0) -> Message:
+        config = {P.ROUND: rnd, P.MODEL_FINGERPRINT: self.fingerprint}
+        if evaluate:
+            config[P.EVALUATE_ROUND] = evaluate
         msg = Message(RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(
-            {P.ROUND: rnd, P.MODEL_FINGERPRINT: self.fingerprint})}),
+            config)}),
             dst_node_id=1, message_type=kind, group_id=str(rnd))
         handler = app.train if kind == MessageType.TRAIN else app.evaluate
         return handler(msg, self.context)
 
-    def train(self, rnd: int) -> Message:
-        return self._send(MessageType.TRAIN, rnd, self.arrays)
+    def train(self, rnd: int, evaluate: int = 0) -> Message:
+        return self._send(MessageType.TRAIN, rnd, self.arrays, evaluate)
 
     def evaluate(self, rnd: int, arrays: dict[str, np.ndarray] | None = None) -> Message:
         return self._send(MessageType.EVALUATE, rnd, arrays or self.arrays)
@@ -83,6 +88,31 @@ def test_evaluation_once_per_round_the_partner_trained(tiny_bert: str, tmp_path:
     refused = [e for e in partner.audit() if e.get("refused")]
     assert [e["message"] for e in refused] == ["evaluation", "evaluation"]
     assert all(e["bytes_sent"] == 0 for e in refused)
+
+
+def eval_refusal(reply: Message) -> str:
+    return str(reply.content.config_records[P.PARTNER].get(P.EVAL_REFUSAL, ""))
+
+
+def test_a_train_message_evaluates_the_model_it_brings_first(tiny_bert: str,
+                                                             tmp_path: Path) -> None:
+    """The same policy as the evaluate Message: once, a round it trained, the round before."""
+    partner = Partner(tiny_bert, tmp_path, num_rounds=3)
+    assert not eval_refusal(partner.train(1))  # round 1 asks for nothing
+    reply = partner.train(2, evaluate=1)
+    assert not refusal(reply) and not eval_refusal(reply)
+    assert P.ARRAYS in reply.content.array_records
+    metrics = dict(reply.content.metric_records[P.EVALUATION])
+    assert P.ACCURACY in metrics and P.EVAL_LOSS not in metrics  # counts, no exact loss
+    again = partner.train(2, evaluate=1)  # trained again (a resumed round): evaluated once
+    assert "already evaluated" in eval_refusal(again) and not refusal(again)
+    assert P.EVALUATION not in again.content.metric_records
+    assert "aggregate of round 2" in eval_refusal(partner.train(3, evaluate=1))
+    assert [e["message"] for e in partner.audit() if e.get("refused")] == ["evaluation"] * 2
+    off = Partner(tiny_bert, tmp_path / "off", {"evaluation": "off"})
+    off.train(1)
+    reply = off.train(2, evaluate=1)
+    assert "evaluation = off" in eval_refusal(reply) and P.ARRAYS in reply.content.array_records
 
 
 def test_first_evaluation_before_any_training_is_refused(tiny_bert: str,

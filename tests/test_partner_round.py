@@ -13,11 +13,12 @@ from opacus.accountants import RDPAccountant
 
 from client.data import PartnerSettings, partner_dataset
 from client.partner import evaluate_round, train_round
-from client.records import from_array_record, to_array_record
+from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import BudgetExceededError, ConfigError, ModelError, PrivacyError
-from common.model import build_model, frozen_fingerprint, trainable_state
+from common.fingerprint import frozen_fingerprint
+from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,8 @@ sys.path.insert(0, {root!r})
 from client.data import PartnerSettings, partner_dataset
 from client.partner import train_round
 from common.config import RunConfig
-from common.model import build_model, frozen_fingerprint, trainable_state
+from common.fingerprint import frozen_fingerprint
+from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 config = RunConfig.from_mapping(json.loads({config!r}))
 model = build_model(config, LABELS)

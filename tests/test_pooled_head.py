@@ -16,8 +16,9 @@ from common import protocol as P
 from common.config import RunConfig
 from common.errors import UnlearnablePlanError
 from common.features import PooledHeadClassifier, pooled_features
-from common.model import (build_model, frozen_fingerprint, load_tokenizer, load_trainable_state,
-                          save_model, trainable_state)
+from common.fingerprint import frozen_fingerprint
+from common.model import (build_model, load_tokenizer, load_trainable_state, save_model,
+                          trainable_state)
 from common.synthetic import LABELS
 from common.training import _forward, encode, text_metrics
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
 
-from server.coordinator import push_messages
+from server.messaging import push_messages
 
 
 class FlakyGrid:

@@ -11,7 +11,8 @@ from client.data import PartnerSettings
 from client.partner import train_round
 from common.config import RunConfig
 from common.errors import ResourceError
-from common.model import build_model, frozen_fingerprint, trainable_state
+from common.fingerprint import frozen_fingerprint
+from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.secagg import PartnerSecAgg, quantized_vector
+from client.secagg_protocol import PartnerSecAgg, quantized_vector
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, SimulatedDropout, UpdateError
 from common.storage import read_sealed_json
@@ -212,6 +212,10 @@ def test_rounds_through_the_apps_with_a_dropout(tiny_bert: str, tmp_path: Path,
     assert len(first["secagg"]["dropped_after_keys"]) == 1 and first["secagg"]["threshold"] == 2
     assert len(first["partners_replied"]) == 2 and len(second["partners_replied"]) == 3
     assert first["secagg"]["aggregate_norm"] is not None
+    # round 1's model, evaluated by every partner that trained it, dropout included, in the
+    # clear beside round 2's keys; the final model in its own EVALUATE Messages
+    assert len(first["eval_per_partner"]) == len(second["eval_per_partner"]) == 3
+    assert first["eval_failures"] == second["eval_failures"] == []
     dropped = first["secagg"]["dropped_after_keys"][0]
     assert [f["reason"] for f in first["failures"] if f["partner"] == dropped] == [
         "no reply within round-timeout 1 s"]

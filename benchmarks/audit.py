@@ -1,6 +1,6 @@
 """Benchmark: the privacy audit on MiniLM at ε = ∞, 8 and 1, one command.
 
-    flock /tmp/consortium/heavy.lock python -m simulations.bench_audit [--out results]
+    flock /tmp/consortium/heavy.lock python -m benchmarks.audit [--out results]
 
 Every arm audits the same partner data (partner 0 of the embedded demo set unless --data) with the
 same canaries, hyperparameters and seed; only ε changes. Writes OUT/audit.json (config, per-arm
@@ -10,13 +10,17 @@ same canaries, hyperparameters and seed; only ε changes. Writes OUT/audit.json 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 from common.audit import AuditSettings
 from common.config import RunConfig
 from common.logs import configure_logging
-from simulations.audit import parse_epsilon, run_audit
+from simulations.audit import arm_name, parse_epsilon, report, run_arm, write_outputs
 
 # The worst case the audit is meant to measure: canaries repeated and a model that can memorise.
 # Chosen by the sweep recorded in BENCHMARKS.md ("Privacy audit").
@@ -24,8 +28,27 @@ DEFAULTS: dict = dict(canaries=64, repeats=4, candidates=1000, epochs=4, finetun
                       learning_rate=3e-3, dp_learning_rate=1e-2)
 
 
+def arms(epsilons: list[float], config: RunConfig, dp_learning_rate: float) -> list[Arm]:
+    """One arm per ε: the same run, DP off at ∞, else DP at ε with the DP learning rate."""
+    return [Arm(arm_name(e), {"config": config.replace(dp=False) if math.isinf(e) else
+                              config.replace(dp=True, epsilon=float(e),
+                                             learning_rate=dp_learning_rate
+                                             or config.learning_rate)})
+            for e in epsilons]
+
+
+def print_table(body: dict[str, Any]) -> None:
+    print("\n" + harness.table([{"arm": n, **a} for n, a in body["arms"].items()], [
+        Column("arm", "arm"), Column("ε spent", "epsilon_spent", ".2f", missing="∞"),
+        Column("σ", "noise_multiplier", ".2f"),
+        Column("MIA AUC", lambda a: f"{a['mia_auc']:.3f} ± {a['mia_auc_se']:.3f}"),
+        Column("exposure", lambda a: a["exposure_inserted"]["mean"], ".2f"),
+        Column("held-out", lambda a: a["exposure_held_out"]["mean"], ".2f"),
+        Column("test acc", "test_accuracy", ".3f"), Column("seconds", "seconds", ".0f")]))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--epsilons", default="inf,8,1", help="comma-separated (default inf,8,1)")
     parser.add_argument("--canaries", type=int, default=DEFAULTS["canaries"])
     parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"])
@@ -51,16 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                        local_epochs=args.epochs)
     settings = AuditSettings(canaries=args.canaries, repeats=args.repeats,
                              candidates=args.candidates, seed=config.seed)
-    command = " ".join(["python -m simulations.bench_audit", *sys.argv[1:]])
-    body = run_audit(config, settings, epsilons, args.out, command, args.dp_learning_rate)
-    print(f"\n{'arm':<8} {'ε spent':>8} {'σ':>6} {'MIA AUC':>13} {'exposure':>9} "
-          f"{'held-out':>9} {'test acc':>9} {'seconds':>8}")
-    for name, arm in body["arms"].items():
-        spent = "∞" if arm["epsilon_spent"] is None else f"{arm['epsilon_spent']:.2f}"
-        print(f"{name:<8} {spent:>8} {arm['noise_multiplier']:>6.2f} "
-              f"{arm['mia_auc']:>6.3f} ± {arm['mia_auc_se']:.3f} "
-              f"{arm['exposure_inserted']['mean']:>9.2f} {arm['exposure_held_out']['mean']:>9.2f} "
-              f"{arm['test_accuracy']:>9.3f} {arm['seconds']:>8.0f}")
+    command = harness.command("benchmarks.audit", argv)
+    bodies: list[dict[str, Any]] = []
+
+    def save(done: dict[str, dict[str, Any]]) -> None:  # audit.json and audit.png, every arm
+        bodies.append(report(config, settings, done, command))
+        write_outputs(args.out, bodies[-1])
+
+    harness.run_arms(arms(epsilons, config, args.dp_learning_rate),
+                     lambda arm: run_arm(arm.settings["config"], settings), save=save)
+    print_table(bodies[-1])
     print(f"written: {args.out / 'audit.json'}, {args.out / 'audit.png'}")
     return 0
 

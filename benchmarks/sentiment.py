@@ -1,6 +1,6 @@
 """Benchmark: federated DP vs non-private on Sentiment Labelled Sentences, one domain per partner.
 
-    python -m simulations.bench_sentiment [--rounds 3] [--epsilon 8] [--out results/sentiment]
+    python -m benchmarks.sentiment [--rounds 3] [--epsilon 8] [--out results/sentiment]
 
 Reads ../shared/datasets/sentiment_labelled_sentences (or --dataset-dir); skips cleanly when it is
 absent. Runs both arms side by side through `consortium simulate` and writes
@@ -9,7 +9,6 @@ OUT/sentiment.json with machine, versions, config and per-round numbers.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -17,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 from common.config import RunConfig
 from common.logs import configure_logging
-from simulations.bench_env import machine, versions
 from simulations.simulate import Federation, run_simulation
 
 DOMAINS = ("amazon_cells", "imdb", "yelp")
@@ -46,8 +46,28 @@ def to_csv(dataset_dir: Path, target: Path) -> int:
     return rows
 
 
+def arms(modes: list[str], epsilon: float) -> list[Arm]:
+    """Per fine-tuning mode, DP at ε beside no DP, with the mode's tuned settings."""
+    return [arm for mode in modes for arm in (
+        Arm(f"{mode}_dp_eps{epsilon:g}", dict(finetune=mode, epsilon=epsilon,
+                                              **MODE_SETTINGS[mode])),
+        Arm(f"{mode}_no_dp", dict(finetune=mode, dp=False, **MODE_SETTINGS[mode])))]
+
+
+def run_arm(arm: Arm, base: dict, out: Path) -> dict:
+    """One federation, a partner per domain; the final evaluation and ε."""
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    run_simulation(RunConfig(**base, **arm.settings, out_dir=str(out)), Federation(len(DOMAINS)))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"seconds": round(time.time() - started, 1), "rounds": lines,
+            "final_accuracy": lines[-1]["eval_accuracy"],
+            "final_macro_f1": lines[-1]["eval_macro_f1"],
+            "max_epsilon": lines[-1]["max_epsilon"]}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--dataset-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epsilon", type=float, default=8.0)
@@ -64,36 +84,22 @@ def main() -> int:
     n = to_csv(args.dataset_dir, data)
     base = dict(data=str(data), partition="column:domain", labels="0,1", num_rounds=args.rounds,
                 max_length=64)
-    arms = {}
-    for mode in args.finetune or ["lora", "head"]:
-        tuned = MODE_SETTINGS[mode]
-        arms[f"{mode}_dp_eps{args.epsilon:g}"] = dict(finetune=mode, epsilon=args.epsilon,
-                                                      **tuned)
-        arms[f"{mode}_no_dp"] = dict(finetune=mode, dp=False, **tuned)
-    results = {}
-    for name, extra in arms.items():
-        out = args.out / name
-        shutil.rmtree(out, ignore_errors=True)
-        started = time.time()
-        run_simulation(RunConfig(**base, **extra, out_dir=str(out)), Federation(len(DOMAINS)))
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        results[name] = {"seconds": round(time.time() - started, 1), "rounds": lines,
-                         "final_accuracy": lines[-1]["eval_accuracy"],
-                         "final_macro_f1": lines[-1]["eval_macro_f1"],
-                         "max_epsilon": lines[-1]["max_epsilon"]}
-    summary = {
-        "mode_settings": {m: MODE_SETTINGS[m] for m in args.finetune or ["lora", "head"]},
-        "command": " ".join(["python -m simulations.bench_sentiment", *sys.argv[1:]]),
-        "machine": machine(), "versions": versions(),
-        "config": {**base, "examples": n, "partners": list(DOMAINS)},
-        "arms": results,
-    }
-    (args.out / "sentiment.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{'arm':<18} {'accuracy':>9} {'macro-F1':>9} {'max ε':>7} {'seconds':>8}")
-    for name, r in results.items():
-        eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
-        print(f"{name:<18} {r['final_accuracy']:>9.4f} {r['final_macro_f1']:>9.4f} {eps:>7} "
-              f"{r['seconds']:>8.0f}")
+    modes = args.finetune or ["lora", "head"]
+    summary = {"mode_settings": {m: MODE_SETTINGS[m] for m in modes},
+               **harness.header("benchmarks.sentiment"),
+               "config": {**base, "examples": n, "partners": list(DOMAINS)}, "arms": {}}
+
+    def save(done: dict[str, dict]) -> None:
+        summary["arms"] = done
+        harness.write_json(args.out / "sentiment.json", summary)
+
+    results = harness.run_arms(arms(modes, args.epsilon),
+                               lambda arm: run_arm(arm, base, args.out / arm.name), save=save)
+    print("\n" + harness.table([{"arm": name, **r} for name, r in results.items()], [
+        Column("arm", "arm"), Column("accuracy", "final_accuracy", ".4f"),
+        Column("macro-F1", "final_macro_f1", ".4f"),
+        Column("max ε", "max_epsilon", ".2f", missing="∞"),
+        Column("seconds", "seconds", ".0f")]))
     print(f"written: {args.out / 'sentiment.json'}")
     return 0
 

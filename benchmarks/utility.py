@@ -1,7 +1,7 @@
 """Benchmark P3 (utility): federated DP vs centralized non-private vs federated non-private vs
 centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2 and on Multi-Domain Sentiment split by domain.
 
-    python -m simulations.bench_utility [--dataset sst2] [--finetune head] [--train-examples 2000]
+    python -m benchmarks.utility [--dataset sst2] [--finetune head] [--train-examples 2000]
 
 Reads ../shared/datasets/{sst2,multi_domain_sentiment} (or --datasets-dir); a data set that is
 absent is skipped. Per data set a seeded subset of the training data is written to one CSV;
@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 from common.config import RunConfig
 from common.logs import configure_logging
-from common.storage import atomic_write_json
-from simulations.bench_env import machine, versions
 from simulations.local_grid import LocalGrid
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
 DOMAINS = ("books", "dvd", "electronics", "kitchen")
-# per fine-tuning mode: learning rate and local epochs (bench_sentiment's sweep on one partner)
+# per fine-tuning mode: learning rate and local epochs (benchmarks.sentiment's sweep, one partner)
 MODE_SETTINGS = {"pooled-head": dict(),  # batch and learning rate: the DP planner's (auto)
                  "head": dict(learning_rate=1e-1, local_epochs=3),
                  "lora": dict(learning_rate=1e-2, local_epochs=1),
@@ -115,8 +115,50 @@ def gaps(arms: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {name: round(100 * (best - arm["final_accuracy"]), 2) for name, arm in arms.items()}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arms(args: argparse.Namespace, name: str, base: dict[str, Any]) -> list[Arm]:
+    """Per mode, setting (central: one partner; federated: the data set's split) and ε."""
+    spec, found = DATASETS[name], []
+    for mode in args.finetune or ["pooled-head", "lora"]:
+        for setting in args.settings:
+            for eps in args.epsilons:
+                partners = spec["partners"] if setting == "federated" else 1
+                privacy = dict(dp=False) if math.isinf(eps) else dict(epsilon=eps)
+                tuned = {**MODE_SETTINGS[mode], **({} if args.learning_rate is None else
+                                                   {"learning_rate": args.learning_rate})}
+                arm = f"{mode}_{setting}_eps{eps:g}"
+                config = RunConfig(**base, **tuned, **privacy, finetune=mode, dp_plan_check=False,
+                                   partition=spec["partition"] if partners > 1 else "iid",
+                                   min_partners=max(1, partners // 2),
+                                   out_dir=str(args.out / "runs" / name / arm))
+                found.append(Arm(arm, {"setting": setting, "finetune": mode,
+                                       "epsilon": None if math.isinf(eps) else eps,
+                                       "partners": partners, "config": config}))
+    return found
+
+
+def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int, int] | None:
+    """The data set's training and evaluation CSVs and the run config they share; None when the
+    data set is absent."""
+    spec = DATASETS[name]
+    folder = args.datasets_dir / ("sst2" if name == "sst2" else "multi_domain_sentiment")
+    if not folder.is_dir():
+        print(f"skipped {name}: {folder} not found")
+        return None
+    n_train = args.train_examples or spec["sizes"][0]
+    train, held = (sst2_rows(folder, n_train, args.seed) if name == "sst2" else
+                   mds_rows(folder, n_train, args.eval_examples or spec["sizes"][1], args.seed))
+    write_csv(train, args.out / f"{name}_train.csv")
+    write_csv(held, args.out / f"{name}_eval.csv")
+    base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
+                server_eval_data=str(args.out / f"{name}_eval.csv"),
+                max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
+                round_timeout=60.0, **({} if args.update_clip_norm is None else
+                                       {"update_clip_norm": args.update_clip_norm}))
+    return base, len(train), len(held)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = harness.parser(__doc__)
     parser.add_argument("--datasets-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--dataset", action="append", choices=list(DATASETS))
     parser.add_argument("--finetune", action="append", choices=list(MODE_SETTINGS),
@@ -132,64 +174,56 @@ def main() -> int:
                         "(default 10; 0 = none, for the best non-private reference)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=Path("results/utility"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     configure_logging()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "utility.json"
-    summary = json.loads(target.read_text()) if target.exists() else {"datasets": {}}
-    summary.update({"machine": machine("load_average_at_start"), "versions": versions()})
+    head = harness.header("benchmarks.utility", "load_average_at_start")
+    summary = harness.read_json(target, {"datasets": {}})  # data sets merged, arms too
+    summary.update({"machine": head["machine"], "versions": head["versions"]})
     for name in args.dataset or list(DATASETS):
-        spec = DATASETS[name]
-        folder = args.datasets_dir / ("sst2" if name == "sst2" else "multi_domain_sentiment")
-        if not folder.is_dir():
-            print(f"skipped {name}: {folder} not found")
+        written = write_data(args, name)
+        if written is None:
             continue
-        n_train = args.train_examples or spec["sizes"][0]
-        train, held = (sst2_rows(folder, n_train, args.seed) if name == "sst2" else
-                       mds_rows(folder, n_train, args.eval_examples or spec["sizes"][1],
-                                args.seed))
-        write_csv(train, args.out / f"{name}_train.csv")
-        write_csv(held, args.out / f"{name}_eval.csv")
-        base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
-                    server_eval_data=str(args.out / f"{name}_eval.csv"),
-                    max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
-                    round_timeout=60.0, **({} if args.update_clip_norm is None else
-                                           {"update_clip_norm": args.update_clip_norm}))
+        base, n_train, n_eval = written
+        spec = DATASETS[name]
         entry = summary["datasets"].setdefault(name, {"arms": {}})
-        entry.update({"command": " ".join(["python -m simulations.bench_utility", *sys.argv[1:]]),
-                      "train_examples": len(train), "eval_examples": len(held),
+        entry.update({"command": head["command"], "train_examples": n_train,
+                      "eval_examples": n_eval,
                       "config": {**base, "partition_federated": spec["partition"],
                                  "partners_federated": spec["partners"]}})
-        for mode in args.finetune or ["pooled-head", "lora"]:
-            for setting in args.settings:
-                for eps in args.epsilons:
-                    arm = f"{mode}_{setting}_eps{eps:g}"
-                    partners = spec["partners"] if setting == "federated" else 1
-                    privacy = dict(dp=False) if math.isinf(eps) else dict(epsilon=eps)
-                    settings = {**MODE_SETTINGS[mode], **({} if args.learning_rate is None else
-                                                          {"learning_rate": args.learning_rate})}
-                    config = RunConfig(**base, **settings, **privacy, finetune=mode,
-                                       dp_plan_check=False,
-                                       partition=spec["partition"] if partners > 1 else "iid",
-                                       min_partners=max(1, partners // 2),
-                                       out_dir=str(args.out / "runs" / name / arm))
-                    entry["arms"][arm] = {"setting": setting, "finetune": mode,
-                                          "epsilon": None if math.isinf(eps) else eps,
-                                          "partners": partners, **run_arm(config, partners)}
-                    entry["gap_to_central_no_dp_points"] = gaps(entry["arms"])
-                    summary["machine"]["load_average_at_end"] = os.getloadavg()
-                    atomic_write_json(target, summary)
-                    print(f"{name} {arm}: accuracy {entry['arms'][arm]['final_accuracy']:.4f}",
-                          flush=True)
-    print(f"\n{'data':<5} {'arm':<24} {'accuracy':>9} {'max ε':>7} {'gap pts':>8} {'s':>6}")
-    for name, entry in summary["datasets"].items():
-        for arm, r in entry["arms"].items():
-            eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
-            gap = entry.get("gap_to_central_no_dp_points", {}).get(arm)
-            print(f"{name:<5} {arm:<24} {r['final_accuracy']:>9.4f} {eps:>7} "
-                  f"{'' if gap is None else f'{gap:+.1f}':>8} {r['seconds']:>6.0f}")
+
+        def measure(arm: Arm) -> dict[str, Any]:
+            s = arm.settings
+            return {"setting": s["setting"], "finetune": s["finetune"], "epsilon": s["epsilon"],
+                    "partners": s["partners"], **run_arm(s["config"], s["partners"])}
+
+        def save(done: dict[str, Any], entry: dict[str, Any] = entry, name: str = name) -> None:
+            entry["arms"].update(done)
+            entry["gap_to_central_no_dp_points"] = gaps(entry["arms"])
+            summary["machine"]["load_average_at_end"] = os.getloadavg()
+            harness.write_json(target, summary)
+            arm = next(reversed(done))
+            print(f"{name} {arm}: accuracy {done[arm]['final_accuracy']:.4f}", flush=True)
+
+        harness.run_arms(arms(args, name, base), measure, save=save)
+    print_table(summary)
     print(f"written: {target}")
     return 0
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = [{"data": name, "arm": arm, **r,
+             "gap": entry.get("gap_to_central_no_dp_points", {}).get(arm)}
+            for name, entry in summary["datasets"].items() for arm, r in entry["arms"].items()]
+    print("\n" + harness.table(rows, [
+        Column("data", "data"), Column("arm", "arm"), Column("accuracy", "final_accuracy", ".4f"),
+        Column("max ε", "max_epsilon", ".2f", missing="∞"), Column("gap pts", "gap", "+.1f"),
+        Column("s", "seconds", ".0f")]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Benchmark P1: local training speed and memory, DP-SGD ÷ non-private, for full fine-tuning and
 LoRA, with Opacus' per-sample-gradient hooks vs ghost clipping.
 
-    python -m simulations.bench_train [--examples 480] [--batch-size 32] [--out results/train]
-    python -m simulations.bench_train --device cuda --examples 4096   # GPU rows
+    python -m benchmarks.train [--examples 480] [--batch-size 32] [--out results/train]
+    python -m benchmarks.train --device cuda --examples 4096   # GPU rows
 
 On ``--device cuda`` memory is the peak allocated GPU memory (torch.cuda.max_memory_allocated)
 instead of the process RSS, each timed pass ends with a CUDA synchronize, and the profile ranks
@@ -34,11 +34,12 @@ import threading
 import time
 from pathlib import Path
 
-from simulations.bench_env import machine, versions
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 
 GOALS = {"full": 0.85, "lora": 0.92}  # DP ÷ non-private examples/s (issue 5, P1)
 MEMORY_GOAL = 1.10
-ARMS = ("plain", "hooks", "ghost")
+CLIPPING = ("plain", "hooks", "ghost")  # plain: no DP
 LEARNING_RATES = {"full": 1e-3, "lora": 1e-2}
 
 
@@ -142,7 +143,7 @@ def _profile(step: object, cuda: bool) -> list[dict]:
 
 
 def _spawn(finetune: str, arm: str, args: argparse.Namespace, profile: bool) -> dict:
-    cmd = [sys.executable, "-m", "simulations.bench_train", "--arm", f"{finetune}:{arm}",
+    cmd = [sys.executable, "-m", "benchmarks.train", "--arm", f"{finetune}:{arm}",
            "--examples", str(args.examples), "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length),
            "--timed-calls", str(args.timed_calls),
@@ -175,8 +176,26 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def arms(modes: list[str], repeats: int, profile: bool) -> list[Arm]:
+    """Interleaved and repeated in fresh processes: the best of each is the least disturbed by
+    load; with ``profile`` the last repeat profiles."""
+    return [Arm(f"{finetune}:{clip}:{repeat}", {"finetune": finetune, "arm": clip,
+                                                "repeat": repeat,
+                                                "profile": profile and repeat == repeats - 1})
+            for repeat in range(repeats) for finetune in modes for clip in CLIPPING]
+
+
+def measure(arm: Arm, args: argparse.Namespace) -> dict:
+    s = arm.settings
+    r = _spawn(s["finetune"], s["arm"], args, s["profile"]) | {"repeat": s["repeat"]}
+    print(f"{s['finetune']:5s} {s['arm']:6s} {r['examples_per_s']:7.2f} ex/s  peak RSS "
+          f"{r['peak_rss_mib']:7.0f} MiB (rise {r['rss_rise_mib']:6.0f})  "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return r
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--examples", type=int, default=480)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=48)
@@ -197,37 +216,34 @@ def main() -> int:
         return 0
     import torch
 
-    runs = []  # arms interleaved, repeated: the best of each is the least disturbed by load
-    for repeat in range(args.repeats):
-        for finetune in args.modes.split(","):
-            for arm in ARMS:
-                last = repeat == args.repeats - 1
-                r = _spawn(finetune, arm, args, args.profile and last) | {"repeat": repeat}
-                runs.append(r)
-                print(f"{finetune:5s} {arm:6s} {r['examples_per_s']:7.2f} ex/s  peak RSS "
-                      f"{r['peak_rss_mib']:7.0f} MiB (rise {r['rss_rise_mib']:6.0f})  "
-                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+    result = {**harness.header("benchmarks.train", "loadavg_after",
+                               torch_threads=torch.get_num_threads(),
+                               **harness.versions("torch", "opacus")),
+              "config": {"examples": args.examples, "batch_size": args.batch_size,
+                         "max_length": args.max_length, "noise_multiplier": 1.0,
+                         "max_grad_norm": 1.0, "model": "bundled all-MiniLM-L6-v2, 4 labels",
+                         "data": "embedded demo set", "device": args.device}}
+
+    def save(done: dict[str, dict]) -> None:  # every run so far, before the ratios exist
+        result["all_runs"] = list(done.values())
+        harness.write_json(args.out / "train.json", result)
+
+    runs = list(harness.run_arms(arms(args.modes.split(","), args.repeats, args.profile),
+                                 lambda arm: measure(arm, args), save=save).values())
     rows = [max((r for r in runs if (r["finetune"], r["arm"]) == key),
                 key=lambda r: r["examples_per_s"])
             for key in dict.fromkeys((r["finetune"], r["arm"]) for r in runs)]
     ratios = summarize(rows)
-    print("\n| fine-tuning | clipping | DP ÷ plain ex/s | goal | peak memory ratio | RSS rise "
-          "ratio |")
-    for r in ratios:
-        print(f"| {r['finetune']} | {r['clipping']} | {r['speed_ratio']:.3f} | "
-              f"{'met' if r['speed_goal_met'] else 'not met'} (≥ {r['speed_goal']}) | "
-              f"{r['peak_rss_ratio']:.3f} | {r['rss_rise_ratio']:.2f} |")
-    result = {"machine": machine("loadavg_after", torch_threads=torch.get_num_threads(),
-                                 **versions("torch", "opacus")),
-              "config": {"examples": args.examples, "batch_size": args.batch_size,
-                         "max_length": args.max_length, "noise_multiplier": 1.0,
-                         "max_grad_norm": 1.0, "model": "bundled all-MiniLM-L6-v2, 4 labels",
-                         "data": "embedded demo set", "device": args.device},
-              "arms": rows, "ratios": ratios, "all_runs": runs}
-    from common.storage import atomic_write_json
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "train.json", result)
+    print("\n" + harness.table(ratios, [
+        Column("fine-tuning", "finetune"), Column("clipping", "clipping"),
+        Column("DP ÷ plain ex/s", "speed_ratio", ".3f"),
+        Column("goal", lambda r: f"{'met' if r['speed_goal_met'] else 'not met'} "
+                                 f"(≥ {r['speed_goal']})"),
+        Column("peak memory ratio", "peak_rss_ratio", ".3f"),
+        Column("RSS rise ratio", "rss_rise_ratio", ".2f")], markdown=True))
+    result["machine"]["loadavg_after"] = os.getloadavg()
+    result.update({"arms": rows, "ratios": ratios, "all_runs": runs})
+    harness.write_json(args.out / "train.json", result)
     print(f"wrote {args.out / 'train.json'}")
     return 0
 

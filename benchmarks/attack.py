@@ -1,6 +1,6 @@
 """Benchmark: one malicious partner out of five, against FedAvg and the robust rules.
 
-    flock /tmp/consortium/heavy.lock python -m simulations.bench_attack [--rounds 6] \
+    flock /tmp/consortium/heavy.lock python -m benchmarks.attack [--rounds 6] \
         [--seeds 42] [--out results]
 
 The coordinator's real round loop (server.coordinator.run_federation) drives the partners' real
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 from common.config import RunConfig
-from common.storage import atomic_write_json
-from simulations.bench_env import machine, versions
 from simulations.local_grid import LocalGrid, Tamper, sign_flip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def run_arm(base_model: str, out: Path, aggregation: str, kind: str, rounds: int
 
 
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
-              load_start: tuple[float, float, float]) -> dict[str, Any]:
+              head: dict[str, Any]) -> dict[str, Any]:
     """What is written: every run so far, with its gap to clean FedAvg of the same seed."""
     clean = {s: r["final_accuracy"] for s, r in results.get("clean_fedavg", {}).items()}
     for arm in results.values():
@@ -103,10 +103,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
             r["gap_to_clean_fedavg_points"] = (round(100 * (r["final_accuracy"] - clean[s]), 2)
                                                if s in clean else None)
     return {
-        "command": " ".join(["python -m simulations.bench_attack", *sys.argv[1:]]),
+        **head, "machine": {**head["machine"], "load_average_at_end": os.getloadavg()},
         "complete": sum(map(len, results.values())) == len(args.arms) * len(args.seeds),
-        "machine": machine("load_average_at_end", load_average_at_start=load_start),
-        "versions": versions(),
         "task": {**TASK, "update_clip_norm": args.update_clip_norm, "partners": PARTNERS,
                  "attacker": f"partner-{ATTACKER}", "rounds": args.rounds, "chance_accuracy": 0.25,
                  "model": "tiny random BERT (2 layers, 32 wide), tests/conftest.py"},
@@ -118,7 +116,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
@@ -127,26 +125,40 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--name", default="attack.json", help="file name written under --out")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    head = harness.header("benchmarks.attack", load_key="load_average_at_start")
+    # one arm per (rule, attack, seed), seeds innermost; rewritten after every run
+    arms = [Arm(f"{name}/{s}", {"name": name, "seed": s}) for name in args.arms
+            for s in args.seeds]
     results: dict[str, dict[str, Any]] = {}
-    load_start = os.getloadavg()
+
+    def save(done: dict[str, dict[str, Any]]) -> None:
+        for key, run in done.items():
+            name, seed = key.split("/")
+            results.setdefault(name, {})[seed] = run
+        harness.write_json(args.out / args.name, summarize(args, results, head))
+
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_bert(Path(tmp) / "tiny-bert")
-        for name in args.arms:
+
+        def measure(arm: Arm) -> dict[str, Any]:
+            name, seed = arm.settings["name"], arm.settings["seed"]
             aggregation, kind = ARMS[name]
-            results[name] = {}
-            for s in args.seeds:  # rewritten after every run: a run cut off keeps what it made
-                results[name][str(s)] = run_arm(model, Path(tmp) / f"{name}-{s}", aggregation,
-                                                kind, args.rounds, s,
-                                                update_clip_norm=args.update_clip_norm)
-                summary = summarize(args, results, load_start)
-                atomic_write_json(args.out / args.name, summary)
-            print(name, {s: r["final_accuracy"] for s, r in results[name].items()}, flush=True)
-    print(f"\n{'arm':<20} {'final acc':>9} {'vs clean':>9}")
-    for name, arm in summary["arms"].items():
+            run = run_arm(model, Path(tmp) / f"{name}-{seed}", aggregation, kind, args.rounds,
+                          seed, update_clip_norm=args.update_clip_norm)
+            print(name, seed, run["final_accuracy"], flush=True)
+            return run
+
+        harness.run_arms(arms, measure, save=save)
+    summary = summarize(args, results, head)
+
+    def gap(arm: dict[str, Any]) -> float | None:
         gaps = [r["gap_to_clean_fedavg_points"] for r in arm["seeds"].values()]
-        gap = "" if None in gaps else f"{np.mean(gaps):+.1f}"
-        print(f"{name:<20} {arm['mean_final_accuracy']:>9.3f} {gap:>9}")
+        return None if None in gaps else float(np.mean(gaps))
+
+    print("\n" + harness.table(
+        [{"arm": n, **a, "gap": gap(a)} for n, a in summary["arms"].items()],
+        [Column("arm", "arm"), Column("final acc", "mean_final_accuracy", ".3f"),
+         Column("vs clean", "gap", "+.1f")]))
     print(f"written: {args.out / args.name}")
     return 0
 

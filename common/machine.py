@@ -1,5 +1,5 @@
-"""What every benchmark records beside its numbers: the machine it ran on and the versions of the
-packages that did the work. torch is imported only to name the CUDA devices, when asked."""
+"""What a measurement ran on: the machine and the versions of the packages that matter. Written
+into every benchmark's and audit's JSON, so a number always travels with its setting."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Benchmark: federated NER with DP-SGD vs without, on CoNLL-2003 and NCBI-disease, 3 partners.
 
-    python -m simulations.bench_ner [--dataset conll2003] [--finetune head] [--sentences 1200]
+    python -m benchmarks.ner [--dataset conll2003] [--finetune head] [--sentences 1200]
 
 Reads ../shared/datasets/{conll2003,ncbi_disease} (or --datasets-dir); a data set that is absent
 is skipped. Per data set: a seeded sample of the training file is split iid across 3 partners
@@ -18,21 +18,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import PACKAGES, Arm, Column
 from client.data import PartnerSettings, partner_dataset
-from common.config import TOKEN_TASK, RunConfig
+from common.config import RunConfig
 from common.logs import configure_logging
 from common.metrics import entity_scores
 from common.model import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
-from common.storage import atomic_write_json
 from common.tokens import (TokenDataset, encode_tokens, entity_types, load_token_dataset,
                            predicted_tags, read_sentences, tag_names)
 from common.training import evaluate_tokens
 from server.checkpoint import latest_checkpoint
-from simulations.bench_env import PACKAGES, machine, versions
 from simulations.simulate import Federation, run_simulation
 
 # per data set: training file, test file, max-length (words of 95 % of sentences fit)
@@ -96,8 +97,51 @@ def run_arm(config: RunConfig, test: TokenDataset) -> dict:
             "official_test_sample": score(config, out, test)}
 
 
+Prepared = tuple[dict[str, Any], TokenDataset, int, int]  # run config, test set, sizes
+
+
+def prepare(name: str, args: argparse.Namespace) -> Prepared | None:
+    """Seeded train and test samples of one data set and the run config they share; None when
+    the data set is absent."""
+    folder = args.datasets_dir / name
+    train_file, test_file = folder / DATASETS[name][0], folder / DATASETS[name][1]
+    if not (train_file.is_file() and test_file.is_file()):
+        print(f"skipped {name}: {folder} not found")
+        return None
+    sample = args.out / f"{name}_train_sample.conll"
+    n = sample_conll(train_file, sample, args.sentences, seed=0)
+    types = tuple(sorted({t[2:] for _, tags in read_sentences(sample) for t in tags if t != "O"}))
+    test_sample = args.out / f"{name}_test_sample.conll"
+    n_test = sample_conll(test_file, test_sample, args.test_sentences, seed=1)
+    base = dict(task="token-classification", data=str(sample.resolve()), labels=",".join(types),
+                num_rounds=args.rounds, batch_size=args.batch_size,
+                max_length=args.max_length or DATASETS[name][2],
+                finetune=args.finetune, **MODE_SETTINGS[args.finetune])
+    return base, load_token_dataset(test_sample, tag_names(types)), n, n_test
+
+
+def run_dataset(key: str, prepared: Prepared, arms: list[Arm], args: argparse.Namespace,
+                summary: dict[str, Any], command: str) -> dict:
+    """Both arms on one data set; ``summary`` (merged into --json) is rewritten after each."""
+    base, test, n, n_test = prepared
+    entry = summary["datasets"][key] = {
+        "command": command, "arms": {},
+        "config": {**base, "train_sentences": n, "test_sentences": n_test, "partners": PARTNERS}}
+
+    def measure(arm: Arm) -> dict:
+        run_dir = (args.out / f"{key}_{arm.name}").resolve()
+        return run_arm(RunConfig(**base, **arm.settings, out_dir=str(run_dir)), test)
+
+    def save(done: dict[str, Any]) -> None:
+        entry["arms"] = done
+        harness.write_json(args.json, summary)
+
+    harness.run_arms(arms, measure, save=save)
+    return entry
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--datasets-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--dataset", action="append", choices=sorted(DATASETS))
     parser.add_argument("--sentences", type=int, default=900, help="training sample, all partners")
@@ -112,44 +156,26 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging()
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
-    command = " ".join(["python -m simulations.bench_ner", *sys.argv[1:]])
+    head = harness.header("benchmarks.ner", packages=(*PACKAGES, "seqeval"))
+    summary = {"machine": head["machine"], "versions": head["versions"],  # data sets merged
+               "datasets": harness.read_json(args.json, {}).get("datasets", {})}
+    arms = [Arm(f"dp_eps{args.epsilon:g}", {"epsilon": args.epsilon}),
+            Arm("no_dp", {"dp": False})]
+    results = {}
     for name in args.dataset or sorted(DATASETS):
-        folder = args.datasets_dir / name
-        train_file, test_file = folder / DATASETS[name][0], folder / DATASETS[name][1]
-        if not (train_file.is_file() and test_file.is_file()):
-            print(f"skipped {name}: {folder} not found")
-            continue
-        sample = args.out / f"{name}_train_sample.conll"
-        n = sample_conll(train_file, sample, args.sentences, seed=0)
-        types = tuple(sorted({t[2:] for _, tags in read_sentences(sample) for t in tags
-                              if t != "O"}))
-        test_sample = args.out / f"{name}_test_sample.conll"
-        n_test = sample_conll(test_file, test_sample, args.test_sentences, seed=1)
-        base = dict(task=TOKEN_TASK, data=str(sample.resolve()), labels=",".join(types),
-                    num_rounds=args.rounds, batch_size=args.batch_size,
-                    max_length=args.max_length or DATASETS[name][2],
-                    finetune=args.finetune, **MODE_SETTINGS[args.finetune])
-        test = load_token_dataset(test_sample, tag_names(types))
-        arms = {f"dp_eps{args.epsilon:g}": dict(epsilon=args.epsilon), "no_dp": dict(dp=False)}
-        key = f"{name}-{args.finetune}"
-        results[key] = {"command": command, "config": {
-            **base, "train_sentences": n, "test_sentences": n_test, "partners": PARTNERS},
-            "arms": {}}
-        for arm, extra in arms.items():
-            run_dir = (args.out / f"{key}_{arm}").resolve()
-            results[key]["arms"][arm] = run_arm(RunConfig(**base, **extra, out_dir=str(run_dir)),
-                                                test)
-    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    summary = {"machine": machine(), "versions": versions(*PACKAGES, "seqeval"),
-               "datasets": {**old.get("datasets", {}), **results}}
-    atomic_write_json(args.json, summary)
-    print(f"\n{'data set':<18} {'arm':<9} {'F1 test':>8} {'F1 partners':>12} {'max ε':>7} {'s':>6}")
-    for name, body in results.items():
-        for arm, r in body["arms"].items():
-            eps = "∞" if r["max_epsilon"] is None else f"{r['max_epsilon']:.2f}"
-            print(f"{name:<18} {arm:<9} {r['official_test_sample']['entity_f1']:>8.4f} "
-                  f"{r['partners_held_out']['entity_f1']:>12.4f} {eps:>7} {r['seconds']:>6.0f}")
+        prepared = prepare(name, args)
+        if prepared is not None:
+            key = f"{name}-{args.finetune}"
+            results[key] = run_dataset(key, prepared, arms, args, summary, head["command"])
+    harness.write_json(args.json, summary)
+
+    print("\n" + harness.table(
+        [{"data set": name, "arm": arm, **r} for name, body in results.items()
+         for arm, r in body["arms"].items()],
+        [Column("data set", "data set"), Column("arm", "arm"),
+         Column("F1 test", lambda r: r["official_test_sample"]["entity_f1"], ".4f"),
+         Column("F1 partners", lambda r: r["partners_held_out"]["entity_f1"], ".4f"),
+         Column("max ε", "max_epsilon", ".2f", missing="∞"), Column("s", "seconds", ".0f")]))
     print(f"written: {args.json}")
     return 0
 

@@ -2,7 +2,7 @@
 identical but for ``secure-aggregation``, compared on upload bytes per partner per round and on
 round / train-phase time; plus the protocol alone (no training), in-process, at K partners.
 
-    flock /tmp/consortium/heavy.lock python -m simulations.bench_secagg [--partners 3]
+    flock /tmp/consortium/heavy.lock python -m benchmarks.secagg [--partners 3]
         [--rounds 2] [--examples 120] [--ks 3,5,10] [--out results]
 
 Upload bytes are what the coordinator received for the update: the plain round's update arrays;
@@ -12,7 +12,6 @@ shares (server.secagg.payload_bytes). Metrics, names and Flower framing, alike i
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from client.secagg import PartnerSecAgg
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
+from client.secagg_protocol import PartnerSecAgg
 from common import protocol as P
 from server.secagg import MOD_RANGE, SecAggRound, threshold_for
-from simulations.bench_env import machine, versions
 
 LORA_PARAMS = 2 * 12 * 8 * 384 + 4 * 384 + 4  # MiniLM-L6, r = 8 on query + value, 4-label head
 
@@ -79,34 +79,39 @@ def protocol_only(k: int, size: int) -> dict:
     return {"partners": k, "dropped": 1, "threshold": proto.threshold, "seconds": timings}
 
 
+ARMS = [Arm("off", {"secure": False}), Arm("on", {"secure": True})]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--partners", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--examples", type=int, default=120)
     parser.add_argument("--ks", default="3,5,10")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
-    arms = {}
+    summary = {**harness.header("benchmarks.secagg"),
+               "config": {"model": "all-MiniLM-L6-v2 LoRA r=8", "partners": args.partners,
+                          "rounds": args.rounds, "examples_per_partner": args.examples,
+                          "dp": True}}
+
+    def save(done: dict[str, dict]) -> None:
+        summary["arms"] = done
+        harness.write_json(args.out / "secagg.json", summary)
+
     with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
-        for name, secure in (("off", False), ("on", True)):
-            lines = simulate(Path(tmp) / name, args.partners, args.rounds, args.examples, secure)
-            arms[name] = summarize(lines)
+        arms = harness.run_arms(ARMS, lambda arm: summarize(simulate(
+            Path(tmp) / arm.name, args.partners, args.rounds, args.examples,
+            arm.settings["secure"])), save=save)
     ratio = {key: arms["on"][key] / arms["off"][key]
              for key in ("upload_bytes_per_partner_round", "round_seconds", "train_phase_seconds")}
-    summary = {
-        "command": " ".join(["python -m simulations.bench_secagg", *sys.argv[1:]]),
-        "machine": machine(), "versions": versions(),
-        "config": {"model": "all-MiniLM-L6-v2 LoRA r=8", "partners": args.partners,
-                   "rounds": args.rounds, "examples_per_partner": args.examples, "dp": True},
-        "arms": arms, "on_over_off": ratio,
-        "protocol_only": [protocol_only(int(k), LORA_PARAMS) for k in args.ks.split(",")],
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "secagg.json").write_text(json.dumps(summary, indent=2))
-    for key, value in ratio.items():
-        print(f"{key:<34} off {arms['off'][key]:>12.1f}  on {arms['on'][key]:>12.1f}  "
-              f"on/off {value:.3f}")
+    summary.update({"on_over_off": ratio, "protocol_only": [
+        protocol_only(int(k), LORA_PARAMS) for k in args.ks.split(",")]})
+    harness.write_json(args.out / "secagg.json", summary)
+    print(harness.table([{"measure": k, "off": arms["off"][k], "on": arms["on"][k], "ratio": v}
+                         for k, v in ratio.items()],
+                        [Column("measure", "measure"), Column("off", "off", ".1f"),
+                         Column("on", "on", ".1f"), Column("on/off", "ratio", ".3f")]))
     for row in summary["protocol_only"]:
         print(f"protocol only, K={row['partners']}: {row['seconds']}")
     print(f"written: {args.out / 'secagg.json'}")

@@ -1,7 +1,7 @@
 """Benchmark P5: simulation overhead, round wall time ÷ the sum of the partners' pure training time.
 
-    python -m simulations.bench_overhead [--partners 3 --rounds 3 --num-cpus 2] [--from RUN_DIR]
-    python -m simulations.bench_overhead --num-gpus 0.25 --device cuda   # the GPU row
+    python -m benchmarks.overhead [--partners 3 --rounds 3 --num-cpus 2] [--from RUN_DIR]
+    python -m benchmarks.overhead --num-gpus 0.25 --device cuda   # the GPU row
 
 Runs the README demo (embedded data, MiniLM + LoRA, DP ε = 8) through Flower's simulation engine
 (``consortium simulate``'s code path) and reads the run's ``metrics.jsonl``: per round the
@@ -30,7 +30,8 @@ import shutil
 import time
 from pathlib import Path
 
-from simulations.bench_env import machine, versions
+from benchmarks import harness
+from benchmarks.harness import Column
 
 CPU_GOAL, GPU_GOAL = 1.25, 1.05
 LEAK_SLACK = 16 * 2**20  # bytes a process may still reserve more in the last round than in round 1
@@ -70,8 +71,21 @@ def leak_check(rows: list[dict]) -> dict | None:
             "no_leak": grew <= LEAK_SLACK}
 
 
+def simulate(args: argparse.Namespace) -> float:
+    """The README demo through Flower's simulation engine into ``args.run_dir``; wall seconds."""
+    from common.config import RunConfig
+    from simulations.simulate import Federation, run_simulation
+
+    shutil.rmtree(args.run_dir, ignore_errors=True)
+    started = time.perf_counter()
+    run_simulation(RunConfig(num_rounds=args.rounds, out_dir=str(args.run_dir),
+                             device=args.device),
+                   Federation(args.partners, args.num_cpus, args.num_gpus))
+    return time.perf_counter() - started
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--partners", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
@@ -84,40 +98,30 @@ def main() -> int:
     os.environ.setdefault("CONSORTIUM_PROGRESS", "0")
     wall = None
     if args.run_dir is None:
-        from common.config import RunConfig
-        from simulations.simulate import Federation, run_simulation
-
         args.run_dir = args.out / "run"
-        shutil.rmtree(args.run_dir, ignore_errors=True)
-        started = time.perf_counter()
-        run_simulation(RunConfig(num_rounds=args.rounds, out_dir=str(args.run_dir),
-                                 device=args.device),
-                       Federation(args.partners, args.num_cpus, args.num_gpus))
-        wall = time.perf_counter() - started
+        wall = simulate(args)
     rows = round_ratios(args.run_dir)
     steady = rows[1:] or rows  # round 1 also pays Ray's worker start and the first imports
     mean = sum(r["round_ratio"] for r in steady) / len(steady)
     leak = leak_check(rows)
     goal, where = (CPU_GOAL, "CPU") if leak is None else (GPU_GOAL, "GPU")
-    print("| round | round s | train phase s | Σ partner train s | round ÷ Σ train |")
-    for r in rows:
-        print(f"| {r['round']} | {r['round_seconds']:.1f} | {r['train_phase_seconds'] or 0:.1f} | "
-              f"{r['sum_train_seconds']:.1f} | {r['round_ratio']:.3f} |")
+    print(harness.table(rows, [
+        Column("round", "round"), Column("round s", "round_seconds", ".1f"),
+        Column("train phase s", lambda r: r["train_phase_seconds"] or 0, ".1f"),
+        Column("Σ partner train s", "sum_train_seconds", ".1f"),
+        Column("round ÷ Σ train", "round_ratio", ".3f")], markdown=True))
     print(f"mean over rounds 2+: {mean:.3f} (goal ≤ {goal} on {where}: "
           f"{'met' if mean <= goal else 'not met'})")
     if leak is not None:
         print(f"GPU bytes still reserved after each round (largest process): "
               f"{leak['max_reserved_after_round']} -> {'no leak' if leak['no_leak'] else 'LEAK'}")
-    result = {"machine": machine("loadavg_after"), "versions": versions(),
+    result = {**harness.header("benchmarks.overhead", "loadavg_after"),
               "config": {"partners": args.partners, "rounds": args.rounds,
                          "num_cpus_per_partner": args.num_cpus, "num_gpus_per_partner":
                          args.num_gpus, "device": args.device, "run_dir": str(args.run_dir)},
               "total_wall_seconds": wall, "rounds": rows, "steady_mean_ratio": mean,
               "goal": goal, "goal_met": mean <= goal, "gpu_leak_check": leak}
-    from common.storage import atomic_write_json
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "overhead.json", result)
+    harness.write_json(args.out / "overhead.json", result)
     print(f"wrote {args.out / 'overhead.json'}")
     return 0
 

@@ -1,7 +1,7 @@
 """Benchmark P4: coordinator aggregation, peak memory and time at K = 10, 100, 1000 updates, for
 updates of the LoRA size and of the full MiniLM size; streaming (ours) vs hold-all-then-average.
 
-    python -m simulations.bench_aggregation [--ks 10,100,1000] [--out results/aggregation]
+    python -m benchmarks.aggregation [--ks 10,100,1000] [--out results/aggregation]
 
 Ours = what the coordinator does per reply: validate the update, fold it into a running weighted
 sum, drop it. Hold-all = keep every update, then average (Flower's FedAvg receives all K replies
@@ -13,7 +13,6 @@ needs; the hold-all arm stores a real copy per update.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
 from server.aggregation import WeightedMean, validate_update
-from simulations.bench_env import machine
 
 # trainable tensor shapes of MiniLM-L6 (hidden 384, 6 layers) as the coordinator sees them
 LORA_SHAPES = [(8, 384), (384, 8)] * 12 + [(4, 384), (4,)]  # r = 8 on query, value + head
@@ -64,8 +64,25 @@ def measure(fn, current: dict, update: dict, k: int) -> tuple[float, float]:
     return peak / 2**20, seconds
 
 
+def arms(ks: list[int]) -> list[Arm]:
+    """Every (size, K); the hold-all arm runs beside streaming where it fits in memory."""
+    return [Arm(f"{kind}-k{k}", {"size": kind, "k": k}) for kind in ("lora", "full") for k in ks]
+
+
+def measure_arm(arm: Arm, models: dict[str, tuple[dict, dict]], hold_all_max_mib: float) -> dict:
+    kind, k = arm.settings["size"], arm.settings["k"]
+    current, update = models[kind]
+    model_mib = sum(a.nbytes for a in current.values()) / 2**20
+    row = {"size": kind, "model_mib": round(model_mib, 3), "k": k}
+    row["streaming_peak_mib"], row["streaming_seconds"] = measure(streaming, current, update, k)
+    if k * model_mib <= hold_all_max_mib:
+        row["hold_all_peak_mib"], row["hold_all_seconds"] = measure(hold_all, current, update, k)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--ks", default="10,100,1000")
     parser.add_argument("--hold-all-max-mib", type=float, default=4096,
                         help="skip hold-all arms that would need more memory than this")
@@ -73,36 +90,27 @@ def main() -> int:
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     rng = np.random.default_rng(0)
-    rows = []
-    for kind in ("lora", "full"):
-        current, update = make_model(kind, rng), make_model(kind, rng)
-        model_mib = sum(a.nbytes for a in current.values()) / 2**20
-        for k in ks:
-            row = {"size": kind, "model_mib": round(model_mib, 3), "k": k}
-            row["streaming_peak_mib"], row["streaming_seconds"] = measure(streaming, current,
-                                                                         update, k)
-            if k * model_mib <= args.hold_all_max_mib:
-                row["hold_all_peak_mib"], row["hold_all_seconds"] = measure(hold_all, current,
-                                                                           update, k)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    models = {kind: (make_model(kind, rng), make_model(kind, rng)) for kind in ("lora", "full")}
+    head = harness.header("benchmarks.aggregation", numpy=np.__version__)
+    goal = "peak memory at K=1000 <= 1.10 x at K=10"
+    results = harness.run_arms(
+        arms(ks), lambda arm: measure_arm(arm, models, args.hold_all_max_mib),
+        save=lambda done: harness.write_json(args.out / "aggregation.json",
+                                             {**head, "rows": list(done.values()), "goal": goal}))
+    rows = list(results.values())
     ratios = {}
     for kind in ("lora", "full"):
         mine = {r["k"]: r["streaming_peak_mib"] for r in rows if r["size"] == kind}
         ratios[kind] = mine[max(ks)] / mine[min(ks)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"command": " ".join(["python -m simulations.bench_aggregation", *sys.argv[1:]]),
-              "machine": machine(numpy=np.__version__),
-              "rows": rows, f"streaming_peak_ratio_k{max(ks)}_over_k{min(ks)}": ratios,
-              "goal": "peak memory at K=1000 <= 1.10 x at K=10"}
-    (args.out / "aggregation.json").write_text(json.dumps(result, indent=2))
-    print(f"\n{'size':<5} {'K':>5} {'stream MiB':>11} {'stream s':>9} {'hold-all MiB':>13} "
-          f"{'hold-all s':>10}")
-    for r in rows:
-        hold = (f"{r['hold_all_peak_mib']:>13.1f} {r['hold_all_seconds']:>10.2f}"
-                if "hold_all_peak_mib" in r else f"{'(skipped)':>13} {'':>10}")
-        print(f"{r['size']:<5} {r['k']:>5} {r['streaming_peak_mib']:>11.1f} "
-              f"{r['streaming_seconds']:>9.2f} {hold}")
+    harness.write_json(args.out / "aggregation.json",
+                       {**head, "rows": rows,
+                        f"streaming_peak_ratio_k{max(ks)}_over_k{min(ks)}": ratios, "goal": goal})
+    print("\n" + harness.table(rows, [
+        Column("size", "size"), Column("K", "k"),
+        Column("stream MiB", "streaming_peak_mib", ".1f"),
+        Column("stream s", "streaming_seconds", ".2f"),
+        Column("hold-all MiB", "hold_all_peak_mib", ".1f", missing="(skipped)"),
+        Column("hold-all s", "hold_all_seconds", ".2f")]))
     for kind, ratio in ratios.items():
         print(f"{kind}: streaming peak K={max(ks)} / K={min(ks)} = {ratio:.3f} "
               f"({'met' if ratio <= 1.10 else 'NOT met'}, goal <= 1.10)")

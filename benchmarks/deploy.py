@@ -1,0 +1,208 @@
+"""Benchmark: wall time per round, deployment engine (real SuperLink + SuperNodes over TLS on
+loopback) vs simulation engine, same App, same data, same model (the default recipe, DP ε = 8),
+at each data size; and where the gap goes, phase by phase, in a fresh ClientApp process.
+
+    python -m benchmarks.deploy [--partners 2] [--rounds 3] [--sizes 120,1000]
+
+Writes OUT/deploy.json (after every arm) and prints the tables. The partners' data is the
+embedded synthetic set written to CSV files, so it needs nothing outside the install. Round 1
+pays one-off costs (the FAB install, the frozen features of a partner's texts, cached on its
+disk); the steady round is the mean of rounds 2 and later.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.harness import Arm, Column
+from common.config import RunConfig
+from common.logs import configure_logging
+from common.synthetic import LABELS, synthetic_partner_data
+from simulations.simulate import Federation, run_simulation
+
+CLI = str(Path(sys.executable).with_name("consortium"))
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "HF_HUB_OFFLINE": "1"}
+STARTUP_PROBE = """
+import sys, time; t0 = time.time()
+import client.app  # what a fresh flwr-clientapp process imports
+t1 = time.time()
+from common.config import RunConfig; from common.model import build_model, load_tokenizer
+from common.synthetic import LABELS, synthetic_partner_data
+from common.tasks import get_task
+c = RunConfig(examples_per_partner=int(sys.argv[1])); tok = load_tokenizer(c)
+model = build_model(c, LABELS); t2 = time.time()
+get_task(c.task).encode(tok, synthetic_partner_data(0, c.examples_per_partner, c.seed),
+                        c.max_length)
+print(t1 - t0, t2 - t1, time.time() - t2)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int) -> None:
+    for _ in range(120):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(port)
+
+
+def _rounds(out: Path) -> list[dict]:
+    """Per round: wall seconds and the partners' own training seconds."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{"seconds": line["seconds"],
+             "partner_train_seconds": line.get("partner_train_seconds", {})} for line in lines]
+
+
+def run_deployment(root: Path, config: RunConfig, partners: int) -> list[dict]:
+    procs: list[subprocess.Popen] = []
+    port = _free_port()
+
+    def start(log: str, *args: str) -> None:
+        procs.append(subprocess.Popen([CLI, *args], stdout=open(root / log, "w"),
+                                      stderr=subprocess.STDOUT, env=ENV, start_new_session=True))
+    try:
+        subprocess.run([CLI, "coordinator", "init", str(root / "fed"), "--port", str(port)],
+                       check=True, env=ENV, capture_output=True)
+        start("superlink.log", "coordinator", "start", str(root / "fed"), "--bind", "127.0.0.1")
+        _wait_port(port)
+        for i in range(partners):
+            name = f"org-{i}"
+            subprocess.run([CLI, "partner", "keygen", str(root / "keys"), "--name", name],
+                           check=True, env=ENV, capture_output=True)
+            subprocess.run([CLI, "coordinator", "enroll", str(root / "keys" / f"{name}.pub"),
+                            "--name", name, "--dir", str(root / "fed")], check=True, env=ENV,
+                           capture_output=True)
+            data = synthetic_partner_data(i, config.examples_per_partner, config.seed)
+            with open(root / f"{name}.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["text", "label"])
+                writer.writerows((t, LABELS[y]) for t, y in zip(data.texts, data.labels))
+            start(f"{name}.log", "partner", "start", "--coordinator", f"127.0.0.1:{port}",
+                  "--ca", str(root / "fed" / "ca.crt"), "--key", str(root / "keys" / name),
+                  "--data", str(root / f"{name}.csv"), "--max-epsilon", "100",
+                  "--port", str(_free_port()), "--ledger-dir", str(root / "ledgers" / name))
+        out = root / "out"
+        args = [CLI, "run", "--coordinator", str(root / "fed"), "--labels", ",".join(LABELS),
+                "--out", str(out), "--rounds", str(config.num_rounds),
+                "--set", f"examples-per-partner={config.examples_per_partner}",
+                "--set", f"min-partners={partners}"]
+        subprocess.run(args, check=True, env=ENV, capture_output=True, timeout=1800)
+        return _rounds(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+
+def run_simulated(root: Path, config: RunConfig, partners: int) -> list[dict]:
+    """The same federation through Flower's simulation engine."""
+    run_simulation(config.replace(out_dir=str(root)), Federation(partners))
+    return _rounds(root)
+
+
+def arms(sizes: list[int]) -> list[Arm]:
+    return [Arm(f"{engine}-{n}", {"run": run, "examples": n})
+            for n in sizes for engine, run in (("simulation", run_simulated),
+                                               ("deployment", run_deployment))]
+
+
+def startup_probe(examples: int) -> dict[str, float]:
+    """Seconds a fresh ClientApp process spends importing, building the model, and reading and
+    tokenizing ``examples`` texts: what every Message pays in deployment."""
+    probe = subprocess.run([sys.executable, "-c", STARTUP_PROBE, str(examples)],
+                           capture_output=True, text=True, check=True, env=ENV).stdout.split()
+    return dict(zip(("imports", "model_build", "data_and_tokenize"), map(float, probe)))
+
+
+def steady(rounds: list[dict]) -> float:
+    later = rounds[1:] or rounds
+    return sum(r["seconds"] for r in later) / len(later)
+
+
+def summarize(results: dict[str, list[dict]], sizes: list[int], partners: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        sim, dep = results.get(f"simulation-{n}"), results.get(f"deployment-{n}")
+        if not (sim and dep):
+            continue
+        row = {"examples_per_partner": n, "sim_round_1": sim[0]["seconds"],
+               "dep_round_1": dep[0]["seconds"], "sim_steady": steady(sim),
+               "dep_steady": steady(dep)}
+        row["ratio_steady"] = row["dep_steady"] / row["sim_steady"]
+        # partners train side by side (one core each): the gap is what each partner's fresh
+        # process pays per round, on top of the same training
+        row["fixed_cost_per_partner_round"] = row["dep_steady"] - row["sim_steady"]
+        train = [s for r in dep[1:] for s in r["partner_train_seconds"].values() if s]
+        row["dep_partner_train_seconds"] = sum(train) / len(train) if train else None
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--partners", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="120,1000", help="examples per partner, per arm pair")
+    parser.add_argument("--out", type=Path, default=Path("results/deploy"))
+    args = parser.parse_args()
+    configure_logging()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    base = RunConfig(num_rounds=args.rounds, labels=",".join(LABELS),
+                     min_partners=args.partners)
+    summary = {**harness.header("benchmarks.deploy"),
+               "config": {"partners": args.partners, "rounds": args.rounds, "sizes": sizes,
+                          "finetune": base.finetune, "epsilon": base.epsilon},
+               "protocol": "one TRAIN Message per partner per round, one final EVALUATE"}
+
+    def save(done: dict[str, list[dict]]) -> None:
+        summary["rounds"] = done
+        summary["summary"] = summarize(done, sizes, args.partners)
+        harness.write_json(args.out / "deploy.json", summary)
+
+    def measure(arm: Arm) -> list[dict]:
+        config = base.replace(examples_per_partner=arm.settings["examples"])
+        return arm.settings["run"]((args.out / arm.name).resolve(), config, args.partners)
+
+    results = harness.run_arms(arms(sizes), measure, save=save)
+    summary["fresh_clientapp_process"] = {n: startup_probe(n) for n in sizes}
+    save(results)
+    print("\n" + harness.table(summary["summary"], [
+        Column("examples/partner", "examples_per_partner"),
+        Column("sim round 1 s", "sim_round_1", ".1f"),
+        Column("dep round 1 s", "dep_round_1", ".1f"),
+        Column("sim steady s", "sim_steady", ".1f"), Column("dep steady s", "dep_steady", ".1f"),
+        Column("dep / sim", "ratio_steady", ".2f"),
+        Column("fixed cost / partner-round s", "fixed_cost_per_partner_round", ".1f"),
+        Column("partner train s", "dep_partner_train_seconds", ".2f", missing="-")],
+        markdown=True))
+    print("\n" + harness.table([{"examples_per_partner": n, **p} for n, p in
+                                summary["fresh_clientapp_process"].items()], [
+        Column("examples/partner", "examples_per_partner"), Column("imports s", "imports", ".2f"),
+        Column("model build s", "model_build", ".2f"),
+        Column("data + tokenize s", "data_and_tokenize", ".2f")], markdown=True))
+    print(f"written: {args.out / 'deploy.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""What a person sees of a run's log stream by default: one line per round from the coordinator,
+each partner's progress, and every error, without colour codes, Ray's actor prefixes or the
+libraries' notices. The whole stream, unfiltered, goes to a log file beside the run's outputs;
+``--verbose`` shows it on the console instead."""
+
+from __future__ import annotations
+
+import re
+
+LOG_FILE = "flwr.log"  # in the run's out-dir: Flower's, Ray's and the apps' whole log stream
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+RAY_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+(?:, ip=[\d.]+)?\)\s*")
+RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
+OURS = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR|CRITICAL) "
+                  r"(server|client|common|simulations)[\w.]*: (.*)$")
+ERROR = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback |^\w+(Error|Exception)\b|Exit Code: \d+")
+
+
+def clean(raw: str) -> str:
+    """The line without colour codes, Ray's ``(Actor pid=N)`` prefix and repeat notes."""
+    return RAY_REPEAT.sub("", RAY_PREFIX.sub("", ANSI.sub("", raw.rstrip("\r\n"))))
+
+
+class ConsoleFilter:
+    """Feed it the stream line by line; it returns the line to show, or None."""
+
+    def __init__(self) -> None:
+        self._in_traceback = False
+
+    def __call__(self, raw: str) -> str | None:
+        line = clean(raw)
+        if self._in_traceback:  # a traceback shows whole: its indented frames, then the error
+            self._in_traceback = line.startswith(" ") or not line.strip()
+            return line
+        if line.startswith("Traceback "):
+            self._in_traceback = True
+            return line
+        ours = OURS.match(line)
+        if ours:
+            level, package, message = ours.groups()
+            if level != "INFO" or package in ("server", "simulations"):
+                return line
+            return line if package == "client" and " round " in message else None
+        return line if ERROR.search(line) else None

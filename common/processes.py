@@ -1,0 +1,163 @@
+"""Stop exactly the processes one command started, by PID, Ray's included.
+
+`flwr run` detaches a local SuperLink, which starts the SuperExec, `flwr-simulation` and Ray
+(GCS, raylet, workers; Ray's agents ignore SIGTERM). None of them is a child this process could
+wait on, but all inherit its environment: the command tags what it starts with a variable of
+its own (``RUN_TAG``) and stops every process of this user that carries that tag, never one
+of another run or another user's federation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Callable, Mapping
+
+from common.errors import ConsortiumError
+
+RUN_TAG = "CONSORTIUM_PROCESS_TAG"
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """PIDs of this user's processes whose environment holds ``RUN_TAG=tag`` (not this one)."""
+    return pids_with(RUN_TAG, tag)
+
+
+def pids_with(variable: str, value: str) -> list[int]:
+    """PIDs of this user's processes whose environment holds ``variable=value`` (not this
+    one): a variable a command set is inherited by everything it starts, detached or not."""
+    needle = f"{variable}={value}".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(pid)
+        except OSError:  # gone, or another user's: not ours to stop
+            continue
+    return pids
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def stop_tagged(tag: str, grace: float = 5.0) -> list[int]:
+    """SIGTERM every tagged process, then, after ``grace`` seconds, freeze (SIGSTOP) and SIGKILL
+    whatever carries the tag, again and again until none is left: a process that a dying parent
+    started after the first sweep (a Ray worker, a fresh ClientApp) is caught by the next one.
+    Returns the PIDs that were running at the first sweep."""
+    found = tagged_pids(tag)
+    _signal_all(found, signal.SIGTERM)
+    deadline = time.time() + grace
+    while tagged_pids(tag) and time.time() < deadline:
+        time.sleep(0.2)
+    deadline = time.time() + 2 * grace
+    while (left := tagged_pids(tag)) and time.time() < deadline:
+        _signal_all(left, signal.SIGSTOP)  # none of them can start another while we sweep
+        _signal_all(left, signal.SIGKILL)
+        time.sleep(0.1)
+    return found
+
+
+class Stopped(Exception):
+    """The command got SIGINT or SIGTERM; what it started has been (or is being) stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopOnSignal:
+    """Within ``with StopOnSignal():`` SIGINT and SIGTERM raise Stopped (once), so the caller's
+    ``finally`` stops what it started; the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Callable | int | None] = {}
+
+    def _raise(self, signum: int, frame: FrameType | None) -> None:
+        for sig in self._previous:  # a second signal while stopping must not interrupt it
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    def __enter__(self) -> StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+
+def run_tagged(command: list[str], env: Mapping[str, str], what: str,
+               hint: Callable[[], str], cwd: str | os.PathLike | None = None,
+               grace: float = 6.0, console: Callable[[str], str | None] | None = None,
+               log: Path | None = None) -> int:
+    """Run ``command`` with a fresh tag in its environment and return its exit code; whatever
+    it left running (a detached SuperLink, Ray) is stopped when it ends.
+
+    With ``console``, the command's output is read line by line: every line is appended to
+    ``log`` and ``console(line)`` decides what the terminal shows (None: nothing).
+
+    On SIGINT or SIGTERM the command gets SIGTERM first and ``grace`` seconds to stop what it
+    runs itself (a SuperNode tells the SuperLink it leaves, so it may rejoin at once); then
+    everything still carrying the tag is stopped by PID, and ConsortiumError says in one line
+    the signal, ``what`` was stopped, and ``hint()`` (how to go on, as of now)."""
+    tag = new_tag()
+    proc = None
+    try:
+        with StopOnSignal():
+            if console is None:
+                proc = subprocess.Popen(command, env={**env, RUN_TAG: tag}, cwd=cwd)
+            else:
+                proc = subprocess.Popen(command, env={**env, RUN_TAG: tag}, cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, errors="replace")
+                _show(proc, console, log)
+            return proc.wait()
+    except Stopped as stop:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        stopped = stop_tagged(tag, grace=2.0)
+        raise ConsortiumError(f"stopped by {stop}: {what} ({len(stopped) + 1} process(es)) "
+                              f"stopped; {hint()}") from None
+    finally:
+        stop_tagged(tag, grace=2.0)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _show(proc: subprocess.Popen, console: Callable[[str], str | None],
+          log: Path | None) -> None:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log if log is not None else os.devnull, "a", encoding="utf-8") as sink:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            sink.write(raw)
+            sink.flush()
+            shown = console(raw)
+            if shown is not None:
+                print(shown, file=sys.stderr, flush=True)

@@ -1,0 +1,68 @@
+"""text-classification: one label per text (CSV / TSV / JSONL files, common.data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from common import protocol as P
+from common import synthetic
+from common.data import TextDataset, infer_labels, load_text_dataset
+from common.errors import ConfigError
+from common.tasks.base import Task, TaskConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from transformers import PreTrainedTokenizerBase
+
+
+class TextClassification(Task):
+    name = pipeline_tag = "text-classification"
+    auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    # a text's mean-pooled frozen features + a linear head (BENCHMARKS.md, DP recipe)
+    auto_finetune = "pooled-head"
+    main_metric = P.ACCURACY
+    declares = ("the label set", "negative,positive")
+    demo_name, label_kind = "data set", "labels"
+    one_label_per_text = True
+
+    def infer_labels(self, config: TaskConfig) -> tuple[str, ...]:
+        return infer_labels(config.data, config.label_column)
+
+    def demo_labels(self) -> tuple[str, ...]:
+        return synthetic.LABELS
+
+    def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
+             text_column: str = "", label_column: str = "",
+             group_column: str | None = None) -> TextDataset:
+        return load_text_dataset(path, text_column or config.text_column,
+                                 label_column or config.label_column, labels, group_column)
+
+    def demo_data(self, partner_id: int, config: TaskConfig,
+                  labels: Sequence[str]) -> TextDataset:
+        if tuple(labels) != synthetic.LABELS:
+            raise ConfigError(f"labels {list(labels)} do not match the embedded data set's "
+                              f"{list(synthetic.LABELS)}; leave labels empty, or set data")
+        return synthetic.synthetic_partner_data(partner_id, config.examples_per_partner,
+                                                config.seed)
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
+               max_length: int) -> TensorDataset:
+        from common.training import encode
+
+        return encode(tokenizer, data, max_length)
+
+    def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from common.training import sequence_loss
+
+        return sequence_loss(logits, labels)
+
+    def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
+                 max_length: int) -> dict[str, float]:
+        """Loss, accuracy, macro-F1 and per-class counts (common.training.text_metrics)."""
+        from common.training import text_metrics
+
+        return text_metrics(model, tokenizer, data, max_length)

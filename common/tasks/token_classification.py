@@ -1,0 +1,112 @@
+"""token-classification (NER): a tag per word (CoNLL / JSONL files, common.tokens).
+
+`labels` declares entity types (``PER,ORG``); the model's labels are the IOB2 tags derived from
+them (``common.tokens.tag_names``). Training and evaluation label a word at its first word piece.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from common import protocol as P
+from common.errors import ConfigError
+from common.tasks.base import Task, TaskConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+    from transformers import PreTrainedTokenizerBase
+
+    from common.tokens import TokenDataset
+
+
+def token_keys(config: TaskConfig, text_column: str = "",
+               label_column: str = "") -> tuple[str, str]:
+    """The JSONL keys of a sentence's words and tags: ``tokens`` / ``tags`` unless text-column /
+    label-column (or the partner's own) are set away from their defaults."""
+    text, label = text_column or config.text_column, label_column or config.label_column
+    return ("tokens" if text == "text" else text), ("tags" if label == "label" else label)
+
+
+class TokenClassification(Task):
+    name = pipeline_tag = "token-classification"
+    auto_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    auto_finetune = "head"  # a word's tag from a head on the encoder (BENCHMARKS.md, DP recipe)
+    main_metric = P.ENTITY_F1
+    declares = ("the entity types", "PER,ORG,LOC")
+    demo_name, label_kind = "NER data set", "entity types"
+
+    def check_config(self, config: TaskConfig) -> None:
+        tags = [t for t in config.label_list if t == "O" or t[:2] in ("B-", "I-")]
+        if tags:
+            raise ConfigError(f"labels={config.labels!r}: for token-classification list the "
+                              f"entity types (e.g. PER,ORG), not tags {tags[:3]}; O, B-TYPE and "
+                              "I-TYPE are derived from the types")
+        if config.partition != "iid":
+            raise ConfigError(f"partition={config.partition!r}: token-classification data can "
+                              "only be split iid (a sentence has no single label or group)")
+        if config.finetune == "pooled-head":
+            raise ConfigError('finetune = "pooled-head" pools a whole text into one vector; '
+                              'token-classification needs a tag per word: use "lora" or "head"')
+        if config.tag_column == 0:
+            raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "
+                              "(the last) or 3 (CoNLL-2003's NER column)")
+
+    def label_names(self, declared: Sequence[str]) -> tuple[str, ...]:
+        from common.tokens import tag_names
+
+        return tag_names(declared)
+
+    def infer_labels(self, config: TaskConfig) -> tuple[str, ...]:
+        from common.tokens import infer_entity_types
+
+        return infer_entity_types(config.data, config.tag_column, *token_keys(config))
+
+    def demo_labels(self) -> tuple[str, ...]:
+        from common.synthetic_ner import ENTITY_TYPES
+
+        return ENTITY_TYPES
+
+    def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
+             text_column: str = "", label_column: str = "",
+             group_column: str | None = None) -> TokenDataset:
+        """Sentences of a CoNLL or JSONL file; no groups (config.partition is iid)."""
+        from common.tokens import load_token_dataset
+
+        keys = token_keys(config, text_column, label_column)
+        return load_token_dataset(path, labels, config.tag_column, *keys)
+
+    def demo_data(self, partner_id: int, config: TaskConfig,
+                  labels: Sequence[str]) -> TokenDataset:
+        from common import synthetic_ner
+        from common.tokens import entity_types
+
+        if tuple(labels) != synthetic_ner.TAGS:
+            raise ConfigError(f"labels {list(entity_types(labels))} do not match the embedded NER "
+                              f"data set's entity types {list(synthetic_ner.ENTITY_TYPES)}; leave "
+                              "labels empty, or set data")
+        return synthetic_ner.synthetic_ner_data(partner_id, config.examples_per_partner,
+                                                config.seed)
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, data: TokenDataset,
+               max_length: int) -> TensorDataset:
+        """Word-piece aligned tags: a word's first piece carries its tag, the rest IGNORE."""
+        from common.tokens import encode_tokens
+
+        return encode_tokens(tokenizer, data, max_length)
+
+    def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from common.training import token_loss
+
+        return token_loss(logits, labels)
+
+    def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TokenDataset,
+                 max_length: int) -> dict[str, float]:
+        """Token accuracy, entity P / R / F1, macro-F1 over types and per-type entity counts
+        (common.tokens.entity_metrics)."""
+        from common.tokens import entity_metrics
+
+        return entity_metrics(model, tokenizer, data, max_length)

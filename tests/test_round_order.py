@@ -1,0 +1,134 @@
+"""One Message per partner per round (simulations.local_grid drives the real round loop and the
+real ClientApp handlers): each TRAIN Message brings the model after the round before, which the
+partner evaluates first; only the final model has its own EVALUATE Message. Line r of
+metrics.jsonl is round r's training and the evaluation of the model after round r, and a stop
+between checkpoint r and line r resumes to every round once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Message, MessageType
+
+import server.coordinator as coordinator
+from client.policy import PartnerSettings
+from client.received import prepare
+from common.config import RunConfig
+from common.logs import PACKAGES
+from common.model import build_model, trainable_state
+from common.synthetic import LABELS
+from server.evaluation import summarize_round
+from simulations.local_grid import LocalGrid
+
+PARTNERS, ROUNDS = 3, 3
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """The ClientApp binds our loggers to the (captured) stderr of the moment; put them back."""
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
+             for name in PACKAGES}
+    yield
+    for name, (handlers, propagate) in saved.items():
+        logging.getLogger(name).handlers = handlers
+        logging.getLogger(name).propagate = propagate
+
+
+def _config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
+    values = dict(base_model=tiny_bert, examples_per_partner=30, max_length=16, batch_size=8,
+                  finetune="lora", dp=False, dp_plan_check=False, local_epochs=1,
+                  num_rounds=ROUNDS, round_timeout=1.0, learning_rate=0.05,
+                  out_dir=str(tmp_path / "out"), ledger_dir=str(tmp_path / "ledgers"))
+    return RunConfig(**{**values, **changes})
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_one_message_per_partner_per_round_and_line_r_evaluates_the_model_after_round_r(
+        tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    released: dict[int, dict[str, np.ndarray]] = {}  # the model after each round, as saved
+    real_save = coordinator.save_checkpoint
+
+    def save(directory, ckpt):
+        released[ckpt.round] = {k: v.copy() for k, v in ckpt.arrays.items()}
+        real_save(directory, ckpt)
+
+    monkeypatch.setattr(coordinator, "save_checkpoint", save)
+    config = _config(tiny_bert, tmp_path)
+    grid = LocalGrid(config, PARTNERS, node_config={"evaluation": "full"})  # + the exact loss
+    out = coordinator.run_federation(grid, config)
+    assert grid.sent == [(MessageType.TRAIN, r, p) for r in range(1, ROUNDS + 1)
+                         for p in range(PARTNERS)] + [
+        (MessageType.EVALUATE, ROUNDS, p) for p in range(PARTNERS)]
+    lines = _lines(out)
+    assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
+    model_bytes = sum(a.nbytes for a in trainable_state(build_model(config, LABELS)).values())
+    for line in lines:  # one model per partner-round, and the final EVALUATE's on the last
+        final = PARTNERS * model_bytes if line["round"] == ROUNDS else 0
+        assert line["download_bytes"] == PARTNERS * model_bytes + final
+        assert line["eval_failures"] == []
+    fingerprint = coordinator.frozen_fingerprint(build_model(config, LABELS))
+    for line in lines:  # the evaluation each partner would make of the model after round r
+        expected = {}
+        for pid in range(PARTNERS):
+            partner = PartnerSettings.from_node_config({"partition-id": pid,
+                                                        "num-partitions": PARTNERS,
+                                                        "evaluation": "full"})
+            prep = prepare(config, partner, released[line["round"]], fingerprint,
+                           torch.device("cpu"))
+            metrics = prep.task.evaluate(prep.model, prep.tokenizer, prep.test, config.max_length)
+            expected[partner.name] = metrics
+        summary = summarize_round(expected, "accuracy")
+        for key in ("eval_per_partner", "eval_per_class"):
+            assert line[key] == json.loads(json.dumps(coordinator.json_safe(summary[key])))
+        assert line["eval_mean"] == pytest.approx(summary["eval_mean"])
+    losses = [line["eval_loss"] for line in lines]
+    assert len(set(losses)) == ROUNDS  # three models, three evaluations
+
+
+@dataclass
+class StoppingGrid(LocalGrid):
+    """The coordinator stops right after the first partner answered a Message of this kind
+    and round (the partner has evaluated the model it carries)."""
+
+    stop_at: tuple[str, int] = (MessageType.TRAIN, 0)
+
+    def _answer(self, msg: Message) -> Message | None:
+        reply = super()._answer(msg)
+        if self.sent[-1][:2] == self.stop_at:
+            raise RuntimeError("coordinator stopped")
+        return reply
+
+
+@pytest.mark.parametrize("stop_at", [(MessageType.TRAIN, ROUNDS), (MessageType.EVALUATE, ROUNDS)])
+def test_a_stop_between_checkpoint_and_line_resumes_to_every_round_once(
+        tiny_bert: str, tmp_path: Path, stop_at: tuple[str, int]) -> None:
+    """Stopped after checkpoint N − 1 (in round N's TRAIN Messages) or after checkpoint N (in
+    the final EVALUATE): the resumed run trains no checkpointed round again, writes every line
+    once, in order, and partner-0, which had evaluated the pending round's model, refuses to
+    evaluate it again (its refusal is in that line)."""
+    config = _config(tiny_bert, tmp_path)
+    with pytest.raises(RuntimeError, match="coordinator stopped"):
+        coordinator.run_federation(StoppingGrid(config, PARTNERS, stop_at=stop_at), config)
+    pending = stop_at[1] - 1 if stop_at[0] == MessageType.TRAIN else stop_at[1]
+    assert [line["round"] for line in _lines(Path(config.out_dir))] == list(range(1, pending))
+    resumed = config.replace(resume=True)
+    grid = LocalGrid(resumed, PARTNERS)
+    out = coordinator.run_federation(grid, resumed)
+    trained = sorted({rnd for kind, rnd, _ in grid.sent if kind == MessageType.TRAIN})
+    assert trained == list(range(pending + 1, ROUNDS + 1))  # no checkpointed round again
+    lines = _lines(out)
+    assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
+    line = lines[pending - 1]
+    assert sorted(line["eval_per_partner"]) == ["partner-1", "partner-2"]
+    [refused] = line["eval_failures"]
+    assert refused["partner"] == "partner-0" and "already evaluated" in refused["reason"]
+    assert all(not other["eval_failures"] for other in lines if other is not line)
