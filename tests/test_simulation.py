@@ -19,6 +19,7 @@ from common.model import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
 from common.training import encode, evaluate
 from server.checkpoint import latest_checkpoint
+from simulations.cli import main
 from simulations.simulate import _port_in_use, local_superlink_ports
 
 pytestmark = pytest.mark.slow
@@ -107,15 +108,15 @@ def test_pipeline_matches_the_runs_evaluation(finished_run: Path) -> None:
     assert reported == pytest.approx(np.mean(np.array(theirs) == np.array(test.labels)))
 
 
-def test_resume_refuses_a_changed_config(finished_run: Path) -> None:
-    proc = subprocess.run([CLI, "simulate", "--partners", "2", "--rounds", "3", "--resume",
-                           "--out", str(finished_run)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2
-    assert "num-rounds: 2 -> 3" in proc.stderr
+def test_resume_refuses_a_changed_config(finished_run: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    code = main(["simulate", "--partners", "2", "--rounds", "3", "--resume",
+                 "--out", str(finished_run)])  # refused before anything starts: in process
+    assert code == 2
+    assert "num-rounds: 2 -> 3" in capsys.readouterr().err
 
 
-def test_rerun_into_a_used_out_dir_is_refused(finished_run: Path) -> None:
-    proc = subprocess.run([CLI, "simulate", "--out", str(finished_run)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+def test_rerun_into_a_used_out_dir_is_refused(finished_run: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["simulate", "--out", str(finished_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
