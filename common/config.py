@@ -24,6 +24,7 @@ AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F
 COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+TRACKERS = ("", "tensorboard", "mlflow")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -114,6 +115,10 @@ class RunConfig:
     ledger_dir: str = _opt("", "Where a partner keeps its privacy ledger; empty = "
                                "OUT-DIR/ledgers (simulation only).")
     resume: bool = _opt(False, "Continue the run found in out-dir from its last checkpoint.")
+    tracking: str = _opt("", "Also log each round (accuracy, loss, ε per partner, bytes) to an "
+                             "experiment tracker: tensorboard (OUT-DIR/tensorboard) or mlflow "
+                             "(OUT-DIR/mlflow.db); needs the tracking extra. Empty = off.",
+                         choices=TRACKERS)
     aggregation: str = _opt("fedavg", "fedavg (example-weighted, streaming), median, "
                                       "trimmed-mean:BETA (0 <= BETA < 0.5), krum:F or "
                                       "multi-krum:F (F = attackers tolerated).")

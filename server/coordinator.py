@@ -36,6 +36,7 @@ from server.report import write_report
 from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
                               stream_replies)
 from server.run_data import last_metrics_line
+from server.tracking import Tracker, open_tracker
 from server.secagg_phase import secure_train_phase
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,16 @@ def _own_evaluation(line: dict[str, Any], held_out: HeldOutSet | None, state: Ru
     line["seconds"] = round(line.get("seconds", 0.0) + time.time() - started, 3)
 
 
-def _write_line(out: Path, config: RunConfig, line: dict[str, Any],
-                evals: Evaluations) -> dict[str, Any]:
+def _write_line(out: Path, config: RunConfig, line: dict[str, Any], evals: Evaluations,
+                tracker: Tracker | None) -> dict[str, Any]:
     """Complete a round's metrics line with the partners' evaluations of its model; append."""
     line = {**line, **evaluation_fields(config, evals)}
     line["download_bytes"] += evals.download_bytes  # the final model's EVALUATE Messages
     append_metrics(out, line)
     done = json_safe(line)
     logger.info(progress_line(done, config.num_rounds, config.dp))
+    if tracker is not None:
+        tracker.log_round(done)
     return done
 
 
@@ -188,6 +191,18 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     state, pending = _start_state(config, out, trainable_state(model))
     del model
     held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
+    tracker = open_tracker(config, out)
+    try:
+        return _run_rounds(grid, config, out, labels, state, pending, held_out, fingerprint,
+                           tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _run_rounds(grid: Grid, config: RunConfig, out: Path, labels: tuple[str, ...],
+                state: RunState, pending: dict[str, Any] | None, held_out: HeldOutSet | None,
+                fingerprint: str, tracker: Tracker | None) -> Path:
     logger.info("run -> %s: %d rounds, labels %s", out, config.num_rounds, list(labels))
     last_line: dict[str, Any] | None = None
     if pending is not None:
@@ -202,10 +217,10 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
             line.update(train_phase(grid, config, state, rnd, fingerprint, evals))
         except ConsortiumError:  # too few updates: the evaluations that came are kept
             if pending is not None:
-                _write_line(out, config, pending, evals)
+                _write_line(out, config, pending, evals, tracker)
             raise
         if pending is not None:
-            _write_line(out, config, pending, evals)
+            _write_line(out, config, pending, evals, tracker)
         eps = [p["epsilon"] for p in state.partners.values()]
         line["max_epsilon"] = (max(e for e in eps if e is not None)
                                if config.dp and all(e is not None for e in eps) else None)
@@ -220,7 +235,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         started = time.time()
         evals = evaluate_phase(grid, config, state, fingerprint)
         pending["seconds"] = round(pending.get("seconds", 0.0) + time.time() - started, 3)
-        last_line = _write_line(out, config, pending, evals)
+        last_line = _write_line(out, config, pending, evals, tracker)
     report = privacy_report(config, state.partners)
     write_privacy_report(out, report)
     export_model(out, config, labels, state.arrays, report,

@@ -21,6 +21,7 @@ from common.sources import run_labels
 from common.tasks import get_task
 from server.checkpoint import check_same_config, latest_checkpoint
 from server.held_out import read_held_out
+from server.tracking import check_tracking
 from common.partition import partition_indices
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
@@ -57,6 +58,7 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     if federation.partners < config.min_partners:
         raise ConfigError(f"--partners {federation.partners} is below min-partners "
                           f"{config.min_partners}")
+    check_tracking(config)
     if config.device.startswith("cuda") and federation.num_gpus <= 0:
         raise ConfigError(f"device = {config.device!r} needs --num-gpus > 0 (each partner's GPU "
                           "share): Ray hides the GPUs from partners that reserve none")

@@ -198,29 +198,34 @@ def test_three_enrolled_partners_train_and_an_over_budget_one_refuses(federation
     assert sorted(report["partners"]) == ["org-a", "org-b"]
 
 
-def test_unenrolled_node_is_refused(federation) -> None:
+@pytest.fixture(scope="module")
+def refused(federation) -> dict[str, subprocess.Popen]:
+    """Three partners the SuperLink must turn away, started side by side (each test below waits
+    for its own): one never enrolled, one without TLS, one enrolled and then revoked."""
     root = federation[0]
     assert cli("partner", "keygen", str(root / "keys"), "--name", "stranger").returncode == 0
-    proc = start_partner(federation, "stranger", 8.0)
-    assert proc.wait(timeout=90) != 0
-    assert "305" in federation[2].log("stranger")
-
-
-def test_plain_text_client_is_refused(federation) -> None:
-    proc = start_partner(federation, "plain", 8.0, "--insecure", "--max-wait-time", "10",
-                         key=False)
-    assert proc.wait(timeout=90) != 0
-
-
-def test_revoked_partner_cannot_rejoin(federation) -> None:
-    root = federation[0]
     enroll(federation, "org-gone")
     revoked = cli("coordinator", "revoke", "--name", "org-gone", "--dir", str(root / "fed"))
     assert revoked.returncode == 0, revoked.stderr
-    proc = start_partner(federation, "org-gone", 8.0)
-    assert proc.wait(timeout=90) != 0
-    again = cli("coordinator", "enroll", str(root / "keys" / "org-gone.pub"), "--name",
-                "org-gone2", "--dir", str(root / "fed"))
+    return {"stranger": start_partner(federation, "stranger", 8.0),
+            "plain": start_partner(federation, "plain", 8.0, "--insecure", "--max-wait-time",
+                                   "10", key=False),
+            "org-gone": start_partner(federation, "org-gone", 8.0)}
+
+
+def test_unenrolled_node_is_refused(federation, refused) -> None:
+    assert refused["stranger"].wait(timeout=90) != 0
+    assert "305" in federation[2].log("stranger")
+
+
+def test_plain_text_client_is_refused(refused) -> None:
+    assert refused["plain"].wait(timeout=90) != 0
+
+
+def test_revoked_partner_cannot_rejoin(federation, refused) -> None:
+    assert refused["org-gone"].wait(timeout=90) != 0
+    again = cli("coordinator", "enroll", str(federation[0] / "keys" / "org-gone.pub"), "--name",
+                "org-gone2", "--dir", str(federation[0] / "fed"))
     assert again.returncode != 0 and "already in use" in again.stderr
 
 
