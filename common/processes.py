@@ -122,6 +122,10 @@ def run_tagged(command: list[str], env: Mapping[str, str], what: str,
     everything still carrying the tag is stopped by PID, and ConsortiumError says in one line
     the signal, ``what`` was stopped, and ``hint()`` (how to go on, as of now)."""
     tag = new_tag()
+    # Flower starts its own executables (flower-superexec, flwr-clientapp) by name: from this
+    # environment's bin, also when the command was run by path without activating it
+    env = {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                           env.get("PATH", os.defpath)])}
     proc = None
     try:
         with StopOnSignal():
