@@ -58,21 +58,24 @@ def _signal_all(pids: list[int], sig: int) -> None:
             continue
 
 
-def stop_tagged(tag: str, grace: float = 5.0) -> list[int]:
+def stop_tagged(tag: str, grace: float = 5.0, quiet: float = 0.5) -> list[int]:
     """SIGTERM every tagged process, then, after ``grace`` seconds, freeze (SIGSTOP) and SIGKILL
-    whatever carries the tag, again and again until none is left: a process that a dying parent
-    started after the first sweep (a Ray worker, a fresh ClientApp) is caught by the next one.
-    Returns the PIDs that were running at the first sweep."""
+    whatever carries the tag, sweep after sweep, until no sweep has found one for ``quiet``
+    seconds: a process that a dying parent started after a sweep (a Ray worker, a fresh
+    ClientApp), or one caught mid-exec, is caught by a later one. Returns the PIDs that were
+    running at the first sweep."""
     found = tagged_pids(tag)
     _signal_all(found, signal.SIGTERM)
     deadline = time.time() + grace
     while tagged_pids(tag) and time.time() < deadline:
         time.sleep(0.2)
-    deadline = time.time() + 2 * grace
-    while (left := tagged_pids(tag)) and time.time() < deadline:
-        _signal_all(left, signal.SIGSTOP)  # none of them can start another while we sweep
-        _signal_all(left, signal.SIGKILL)
-        time.sleep(0.1)
+    deadline, quiet_since = time.time() + 4 * grace, time.time()
+    while time.time() < deadline and time.time() - quiet_since < quiet:
+        if left := tagged_pids(tag):
+            _signal_all(left, signal.SIGSTOP)  # none of them can start another while we sweep
+            _signal_all(left, signal.SIGKILL)
+            quiet_since = time.time()
+        time.sleep(0.05)
     return found
 
 

@@ -28,6 +28,20 @@ def _marked(mark: str) -> list[int]:
     return pids_with(MARK, mark)
 
 
+def _describe(pids: list[int]) -> list[str]:
+    """What a leftover process is: its state, its parent and its command line."""
+    found = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            tagged = b"CONSORTIUM_PROCESS_TAG=" in Path(f"/proc/{pid}/environ").read_bytes()
+            found.append(f"{pid} state {stat[0]} ppid {stat[1]} tagged {tagged}: {cmd[:200]}")
+        except OSError:
+            found.append(f"{pid} (gone)")
+    return found
+
+
 def _start(tiny_bert: str, out: Path, mark: str, *extra: str) -> subprocess.Popen:
     args = [CLI, "simulate", "--partners", "2", "--rounds", "3", "--out", str(out),
             "--set", f'base-model="{tiny_bert}"', "--set", "examples-per-partner=60",
@@ -63,7 +77,7 @@ def _stop_after_round(proc: subprocess.Popen, out: Path, rnd: int, sig: int,
     deadline = time.time() + 10
     while _marked(mark) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _marked(mark), f"still running: {_marked(mark)}"
+    assert not _marked(mark), f"still running: {_describe(_marked(mark))}"
     assert proc.returncode == 2, output[-3000:]
     return output
 
