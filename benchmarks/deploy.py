@@ -141,7 +141,7 @@ def steady(rounds: list[dict]) -> float:
     return sum(r["seconds"] for r in later) / len(later)
 
 
-def summarize(results: dict[str, list[dict]], sizes: list[int], partners: int) -> list[dict]:
+def summarize(results: dict[str, list[dict]], sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         sim, dep = results.get(f"simulation-{n}"), results.get(f"deployment-{n}")
@@ -181,7 +181,7 @@ def main() -> int:
 
     def save(done: dict[str, list[dict]]) -> None:
         summary["rounds"] = done
-        summary["summary"] = summarize(done, sizes, args.partners)
+        summary["summary"] = summarize(done, sizes)
         harness.write_json(args.out / "deploy.json", summary)
 
     def measure(arm: Arm) -> list[dict]:

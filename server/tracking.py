@@ -80,7 +80,7 @@ class MLflow:
 
 def check_tracking(config: RunConfig) -> None:
     """ConfigError, before anything starts, when ``tracking`` names a library not installed."""
-    module = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(config.tracking)
+    module = config.tracking  # the tracker's name is its package's
     if module and importlib.util.find_spec(module) is None:
         raise ConfigError(f"tracking = {config.tracking!r} needs the {module} package: "
                           "pip install 'consortium[tracking]', or set tracking = \"\"")

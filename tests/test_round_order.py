@@ -7,7 +7,6 @@ between checkpoint r and line r resumes to every round once."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,24 +19,12 @@ import server.coordinator as coordinator
 from client.policy import PartnerSettings
 from client.received import prepare
 from common.config import RunConfig
-from common.logs import PACKAGES
 from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 from server.evaluation import summarize_round
 from simulations.local_grid import LocalGrid
 
 PARTNERS, ROUNDS = 3, 3
-
-
-@pytest.fixture(autouse=True)
-def keep_logging():
-    """The ClientApp binds our loggers to the (captured) stderr of the moment; put them back."""
-    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
-             for name in PACKAGES}
-    yield
-    for name, (handlers, propagate) in saved.items():
-        logging.getLogger(name).handlers = handlers
-        logging.getLogger(name).propagate = propagate
 
 
 def _config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
