@@ -44,6 +44,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "for --allowed-code")
     p.add_argument("checkout", type=Path, nargs="?", default=Path("."),
                    help="the reviewed checkout (default: the current directory)")
+    p = psub.add_parser("evaluate", help="score a release on a labelled file of yours; the "
+                        "report stays here")
+    p.add_argument("--model", type=Path, required=True, help="the release: a run's OUT/model")
+    p.add_argument("--data", type=Path, required=True, help="labelled CSV / TSV / JSONL (or "
+                   "CoNLL for token-classification)")
+    p.add_argument("--text-column", default="", help="default: the release's run config")
+    p.add_argument("--label-column", default="", help="default: the release's run config")
+    p.add_argument("--group-column", default="", help="counts per value of this column "
+                   "(not available yet: comes with the task's per-group evaluation)")
+    p.add_argument("--out", type=Path, help="report directory (default: monitoring/RELEASE_ID)")
 
 
 def _policy_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,6 +95,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.action == "approve":
         print(code_hash(args.checkout))
         return 0
+    if args.action == "evaluate":
+        return _evaluate(args)
     if args.action == "keygen":
         private, public = generate_node_keys(args.dir, args.name)
         print(f"private key {private} (keep it here, 0600); send {public} to the coordinator")
@@ -112,3 +124,15 @@ def handle(args: argparse.Namespace) -> int:
     return run_tagged(command, env, f"{name}'s SuperNode and its ClientApps",
                       lambda: "its ledger holds every round it trained; start it again with the "
                               "same command and it rejoins the run")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from client.monitor import MonitorRequest, evaluate_release
+
+    out, report = evaluate_release(MonitorRequest(
+        args.model, args.data, args.text_column, args.label_column, args.group_column, args.out))
+    value, ece = report["value"], report["calibration"]["ece"]
+    print(f"release {report['release_id']} on {report['examples']} examples: "
+          f"{report['metric']} {'n/a' if value is None else f'{value:.4f}'}, ECE "
+          f"{'n/a' if ece is None else f'{ece:.4f}'}; report in {out} (nothing was sent)")
+    return 0

@@ -3,10 +3,63 @@ embedded synthetic set. No flwr here."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+
 from client.policy import PartnerSettings
 from common.config import RunConfig
-from common.data import split_held_out
+from common.data import TextDataset, split_held_out
+from common.errors import ConfigError
 from common.tasks import LabelledData, get_task
+
+
+@dataclass(frozen=True)
+class PartnerData:
+    train: LabelledData
+    test: LabelledData
+    masked: dict[str, int]  # de-identification: spans masked per entity type (counts only)
+
+
+def partner_data(config: RunConfig, partner: PartnerSettings,
+                 labels: tuple[str, ...]) -> PartnerData:
+    """``partner_dataset``, then, when the partner or run asks (``deidentify``), personal data
+    masked in both splits before anything is tokenized (common.deidentify). The held-out split
+    is chosen on the original texts, so it is the same with masking on or off."""
+    train, test = partner_dataset(config, partner, labels)
+    if not partner.masks_text(config):
+        return PartnerData(train, test, {})
+    train, in_train = deidentified(train)
+    test, in_test = deidentified(test)
+    return PartnerData(train, test, dict(Counter(in_train) + Counter(in_test)))
+
+
+def deidentified(data: LabelledData) -> tuple[LabelledData, dict[str, int]]:
+    """``data`` with its texts masked, and the spans masked per type; computed once per process
+    for the same texts (a partner's rounds re-read the same file)."""
+    if not isinstance(data, TextDataset):
+        raise ConfigError("deidentify = true masks whole texts; token-classification data is "
+                          "tagged word by word (masking a name would erase its tag): not "
+                          "supported, de-identify such files before labelling")
+    key = hashlib.sha256(json.dumps(data.texts).encode()).hexdigest()
+    if key not in _MASKED:
+        _MASKED.clear()  # one data set at a time is enough; never grows without bound
+        _MASKED[key] = _deidentifier().mask(data.texts)
+    texts, counts = _MASKED[key]
+    return dataclasses.replace(data, texts=texts), dict(counts)
+
+
+_MASKED: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _deidentifier():  # built once per process (~3-5 s): Presidio, spaCy, the name list
+    from common.deidentify import Deidentifier
+
+    return Deidentifier()
 
 
 def partner_dataset(config: RunConfig, partner: PartnerSettings,
@@ -16,18 +69,23 @@ def partner_dataset(config: RunConfig, partner: PartnerSettings,
     row's text at the partner's own fraction (common.data.split_held_out), the same in every
     run."""
     task = get_task(config.task)
+    columns = {"person_column": partner.person_key(config) or None,
+               "subgroup_column": partner.group_key(config) or None}
     if partner.has_own_data:
         data = task.read(partner.data_path, config, labels, partner.text_column,
-                         partner.label_column)
+                         partner.label_column, **columns)
     elif config.data:
         scheme = config.partition.split(":", 1)
         group = scheme[1] if scheme[0] == "column" else None
-        full = task.read(config.data, config, labels, group_column=group)
+        full = task.read(config.data, config, labels, group_column=group, **columns)
         from common.partition import partition_indices  # simulated partners only: its
         # flwr-datasets import costs a real partner's ClientApp ~1-2 s per message
         parts = partition_indices(full, partner.num_partitions, config.partition, config.seed)
         data = full.subset(parts[partner.partition_id])
     else:
+        if any(columns.values()):
+            raise ConfigError("person-column and group-column name columns of `data`; the "
+                              "embedded demo data has none: set data to a file that has them")
         data = task.demo_data(partner.partition_id, config, labels)
     return split_held_out(data, partner.held_out_fraction(config))  # type: ignore[arg-type]
 

@@ -30,10 +30,12 @@ from common.config import RunConfig
 from common.data import data_fingerprint
 from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import PrivacyError, SimulatedDropout
+from common.person_dp import Persons, train_dp_persons
 from common.model import trainable_state
 from common.privacy import PrivacyLedger, Release, epsilon_of, spend
 from common.resources import check_fits
 from common.storage import append_jsonl, finite_or_none
+from common.tasks import LabelledData
 from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for, train_dp,
                              train_plain)
 from common.updates import clip_update
@@ -82,29 +84,48 @@ def open_ledger(config: RunConfig, partner: PartnerSettings,
     return ledger
 
 
+def person_index(config: RunConfig, partner: PartnerSettings, train: LabelledData,
+                 ) -> Persons | None:
+    """The persons of the training split when DP protects persons (``person-column``)."""
+    if not (config.dp and partner.person_key(config)):
+        return None
+    return Persons.of(train.persons)  # type: ignore[attr-defined]
+
+
 def _train_private(config: RunConfig, partner: PartnerSettings, prep: Prepared,
                    data: TensorDataset, settings: TrainSettings, server_round: int, run_id: str,
                    known_history: list[tuple[float, float, int]] | None,
+                   persons: Persons | None = None,
                    ) -> tuple[TrainStats, dict[str, float], list[tuple[float, float, int]]]:
-    """DP-SGD for one round. The budget, for this round and the rest of the run's plan, is
-    checked and the release recorded under the ledger's lock *before* training."""
+    """DP-SGD for one round, per example or, with ``persons``, per person. The budget, for
+    this round and the rest of the run's plan, is checked and the release recorded under the
+    ledger's lock *before* training."""
     delta = max(config.delta, partner.delta)
-    if delta >= 1.0 / len(prep.train):
-        raise PrivacyError(f"delta = {delta:g} is not below 1 / {len(prep.train)} training "
-                           f"examples at {partner.name}; use a smaller delta")
+    units, unit = (len(persons), "person") if persons else (len(prep.train), "example")
+    if delta >= 1.0 / units:
+        raise PrivacyError(f"delta = {delta:g} is not below 1 / {units} training {unit}s at "
+                           f"{partner.name}; use a smaller delta")
     open_ledger(config, partner, known_history)
     plan = settings.require_plan()  # q, steps and σ from common.planner (logged per round)
     q, steps = plan.sample_rate, plan.steps_per_round
     release = Release(run_id, server_round, plan.noise_multiplier, q, steps,
-                      examples=len(prep.train), data_sha256=data_fingerprint(prep.train))
+                      examples=len(prep.train), data_sha256=data_fingerprint(prep.train),
+                      unit=unit, persons=len(persons) if persons else 0)
     this_round = (release.noise_multiplier, release.sample_rate, release.steps)
     ledger, prior = spend(partner.ledger_path(config), partner.data_source(config), release,
                           partner.delta or config.delta, partner.max_epsilon,
                           [this_round] * (config.num_rounds - server_round),
                           partner.legacy_ledgers(config))
-    stats, opacus_history = train_dp(prep.model, data, settings, DPSettings(
-        release.noise_multiplier, config.max_grad_norm,
-        clipping_for(config.clipping, config.finetune)), prior)
+    if persons:  # per-sample gradients summed per person: hooks, whatever `clipping` says
+        clipping = "hooks" if config.clipping == "auto" else config.clipping
+        stats, opacus_history = train_dp_persons(
+            prep.model, data, persons, settings,
+            DPSettings(release.noise_multiplier, config.max_grad_norm, clipping),
+            config.max_rows_per_person, prior)
+    else:
+        stats, opacus_history = train_dp(prep.model, data, settings, DPSettings(
+            release.noise_multiplier, config.max_grad_norm,
+            clipping_for(config.clipping, config.finetune)), prior)
     if stats.steps != release.steps or not math.isclose(stats.sample_rate, release.sample_rate):
         raise PrivacyError(f"Opacus ran {stats.steps} steps at q={stats.sample_rate}, the "
                            f"ledger recorded {release.steps} at q={release.sample_rate}; "
@@ -115,7 +136,8 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: Prepared,
     history = ledger.history
     metrics = {P.EPSILON: ledger.epsilon(config.delta), P.DELTA: config.delta,
                P.NOISE_MULTIPLIER: release.noise_multiplier, P.SAMPLE_RATE: release.sample_rate,
-               P.STEPS: float(sum(s for _, _, s in history))}
+               P.STEPS: float(sum(s for _, _, s in history)),
+               P.PER_PERSON: float(unit == "person"), P.PERSONS: float(release.persons)}
     return stats, metrics, history
 
 
@@ -145,7 +167,10 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
                  known_history: list[tuple[float, float, int]] | None,
                  device: torch.device) -> TrainReply:
     prep, shared = received.build(config, partner, device), received.shared
-    plan = round_plan(config, partner.name, prep.model, len(prep.train))  # may refuse: 0 spent
+    persons = person_index(config, partner, prep.train)  # DP's unit: None = an example
+    plan = round_plan(config, partner.name, prep.model,  # in persons or examples; may refuse
+                      len(persons) if persons else len(prep.train),  # (nothing spent)
+                      "person" if persons else "example")
     batch, learning_rate = batch_and_learning_rate(config, plan)
     fit_batch, per_sample = memory_batch(config, batch)
     check_fits(prep.model, fit_batch, config.max_length, per_sample, partner.name, device)
@@ -163,7 +188,7 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
     if config.dp:
         stats, metrics, history = _train_private(
             config, partner, dataclasses.replace(prep, model=trained), data, settings,
-            server_round, run_id, known_history)
+            server_round, run_id, known_history, persons)
     else:
         stats = train_plain(trained, data, settings)
         metrics = {P.EPSILON: math.inf, P.DELTA: 0.0, P.NOISE_MULTIPLIER: 0.0,
@@ -189,7 +214,8 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
         "partner": partner.name, "run_id": run_id, "round": server_round,
         "model_sha256": weights_sha256(shared), "epsilon": finite_or_none(metrics[P.EPSILON]),
         "delta": config.delta, "bytes_sent": sum(a.nbytes for a in arrays.values()),
-        "examples": len(prep.train)})
+        "examples": len(prep.train), "unit": "person" if persons else "example",
+        **({"deidentified": prep.masked} if partner.masks_text(config) else {})})
     return TrainReply(arrays, metrics, history)
 
 
@@ -224,7 +250,8 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
     device = partner_device(config, partner)
     try:
         prep = (received or ReceivedModel(shared, fingerprint)).build(config, partner, device)
-        metrics = prep.task.evaluate(prep.model, prep.tokenizer, prep.test, config.max_length)
+        metrics = prep.task.evaluate(prep.model, prep.tokenizer, prep.test, config.max_length,
+                                     min_group_size=partner.smallest_group(config))
     finally:
         free_cached(device)
     if partner.evaluation != "full":

@@ -22,7 +22,8 @@ _DATA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
           "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device",
           "data-id", "test-fraction", "min-partners", "require-secure-aggregation",
-          "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code"}
+          "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code",
+          "person-column", "group-column", "min-group-size", "deidentify"}
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -64,6 +65,10 @@ class PartnerSettings:
     release_metrics: tuple[str, ...] = ()  # BATCH_METRICS it releases un-noised
     evaluation: str = "counts"  # what its held-out evaluation releases (EVALUATION_MODES)
     allowed_code: tuple[str, ...] = ()  # code hashes it approved (`consortium partner approve`)
+    person_column: str = ""  # whose row it is: DP protects persons, not rows (own data only)
+    group_column: str = ""  # scores per value of this column (own data only); never sent
+    min_group_size: int = 0  # fewer held-out examples: a group is left out (0 = the run's)
+    deidentify: bool = False  # mask personal data in the text before it is tokenized
 
     @property
     def has_own_data(self) -> bool:
@@ -92,7 +97,10 @@ class PartnerSettings:
             max_rounds=int(get("max-rounds", 0)),
             release_metrics=_names(get("release-metrics", "")),
             evaluation=str(get("evaluation", "counts")),
-            allowed_code=_names(get("allowed-code", "")))
+            allowed_code=_names(get("allowed-code", "")),
+            person_column=str(get("person-column", "")), group_column=str(get("group-column", "")),
+            min_group_size=int(get("min-group-size", 0)),
+            deidentify=_flag(get("deidentify", False), "deidentify"))
         settings.validate()
         return settings
 
@@ -114,8 +122,28 @@ class PartnerSettings:
         if self.evaluation not in EVALUATION_MODES:
             raise ConfigError(f"node-config evaluation = {self.evaluation!r} is not valid; "
                               f"pick one of {list(EVALUATION_MODES)}")
-        if self.min_partners < 0 or self.max_rounds < 0:
-            raise ConfigError("node-config min-partners and max-rounds must be >= 0")
+        if self.min_partners < 0 or self.max_rounds < 0 or self.min_group_size < 0:
+            raise ConfigError("node-config min-partners, max-rounds and min-group-size must be "
+                              ">= 0")
+
+    def person_key(self, config: RunConfig) -> str:
+        """The person column DP-SGD samples and clips by: the partner's own for its own file
+        (the coordinator's run config cannot switch it off or on), the run's when simulated."""
+        return self.person_column if self.has_own_data else config.person_column
+
+    def group_key(self, config: RunConfig) -> str:
+        """The column held-out scores are split by: the partner's own, or the run's if
+        simulated."""
+        return self.group_column if self.has_own_data else config.group_column
+
+    def smallest_group(self, config: RunConfig) -> int:
+        """Fewest held-out examples a group's counts need to leave: the larger of the
+        partner's and the run's (a coordinator can raise it, never lower it)."""
+        return max(self.min_group_size, config.min_group_size)
+
+    def masks_text(self, config: RunConfig) -> bool:
+        """De-identify before tokenizing: when the partner or the run asks (either suffices)."""
+        return self.deidentify or config.deidentify
 
     def ledger_root(self, config: RunConfig) -> Path:
         return Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")

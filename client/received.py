@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from client.data import partner_dataset
+from client.data import partner_data
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import ModelError
@@ -30,6 +30,7 @@ class Prepared:
     tokenizer: PreTrainedTokenizerBase
     train: LabelledData
     test: LabelledData
+    masked: dict[str, int] = field(default_factory=dict)  # de-identified spans per type
 
 
 def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
@@ -37,7 +38,7 @@ def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np
     """The partner's model with ``shared`` loaded, on ``device``; ModelError when its frozen
     weights do not hash to the coordinator's ``fingerprint``."""
     labels = run_labels(config, partner.has_own_data)
-    train, test = partner_dataset(config, partner, labels)
+    data = partner_data(config, partner, labels)
     tokenizer = load_tokenizer(config)
     model = build_model(config, labels)
     if fingerprint and frozen_fingerprint(model) != fingerprint:
@@ -45,7 +46,8 @@ def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np
                          f"{config.base_model or '(bundled MiniLM)'} differ from the "
                          "coordinator's; install the same model version at every partner")
     load_trainable_state(model, shared)
-    return Prepared(get_task(config.task), model.to(device), tokenizer, train, test)
+    return Prepared(get_task(config.task), model.to(device), tokenizer, data.train, data.test,
+                    data.masked)
 
 
 @dataclass

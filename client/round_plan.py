@@ -21,9 +21,11 @@ from common.planner import NON_PRIVATE_BATCH, DPPlan, default_learning_rate, pla
 logger = logging.getLogger(__name__)
 
 
-def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int) -> DPPlan | None:
+def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int,
+               unit: str = "example") -> DPPlan | None:
     """The DP plan of this partner's round, logged in one line; None without DP. Raises
-    UnlearnablePlanError (nothing spent) when it predicts no learning and dp-plan-check is on."""
+    UnlearnablePlanError (nothing spent) when it predicts no learning and dp-plan-check is on.
+    ``unit`` = person: ``examples`` counts persons (per-person DP samples persons)."""
     if not config.dp:
         return None
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
@@ -35,7 +37,8 @@ def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int) -> 
                    else float(config.learning_rate),
                    finetune=config.finetune, noise_multiplier=config.noise_multiplier,
                    check=config.dp_plan_check,
-                   pooled_head_dims=hidden * labels + labels if hidden and labels else None)
+                   pooled_head_dims=hidden * labels + labels if hidden and labels else None,
+                   unit=unit)
     logger.info("%s DP plan: %s", who, plan.describe())
     return plan
 

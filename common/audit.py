@@ -89,15 +89,21 @@ def make_canaries(vocabulary: Sequence[str], label_names: tuple[str, ...],
 
 def insert_canaries(data: TextDataset, canaries: TextDataset, repeats: int,
                     rng: np.random.Generator) -> TextDataset:
-    """A new, shuffled data set: ``data`` plus ``repeats`` copies of each canary."""
+    """A new, shuffled data set: ``data`` plus ``repeats`` copies of each canary.
+
+    Every row also gets a person: the data's own (its person column), else one per row; the
+    copies of canary j all belong to the person ``canary-j`` — a canary *person* with
+    ``repeats`` rows, which per-person DP protects as one unit and per-example DP as many."""
     if canaries.label_names != data.label_names:
         raise DataError(f"canary labels {list(canaries.label_names)} differ from the data's "
                         f"{list(data.label_names)}")
     texts = data.texts + canaries.texts * repeats
     labels = data.labels + canaries.labels * repeats
+    persons = ((data.persons or tuple(f"row-{i}" for i in range(len(data))))
+               + tuple(f"canary-{j}" for j in range(len(canaries))) * repeats)
     order = rng.permutation(len(texts))
     return TextDataset(tuple(texts[i] for i in order), tuple(labels[i] for i in order),
-                       data.label_names)
+                       data.label_names, persons=tuple(persons[i] for i in order))
 
 
 def losses_at(log_probs: np.ndarray, labels: Sequence[int]) -> np.ndarray:

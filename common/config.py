@@ -53,6 +53,16 @@ class RunConfig:
                                  "column:NAME.")
     test_fraction: float = _opt(0.2, "Share of each partner's data held out for evaluation.",
                                 gt=0.0, lt=1.0)
+    group_column: str = _opt("", "Simulated partners: a column of `data` (e.g. sex, age band) "
+                                 "each partner scores the shared model per value of; a "
+                                 "partner's own policy sets its own. Empty = no groups.")
+    min_group_size: int = _opt(10, "Per-group scores: a group with fewer held-out examples at a "
+                                   "partner is left out of everything it sends (k-anonymity of "
+                                   "the counts); a partner's policy can only raise it.", min=1)
+    deidentify: bool = _opt(False, "Simulated partners: mask names, e-mails, phones, addresses, "
+                                   "dates, ID numbers, URLs and IPs in the text before training "
+                                   "and evaluation (Presidio; the deid extra). A partner's "
+                                   "policy can switch it on, never off.")
     server_eval_data: str = _opt("", "A labelled file the coordinator holds and evaluates the "
                                      "shared model on each round, beside the partners' own "
                                      "held-out splits; empty = none.")
@@ -86,6 +96,13 @@ class RunConfig:
                         gt=0.0, lt=1.0)
     noise_multiplier: float = _opt(0.0, "σ of DP-SGD; 0 = derive it from epsilon.", ge=0.0)
     max_grad_norm: float = _opt(1.0, "Per-sample gradient clipping bound C.", gt=0.0)
+    person_column: str = _opt("", "Simulated partners: the column of `data` naming whose row "
+                                  "it is; DP-SGD then samples and clips persons, so ε is per "
+                                  "person. A partner's own policy sets its own. Empty = per "
+                                  "example.")
+    max_rows_per_person: int = _opt(8, "Per-person DP: the most rows of one sampled person a "
+                                       "step uses (drawn at random); compute only, ε is the "
+                                       "same.", min=1)
     clipping: str = _opt("auto", "How DP-SGD clips per-sample gradients: hooks (Opacus "
                                  "per-sample gradients), ghost (norms only, 2nd backward) or auto "
                                  "(the faster one for the finetune mode, as measured).",
@@ -115,6 +132,11 @@ class RunConfig:
     ledger_dir: str = _opt("", "Where a partner keeps its privacy ledger; empty = "
                                "OUT-DIR/ledgers (simulation only).")
     resume: bool = _opt(False, "Continue the run found in out-dir from its last checkpoint.")
+    init_from: str = _opt("", "A release to continue from: a model directory an earlier run "
+                              "exported (its OUT-DIR/model). The coordinator starts from its "
+                              "trainable weights; base model, task, labels, finetune and the "
+                              "trainable layout must match. Empty = the base model's initial "
+                              "weights.")
     tracking: str = _opt("", "Also log each round (accuracy, loss, ε per partner, bytes) to an "
                              "experiment tracker: tensorboard (OUT-DIR/tensorboard) or mlflow "
                              "(OUT-DIR/mlflow.db); needs the tracking extra. Empty = off.",

@@ -33,6 +33,8 @@ class TextDataset:
     labels: tuple[int, ...]
     label_names: tuple[str, ...]
     groups: tuple[str, ...] = ()  # values of a grouping column (e.g. domain), when asked for
+    persons: tuple[str, ...] = ()  # whose row it is (person-column): per-person DP's unit
+    subgroups: tuple[str, ...] = ()  # the group-column (e.g. sex, age band): per-group scores
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,6 +46,8 @@ class TextDataset:
             labels=tuple(self.labels[i] for i in pick),
             label_names=self.label_names,
             groups=tuple(self.groups[i] for i in pick) if self.groups else (),
+            persons=tuple(self.persons[i] for i in pick) if self.persons else (),
+            subgroups=tuple(self.subgroups[i] for i in pick) if self.subgroups else (),
         )
 
 
@@ -145,11 +149,16 @@ def infer_labels(path: str | Path, label_column: str) -> tuple[str, ...]:
 
 
 def load_text_dataset(path: str | Path, text_column: str, label_column: str,
-                      label_names: Sequence[str], group_column: str | None = None) -> TextDataset:
-    """Read a partner's file and map its labels to the run's ids."""
+                      label_names: Sequence[str], group_column: str | None = None,
+                      person_column: str | None = None,
+                      subgroup_column: str | None = None) -> TextDataset:
+    """Read a partner's file and map its labels to the run's ids; ``group_column`` splits
+    simulated partners, ``person_column`` names whose row it is (per-person DP) and
+    ``subgroup_column`` the group it is scored in (fairness). Neither of the last two may be
+    empty in any row."""
     path = Path(path)
     ids = {name: i for i, name in enumerate(label_names)}
-    texts, labels, groups = [], [], []
+    texts, labels, groups, persons, subgroups = [], [], [], [], []
     for number, row in read_rows(path):
         text = _column(path, number, row, text_column, "text")
         if not text:
@@ -162,8 +171,22 @@ def load_text_dataset(path: str | Path, text_column: str, label_column: str,
         labels.append(ids[label])
         if group_column:
             groups.append(_column(path, number, row, group_column, "group"))
+        if person_column:
+            persons.append(_filled(path, number, row, person_column, "person"))
+        if subgroup_column:
+            subgroups.append(_filled(path, number, row, subgroup_column, "group"))
     logger.info("read %d examples from %s", len(texts), path)
-    return TextDataset(tuple(texts), tuple(labels), tuple(label_names), tuple(groups))
+    return TextDataset(tuple(texts), tuple(labels), tuple(label_names), tuple(groups),
+                       tuple(persons), tuple(subgroups))
+
+
+def _filled(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
+    """A person id or group value: present and not empty (an empty one would pool strangers)."""
+    value = _column(path, number, row, column, role)
+    if not value:
+        raise DataError(f"{path}:{number}: the {role} column {column!r} is empty; every row "
+                        f"needs its {role}")
+    return value
 
 
 def split_train_test(data: TextDataset, test_fraction: float,
@@ -183,12 +206,15 @@ def split_held_out(data: TextDataset, test_fraction: float) -> tuple[TextDataset
     A row is held out when the SHA-256 of its text falls in the lowest ``test_fraction`` of the
     hash range, so the split is the same in every run, whatever seed or label order the
     coordinator sets; appended rows do not move old ones, and duplicate texts stay together.
+    With person ids, the hash is the person's: all of a person's rows land on one side, so the
+    held-out score is on people the model never trained on.
     Both parts keep at least one example (the lowest-hash row is held out if none falls in).
     """
     if len(data) < 2:
         raise DataError(f"{len(data)} example(s) cannot be split into train and test; "
                         "a partner needs at least 2")
-    points = [_unit_hash(text) for text in data.texts]
+    keys = getattr(data, "persons", ()) or data.texts
+    points = [_unit_hash(key) for key in keys]
     test = [i for i, h in enumerate(points) if h < test_fraction]
     if not test:
         test = [min(range(len(points)), key=points.__getitem__)]

@@ -73,6 +73,7 @@ class DPPlan:
     noise_norm: float  # σ·C·√d / (q·n): noise on one step's mean gradient
     step_ratio: float  # noise_norm / (SIGNAL_FRACTION · C)
     run_ratio: float  # step_ratio / √(steps over all rounds)
+    unit: str = "example"  # what n counts: examples, or persons (per-person DP samples persons)
 
     @property
     def expected_batch(self) -> float:
@@ -87,7 +88,7 @@ class DPPlan:
         return self.run_ratio <= MAX_RUN_RATIO
 
     def describe(self) -> str:
-        return (f"n={self.examples}, expected batch {self.expected_batch:.0f} "
+        return (f"n={self.examples} {self.unit}s, expected batch {self.expected_batch:.0f} "
                 f"(q={self.sample_rate:.4g}), {self.steps_per_round} steps/round x {self.rounds} "
                 f"rounds, sigma={self.noise_multiplier:.3f}, C={self.max_grad_norm:g}, "
                 f"lr={self.learning_rate:g}, d={self.trainable_dims}; epsilon={self.epsilon:.3f} "
@@ -113,7 +114,7 @@ def plan_dp(n: int, epsilon: float, delta: float, rounds: int, local_epochs: int
             trainable_dims: int, max_grad_norm: float, batch_size: int | None = None,
             learning_rate: float | None = None, finetune: str = "pooled-head",
             noise_multiplier: float = 0.0, check: bool = True,
-            pooled_head_dims: int | None = None) -> DPPlan:
+            pooled_head_dims: int | None = None, unit: str = "example") -> DPPlan:
     """Plan DP-SGD for ``n`` examples; ``batch_size``/``learning_rate`` None = chosen here.
 
     ``noise_multiplier`` > 0 fixes σ (ε is then what it spends). With ``check``, a plan whose
@@ -130,7 +131,8 @@ def plan_dp(n: int, epsilon: float, delta: float, rounds: int, local_epochs: int
     noise = sigma * max_grad_norm * math.sqrt(trainable_dims) / (q * n)
     step_ratio = noise / (SIGNAL_FRACTION * max_grad_norm)
     plan = DPPlan(n, spent, delta, rounds, local_epochs, trainable_dims, max_grad_norm, batch,
-                  q, steps, sigma, lr, noise, step_ratio, step_ratio / math.sqrt(steps * rounds))
+                  q, steps, sigma, lr, noise, step_ratio, step_ratio / math.sqrt(steps * rounds),
+                  unit)
     if check and not plan.learnable:
         raise UnlearnablePlanError(_refusal(plan, epsilon, finetune, batch_size,
                                             pooled_head_dims))
@@ -189,14 +191,14 @@ def epsilon_needed(plan: DPPlan) -> float:
 def _refusal(plan: DPPlan, epsilon: float, finetune: str, batch_size: int | None,
              pooled_head_dims: int | None) -> str:
     n_needed = examples_needed(plan, epsilon, finetune, batch_size)
-    fixes = [f">= {n_needed} examples" if n_needed else "no data size",
+    fixes = [f">= {n_needed} {plan.unit}s" if n_needed else "no data size",
              f"epsilon >= {epsilon_needed(plan):.3g}"]
     if finetune != "pooled-head" and pooled_head_dims:
         alt = plan_dp(plan.examples, epsilon, plan.delta, plan.rounds, plan.local_epochs,
-                      pooled_head_dims, plan.max_grad_norm, check=False)
+                      pooled_head_dims, plan.max_grad_norm, check=False, unit=plan.unit)
         if alt.learnable:
             fixes.append(f'finetune = "pooled-head" (run ratio {alt.run_ratio:.2g})')
-    return (f"at epsilon = {epsilon:g} with {plan.examples} examples expect no learning: "
+    return (f"at epsilon = {epsilon:g} with {plan.examples} {plan.unit}s expect no learning: "
             f"predicted noise-to-signal over the run {plan.run_ratio:.3g} > {MAX_RUN_RATIO:g} "
             f"({plan.describe()}). {', '.join(fixes[:-1])} or {fixes[-1]} would pass; set "
             "dp-plan-check = false to run it anyway. Nothing was trained or spent")

@@ -33,6 +33,8 @@ class Release:
     steps: int
     examples: int = 0  # training-split size this round (a count; the data may grow)
     data_sha256: str = ""  # the training split's fingerprint, so an auditor sees what changed
+    unit: str = "example"  # what ε protects: an example (row), or a person (common.person_dp)
+    persons: int = 0  # per-person DP: the persons sampled from (q is their rate)
 
 
 def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> float:
@@ -115,10 +117,21 @@ class PrivacyLedger:
     def epsilon(self, delta: float) -> float:
         return epsilon_of(self.history, delta)
 
+    @property
+    def unit(self) -> str:
+        """What this ledger's ε protects (a ledger never mixes units: check_budget)."""
+        return self.releases[-1].unit if self.releases else "example"
+
     def check_budget(self, release: Release, delta: float, max_epsilon: float,
                      rest_of_run: Sequence[tuple[float, float, int]] = ()) -> float:
         """ε after ``release``; BudgetExceededError if that, or the rest of the run's plan
         after it (``rest_of_run``), passes ``max_epsilon``. Returns ε after ``release``."""
+        units = {r.unit for r in self.releases} - {release.unit}
+        if units:
+            raise PrivacyError(
+                f"{self.path} holds {units.pop()}-level releases; a {release.unit}-level round "
+                "cannot be added to them (ε per person and per example do not compose by "
+                "adding). Give per-person DP its own ledger: a new data-id. Nothing was trained")
         step = (release.noise_multiplier, release.sample_rate, release.steps)
         after = epsilon_of(self.history + [step], delta)
         if after > max_epsilon:

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from common import protocol as P
 from common.data import TextDataset
 from common.errors import PrivacyError
+from common.groups import group_counts
 from common.metrics import accuracy, class_counts, macro_f1
 from common.planner import DPPlan
 from common.progress import RoundProgress
@@ -100,7 +101,7 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> t
                  token_type_ids=torch.zeros_like(input_ids)).logits
 
 
-def _logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+def model_logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
     """Logits of a training batch: (input_ids, mask) texts through ``_forward``, or one tensor
     of precomputed features (finetune = pooled-head) through a head that returns logits."""
     if len(inputs) == 1:
@@ -151,7 +152,7 @@ class _Criterion(nn.Module):
         return per_sample if self.reduction == "none" else per_sample.mean()
 
 
-def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
@@ -197,7 +198,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     from opacus import PrivacyEngine
 
     validate_for_dp(model)
-    torch.manual_seed(_seed(settings))
+    torch.manual_seed(training_seed(settings))
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
     loader = DataLoader(data, batch_size=settings.batch_size)
@@ -206,7 +207,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     ghost = dp.clipping == "ghost"  # norms without per-sample grads, then a 2nd backward pass
     criterion = _Criterion(settings.loss_per_example())
     wrapped = engine.make_private(
-        module=model, optimizer=_optimizer(model, settings.learning_rate), data_loader=loader,
+        module=model, optimizer=make_optimizer(model, settings.learning_rate), data_loader=loader,
         criterion=criterion, noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.clipping)
     private, optimizer, criterion, private_loader = (
@@ -216,7 +217,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     try:
         for _ in range(settings.local_epochs):
             for *inputs, labels in bar.over(private_loader):
-                logits = _logits(private, inputs)
+                logits = model_logits(private, inputs)
                 labels = labels.to(logits.device)
                 loss = criterion(logits, labels) if len(labels) else logits.sum() * 0.0
                 loss.backward()
@@ -234,23 +235,23 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
         bar.close()
         private._close()  # remove Opacus hooks so the plain model can be evaluated and exported
     sample_rate = 1.0 / len(loader)
-    stats = TrainStats(loss=_mean(losses), steps=steps, examples_seen=seen,
-                       sample_rate=sample_rate, clipped_fraction=_mean(clipped))
+    stats = TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen,
+                       sample_rate=sample_rate, clipped_fraction=mean_or_nan(clipped))
     return stats, list(engine.accountant.history)
 
 
 def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) -> TrainStats:
     """The non-private baseline: shuffled mini-batches, no clipping, no noise."""
-    generator = torch.Generator().manual_seed(_seed(settings))
+    generator = torch.Generator().manual_seed(training_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
-    optimizer = _optimizer(model, settings.learning_rate)
+    optimizer = make_optimizer(model, settings.learning_rate)
     per_example = settings.loss_per_example()
     losses, seen, steps = [], 0, 0
     model.train()
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
         for *inputs, labels in bar.over(loader):
-            logits = _logits(model, inputs)
+            logits = model_logits(model, inputs)
             loss = per_example(logits, labels.to(logits.device)).mean()
             loss.backward()
             optimizer.step()
@@ -259,7 +260,7 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
             seen += len(labels)
             steps += 1
     bar.close()
-    return TrainStats(loss=_mean(losses), steps=steps, examples_seen=seen, sample_rate=0.0,
+    return TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen, sample_rate=0.0,
                       clipped_fraction=math.nan)
 
 
@@ -328,17 +329,22 @@ def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 6
 
 
 def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
-                 max_length: int) -> dict[str, float]:
+                 max_length: int, min_group_size: int = 1) -> dict[str, float]:
     """An evaluate reply for text-classification: loss, accuracy, macro-F1 and per-class counts
-    (``tp/<label>`` ...; counts, never examples, so they can be pooled across partners)."""
+    (``tp/<label>`` ...; counts, never examples, so they can be pooled across partners), and,
+    when the data has groups, the same counts per group of at least ``min_group_size``
+    examples (common.groups: smaller ones suppressed)."""
     stats = evaluate(model, encode(tokenizer, data, max_length))
     counts = class_counts(np.asarray(data.labels), np.asarray(stats.predictions),
                           data.label_names)
+    if data.subgroups:
+        counts.update(group_counts(data.labels, stats.predictions, data.subgroups,
+                                   data.label_names, min_group_size))
     return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
             P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1, **counts}
 
 
-def _seed(settings: TrainSettings) -> int:
+def training_seed(settings: TrainSettings) -> int:
     """The seed of Poisson sampling and DP noise: given (reproducible simulation) or drawn from
     the OS. A seed the coordinator knows would let it replay and subtract the noise."""
     if settings.seed is not None:
@@ -346,5 +352,5 @@ def _seed(settings: TrainSettings) -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
-def _mean(values: list[float]) -> float:
+def mean_or_nan(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan

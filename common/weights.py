@@ -10,6 +10,8 @@ server.robust, secure aggregation at both ends):
   ((1/q − 1)·B, B/q]; with a batch size chosen from n (``batch-size = auto``) only n ≥ 1/q is
   sure. A claim outside is an inconsistent (lying or broken) partner: its update is rejected.
   A partner that lies about n and q consistently passes; the cap below bounds what it gains.
+  A per-person partner (``per-person`` = 1) samples persons, so q pins its ``persons``, and its
+  rows (``num-examples``, the weight) must be at least that many: ``check_claim``.
 - ``capped_weight``: every weight is min(n, ``max-partner-weight``), a run-config value that
   each partner also reads itself (under secure aggregation it is the normaliser of the masked
   weight, so nobody can send partners different ones). One partner then counts at most as
@@ -21,7 +23,9 @@ No flwr here.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
+from common import protocol as P
 from common.errors import UpdateError
 
 
@@ -64,6 +68,25 @@ def check_claimed_examples(examples: float, sample_rate: float, batch_size: int 
         raise UpdateError(f"num-examples {examples:g} contradicts the partner's sample-rate "
                           f"1/{k} (batch-size {batch_size or 'chosen by the partner'}): it "
                           f"must be {allowed}; the claim is rejected with its update")
+
+
+def check_claim(metrics: Mapping[str, float], batch_size: int | None) -> float:
+    """The claimed examples of a DP reply, checked against its q (per example), or its persons
+    against q and its examples against its persons (per person). Returns the examples."""
+    examples = float(metrics[P.NUM_EXAMPLES])
+    check_weight(examples)
+    if not metrics.get(P.PER_PERSON):
+        check_claimed_examples(examples, float(metrics[P.SAMPLE_RATE]), batch_size)
+        return examples
+    persons = float(metrics.get(P.PERSONS, 0.0))
+    if not (persons >= 1 and persons == int(persons) and examples >= persons):
+        raise UpdateError(f"persons {persons:g} with num-examples {examples:g}: a per-person "
+                          "reply needs a whole number of persons, each with at least one row")
+    try:
+        check_claimed_examples(persons, float(metrics[P.SAMPLE_RATE]), batch_size)
+    except UpdateError as exc:
+        raise UpdateError(f"per person: {str(exc).replace('num-examples', 'persons')}") from None
+    return examples
 
 
 def fixed_batch_size(batch_size: object) -> int | None:

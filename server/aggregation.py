@@ -13,7 +13,7 @@ from common.compression import from_wire
 from common.errors import UpdateError
 from common.model import check_update_matches
 from common.updates import update_norm
-from common.weights import capped_weight, check_claimed_examples, check_weight
+from common.weights import capped_weight, check_claim, check_weight
 from server.central_dp import CentralDP, clip_exactly, coordinator_rng
 
 
@@ -113,7 +113,7 @@ class RoundFold:
         examples = float(metrics[P.NUM_EXAMPLES])
         check_weight(examples)
         if self.dp:  # under DP the partner's q must agree with its claim
-            check_claimed_examples(examples, float(metrics[P.SAMPLE_RATE]), self.batch_size)
+            check_claim(metrics, self.batch_size)
         return capped_weight(examples, self.max_weight)
 
     def result(self) -> dict[str, np.ndarray]:

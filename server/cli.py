@@ -8,6 +8,8 @@ from pathlib import Path
 
 from common.config import RunConfig
 from common.errors import ConsortiumError
+from common.release import check_against_model, read_release
+from common.sources import run_labels
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
 from server import deploy
@@ -41,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, help="output directory on the coordinator")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint (same config)")
+    run.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                     help="start from this release (an earlier run's OUT/model on the "
+                          "coordinator) instead of the base model's initial weights")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--verbose", action="store_true",
                      help="show Flower's own log lines too (always in OUT/flwr.log)")
@@ -72,13 +77,27 @@ def handle(args: argparse.Namespace, overrides: dict) -> int:
     return 0
 
 
+def continue_release(config: RunConfig) -> RunConfig:
+    """``init-from``: the release (on this machine, the coordinator's) read and checked against
+    the run's model before it is submitted; its labels when --labels is not given. The partners'
+    ledgers are their own (node config ledger-dir): they simply continue."""
+    if not config.init_from:
+        return config
+    release = read_release(config.init_from)
+    config = config.replace(init_from=str(release.path),
+                            labels=config.labels or str(release.run_config.get("labels", "")))
+    check_against_model(release, config, run_labels(config, partner_has_own_data=True))
+    return config
+
+
 def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
     flags = {"num-rounds": args.rounds, "labels": args.labels,
-             "out-dir": str(args.out.resolve()) if args.out else None}
+             "out-dir": str(args.out.resolve()) if args.out else None,
+             "init-from": str(args.init_from) if args.init_from else None}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
         overrides["resume"] = True
-    config = RunConfig.from_mapping(overrides)
+    config = continue_release(RunConfig.from_mapping(overrides))
     if not config.label_list:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")

@@ -29,6 +29,7 @@ from server.checkpoint import (PENDING_LINE, Checkpoint, check_same_config,
                                latest_checkpoint, save_checkpoint)
 from server.evaluation import main_metric, progress_line, summarize_held_out, summarize_round
 from server.held_out import HeldOutSet
+from server.release import initial_weights
 from server.outputs import (METRICS_FILE, append_metrics, export_model, json_safe,
                             privacy_report, record_partner, truncate_metrics,
                             write_privacy_report)
@@ -184,12 +185,13 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     says so. Line r − 1 is written before checkpoint r, so no resume ever lacks it;
     truncate_metrics drops lines of rounds past the checkpoint."""
     out = Path(config.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(config)
     model = build_model(config, labels)
     fingerprint = frozen_fingerprint(model)
-    state, pending = _start_state(config, out, trainable_state(model))
+    initial = initial_weights(config, labels, trainable_state(model), fingerprint)
     del model
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused start writes nothing
+    state, pending = _start_state(config, out, initial)
     held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
     tracker = open_tracker(config, out)
     try:

@@ -11,6 +11,7 @@ import math
 from typing import Any, Mapping
 
 from common import protocol as P
+from common.groups import group_scores, split_group_key
 from common.metrics import per_class_scores, split_count_key, sum_counts
 from common.tasks import get_task
 
@@ -26,6 +27,12 @@ def line_key(metric: str) -> str:
     return metric.replace("-", "_")
 
 
+def _is_count(key: str) -> bool:
+    """num-examples, a per-class count or a per-group count: pooled, never averaged."""
+    return key == P.NUM_EXAMPLES or split_count_key(key) is not None \
+        or split_group_key(key) is not None
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -35,8 +42,7 @@ def weighted_means(per_partner: Mapping[str, Mapping[str, float]]) -> dict[str, 
     by its examples; partners whose value is missing or not finite are left out of that mean."""
     keys: dict[str, None] = {}
     for metrics in per_partner.values():
-        keys.update((k, None) for k in metrics
-                    if k != P.NUM_EXAMPLES and split_count_key(k) is None)
+        keys.update((k, None) for k in metrics if not _is_count(k))
     means: dict[str, float | None] = {}
     for key in keys:
         pairs = [(float(m[key]), float(m.get(P.NUM_EXAMPLES, 0.0)))
@@ -64,8 +70,7 @@ def summarize_round(per_partner: Mapping[str, Mapping[str, float]],
     """The evaluation part of a metrics.jsonl line, from each partner's evaluation of the
     line's model (sent with its next train reply, or in its final evaluate reply)."""
     partners = {
-        name: {**{line_key(k): v for k, v in m.items()
-                  if k != P.NUM_EXAMPLES and split_count_key(k) is None},
+        name: {**{line_key(k): v for k, v in m.items() if not _is_count(k)},
                "num_examples": int(m.get(P.NUM_EXAMPLES, 0))}
         for name, m in sorted(per_partner.items())}
     main = line_key(metric)
@@ -76,6 +81,7 @@ def summarize_round(per_partner: Mapping[str, Mapping[str, float]],
         **extremes({name: p.get(main) for name, p in partners.items()}),
         "eval_per_partner": partners,
         "eval_per_class": per_class_scores(sum_counts([per_partner[n] for n in partners])),
+        **group_scores([per_partner[n] for n in partners]),  # groups inside partners, if any
     }
 
 
@@ -101,12 +107,14 @@ def progress_line(line: Mapping[str, Any], num_rounds: int, dp: bool) -> str:
             f"{_fmt(line.get('max_epsilon')) if dp else '∞'} | up "
             f"{megabytes(line.get('upload_bytes'))}, down {megabytes(line.get('download_bytes'))}"
             + (f" | coordinator's set {metric} {_fmt(own.get(metric))}"
-               if isinstance(own := line.get("eval_coordinator"), Mapping) else ""))
+               if isinstance(own := line.get("eval_coordinator"), Mapping) else "")
+            + (f" | worst group {_fmt(group.get('value'))} ({group.get('group')}), group gap "
+               f"{_fmt(line.get('eval_group_gap'))}"
+               if isinstance(group := line.get("eval_group_worst"), Mapping) else ""))
 
 
 def summarize_held_out(metrics: Mapping[str, float], source: str) -> dict[str, Any]:
     """The coordinator's own evaluation, kept apart from the partners' mean, worst and gap."""
     return {"source": source, "num_examples": int(metrics.get(P.NUM_EXAMPLES, 0)),
-            **{line_key(k): v for k, v in metrics.items()
-               if k != P.NUM_EXAMPLES and split_count_key(k) is None},
+            **{line_key(k): v for k, v in metrics.items() if not _is_count(k)},
             "per_class": per_class_scores(sum_counts([dict(metrics)]))}

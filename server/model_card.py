@@ -29,16 +29,19 @@ def _privacy(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> li
     if not config.dp:
         return ["Trained **without** differential privacy (ε = ∞): a non-private baseline. "
                 "Treat the model like any model trained directly on the partners' data.", ""]
-    lines = [f"Each partner trained with DP-SGD (Opacus): per-example gradients clipped to "
+    lines = [f"Each partner trained with DP-SGD (Opacus): per-example (or per-person) gradients "
+             f"clipped to "
              f"{config.max_grad_norm:g}, Gaussian noise added, Poisson sampling; updates "
              f"clipped to an L2 norm of {config.update_clip_norm:g}. The guarantee is "
-             "**sample-level (ε, δ)-DP at each partner**, ε computed with Opacus' RDP "
+             "**(ε, δ)-DP at each partner** for the unit below, ε computed with Opacus' RDP "
              "accountant from the partner's own ledger. Target ε for the run: "
-             f"{config.epsilon:g}.", "",
-             "| partner | ε | δ | noise σ | steps | rounds trained |", "|---|---|---|---|---|---|"]
-    lines += [f"| {_cell(name)} | {_num(p.get('epsilon'), 3)} | {_num(p.get('delta'), 8)} | "
-              f"{_num(p.get('noise_multiplier'), 4)} | {_num(p.get('steps'))} | "
-              f"{_num(p.get('rounds_trained'))} |" for name, p in sorted(partners.items())]
+             f"{config.epsilon:g}.", "", *_units(partners),
+             "| partner | ε | protects | δ | noise σ | steps | rounds trained |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {_cell(name)} | {_num(p.get('epsilon'), 3)} | {_unit(p)} | "
+              f"{_num(p.get('delta'), 8)} | {_num(p.get('noise_multiplier'), 4)} | "
+              f"{_num(p.get('steps'))} | {_num(p.get('rounds_trained'))} |"
+              for name, p in sorted(partners.items())]
     plans = {name: p["plan"] for name, p in sorted(partners.items()) if p.get("plan")}
     if plans:
         lines += ["", "Each partner's DP plan (common.planner; from public n, ε, δ, rounds and "
@@ -49,6 +52,41 @@ def _privacy(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> li
                   f"{_num(p.get('learning_rate'), 4)} | "
                   f"{_num(p.get('predicted_noise_to_signal'), 3)} |" for name, p in plans.items()]
     return lines + [""]
+
+
+def _unit(partner: Mapping[str, Any]) -> str:
+    if partner.get("unit") == "person":
+        return f"each person ({_num(partner.get('persons'))} persons)"
+    return "each example"
+
+
+def _units(partners: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What ε protects at each partner: one example (row), or one person with all its rows."""
+    persons = sorted(n for n, p in partners.items() if p.get("unit") == "person")
+    if not persons:
+        return ["ε is per example: a person with k examples is protected at about k·ε.", ""]
+    return [f"ε is **per person** at {', '.join(map(_cell, persons))}: DP-SGD sampled persons "
+            "and clipped each person's gradient (all its rows) as one unit "
+            "(`person-column`); elsewhere ε is per example.", ""]
+
+
+def _groups(final: Mapping[str, Any]) -> list[str]:
+    """Scores per group of people inside the partners (their group-column), pooled; groups
+    below min-group-size at a partner were never sent."""
+    groups = final.get("eval_groups") or {}
+    if not groups:
+        return []
+    worst, best = final.get("eval_group_worst") or {}, final.get("eval_group_best") or {}
+    lines = ["Per group of people (each partner's group column, pooled over partners; a group "
+             "with fewer held-out examples than min-group-size at a partner is left out there):",
+             "", "| group | accuracy | examples |", "|---|---|---|"]
+    lines += [f"| {_cell(g)} | {_num(v.get('accuracy'))} | {_num(v.get('examples'))} |"
+              for g, v in groups.items()]
+    return lines + [f"| worst group ({_cell(worst.get('group', 'n/a'))}) | "
+                    f"{_num(worst.get('value'))} | |",
+                    f"| best group ({_cell(best.get('group', 'n/a'))}) | "
+                    f"{_num(best.get('value'))} | |",
+                    f"| group gap (best − worst) | {_num(final.get('eval_group_gap'))} | |", ""]
 
 
 def _evaluation(final: Mapping[str, Any] | None) -> list[str]:
@@ -79,11 +117,29 @@ def _evaluation(final: Mapping[str, Any] | None) -> list[str]:
                   f"{_num(c.get('f1'))} | {_num(c.get('support'), 0)} |"
                   for label, c in per_class.items()]
         lines.append("")
-    return lines
+    return lines + _groups(final)
+
+
+def _release(release: Mapping[str, Any] | None) -> list[str]:
+    """The release's id and its parent (server.release; the lineage is in release.json)."""
+    if not release:
+        return []
+    parent = release.get("parent")
+    lines = ["## Release", "", f"- Release id: {release.get('release_id')}"]
+    if parent:
+        lines += [f"- Parent release: {parent.get('release_id') or 'unknown (unreadable)'} "
+                  f"(`{_cell(parent.get('path'))}`): this run started from its weights; the "
+                  "partners' ε below is cumulative over both (each partner's own ledger)"]
+    else:
+        lines += ["- Parent release: none (trained from the base model's initial weights)"]
+    code = release.get("code") or {}
+    return lines + [f"- Code: SHA-256 {code.get('code_sha256')} (`consortium partner approve`)",
+                    ""]
 
 
 def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, Any],
-               final: Mapping[str, Any] | None) -> str:
+               final: Mapping[str, Any] | None,
+               release: Mapping[str, Any] | None = None) -> str:
     """The model card as Markdown (with the Hugging Face metadata header)."""
     task, tag = config.task, get_task(config.task).pipeline_tag
     partners = report.get("partners") or {}
@@ -116,7 +172,7 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
              f"- Partners: {len(partners)}",
              f"- Training examples, all partners together: {examples or 'n/a'}",
              "- The data stayed with its partner. This directory holds no partner example, "
-             "text or label; only the counts above.", "", "## Privacy", ""]
+             "text or label; only the counts above.", ""] + _release(release) + ["## Privacy", ""]
     lines += _privacy(config, partners)
     lines += ["## Evaluation", ""] + _evaluation(final)
     lines += ["## Intended use and limits", "",
@@ -128,5 +184,7 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
               "and not a partner's data set as a whole. Evaluation numbers are not noised.",
               "- Not for decisions about individuals without human review.", "",
               "Files: `run_config.json` (the run's settings), `privacy_report.json` (each "
-              "partner's ε, δ, σ, sampling rate and steps), `labels.json`.", ""]
+              "partner's ε, δ, σ, sampling rate and steps), `labels.json`"
+              + (", `release.json` (lineage) and `release_weights.npz` (the trainable weights "
+                 "a continuing run starts from)" if release else "") + ".", ""]
     return "\n".join(lines)

@@ -14,10 +14,12 @@ import numpy as np
 
 from common import protocol as P
 from common.config import RunConfig
+from common.fingerprint import frozen_fingerprint
 from common.model import build_model, load_trainable_state, save_model
 from common.privacy import epsilon_of
 from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json, finite_or_none
 from server.model_card import model_card
+from server.release import write_release
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ def record_partner(partners: dict[str, dict[str, Any]], name: str, metrics: Mapp
         "max_grad_norm": config.max_grad_norm if config.dp else None,
         "rounds_trained": partners.get(name, {}).get("rounds_trained", 0) + 1,
         "examples": int(metrics.get(P.NUM_EXAMPLES, 0)),  # a count, never data
+        "unit": "person" if metrics.get(P.PER_PERSON) else "example",  # what ε protects
+        **({"persons": int(metrics[P.PERSONS])} if metrics.get(P.PER_PERSON) else {}),
         "history": [list(h) for h in history],
         **({"plan": {field: metrics[key] for key, field in P.PLAN_KEYS.items()}}
            if all(key in metrics for key in P.PLAN_KEYS) else {}),
@@ -113,21 +117,24 @@ def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
                  arrays: Mapping[str, np.ndarray], report: Mapping[str, Any],
                  final_line: Mapping[str, Any] | None = None) -> Path:
     """save_pretrained of the merged model + tokenizer + label map + config + privacy report
-    + a README.md model card (``final_line``: the last round's metrics.jsonl line, for its results).
+    + the release's lineage and trainable weights (server.release) + a README.md model card
+    (``final_line``: the last round's metrics.jsonl line, for its results).
 
     Written to a temp directory and renamed, so ``model/`` is always whole.
     """
     model = build_model(config, labels)
     load_trainable_state(model, arrays)
+    fingerprint = frozen_fingerprint(model)
     final, tmp = out_dir / MODEL_DIR, out_dir / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, config, tmp)  # save_pretrained + tokenizer, or sentence-transformers
     atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
     atomic_write_json(tmp / "run_config.json", config.to_mapping())
     atomic_write_json(tmp / PRIVACY_REPORT, report)
-    atomic_write_bytes(tmp / "README.md", model_card(config, labels, report,
-                                                          final_line).encode())
+    release = write_release(tmp, config, labels, arrays, fingerprint, report, final_line)
+    atomic_write_bytes(tmp / "README.md", model_card(config, labels, report, final_line,
+                                                          release).encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    logger.info("shared model written to %s", final)
+    logger.info("shared model written to %s (release %s)", final, release["release_id"])
     return final

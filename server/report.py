@@ -66,6 +66,25 @@ def per_class_section(line: Mapping[str, Any]) -> str:
             "class.</p>" + table(["class", "precision", "recall", "F1", "support"], rows))
 
 
+def group_section(line: Mapping[str, Any]) -> str:
+    """Scores per group of people inside the partners (their group column), pooled, with the
+    worst group and the gap next to the per-partner ones; empty when no partner had groups."""
+    groups = line.get("eval_groups")
+    if not groups:
+        return ""
+    rows = [[g, v.get("accuracy"), int(v.get("examples") or 0)] for g, v in groups.items()]
+    worst, best = line.get("eval_group_worst") or {}, line.get("eval_group_best") or {}
+    rows += [[f"worst group ({worst.get('group', 'n/a')})", worst.get("value"), ""],
+             [f"best group ({best.get('group', 'n/a')})", best.get("value"), ""],
+             ["group gap (best − worst)", line.get("eval_group_gap"), ""],
+             ["partner gap (best − worst), for comparison", line.get("eval_gap"), ""]]
+    return ("<h2>Per group of people, final model</h2><p class='note'>Each partner scored its "
+            "held-out split per value of its own group column and sent counts only; a group with "
+            "fewer examples than min-group-size at a partner was left out there (and, if the "
+            "partner's totals would reveal it, the next smallest group too). The coordinator "
+            "summed the counts.</p>" + table(["group", "accuracy", "examples"], rows))
+
+
 def _failures_section(lines: list[dict[str, Any]]) -> str:
     rows = [[line["round"], phase, f.get("partner"), f.get("reason")]
             for line in lines for phase, key in (("train", "failures"), ("eval", "eval_failures"))
@@ -115,7 +134,8 @@ def render_html(data: RunData, s: RunSeries, images: Mapping[str, bytes]) -> str
             f"<style>{CSS}</style></head><body>"
             f"<h1>Consortium run report: {html.escape(data.run_dir.name)}</h1>{overview}"
             + _final_section(data, s) + "<h2>Over the rounds</h2>" + figures
-            + per_class_section(data.lines[-1]) + privacy_summary(data, s)
+            + per_class_section(data.lines[-1]) + group_section(data.lines[-1])
+            + privacy_summary(data, s)
             + _failures_section(data.lines) + "</body></html>\n")
 
 

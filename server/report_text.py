@@ -40,12 +40,14 @@ def _partner_rows(partners: Mapping[str, Mapping[str, Any]],
         eps = p.get("epsilon")
         within = ("n/a" if budget is None or eps is None
                   else "yes" if eps <= budget * (1 + 1e-9) else "NO")
-        rows.append([name, eps, p.get("delta"), p.get("noise_multiplier"), p.get("sample_rate"),
-                     p.get("steps"), p.get("rounds_trained"), within])
+        unit = f"a person ({p.get('persons')} persons)" if p.get("unit") == "person" \
+            else "an example"
+        rows.append([name, eps, unit, p.get("delta"), p.get("noise_multiplier"),
+                     p.get("sample_rate"), p.get("steps"), p.get("rounds_trained"), within])
     return rows
 
 
-def _meaning(dp: bool, budget: float | None, delta: Any) -> str:
+def _meaning(dp: bool, budget: float | None, delta: Any, persons: bool = False) -> str:
     if not dp:
         return ("<p class='bad'>This run did not use differential privacy (ε = ∞). The updates "
                 "partners sent carry no formal privacy guarantee; treat the shared model like "
@@ -62,8 +64,13 @@ def _meaning(dp: bool, budget: float | None, delta: Any) -> str:
         "</p><p><b>What δ (delta) means.</b> The small probability, here "
         f"{html.escape(str(delta))}, that the ε bound does not hold; it is set below 1 / (the "
         "partner's number of examples).</p>"
-        "<p><b>What it does not cover.</b> The guarantee is per example, not per person (a "
-        "person with many examples is protected less) and not for a partner as a whole. The "
+        + ("<p><b>Per person.</b> Where the table says ε protects a person, DP-SGD sampled "
+           "persons and clipped each person's gradient over all its rows as one unit: ε bounds "
+           "what anyone learns about a person, whatever number of rows they have.</p>"
+           if persons else "") +
+        "<p><b>What it does not cover.</b> Where ε protects an example, it is per example, not "
+        "per person (a person with k examples is protected at about k·ε), and nowhere is it "
+        "for a partner as a whole. The "
         "evaluation numbers partners send (accuracy, loss, per-class counts on their held-out "
         "split) are not noised; they are aggregate counts, never examples.</p>")
 
@@ -88,7 +95,7 @@ def privacy_summary(data: RunData, s: RunSeries) -> str:
         "accuracy, per-class counts of right and wrong predictions on the held-out split, and "
         "the privacy spending (σ, sampling rate, steps) from which ε is computed.</p>")
     if partners:
-        privacy = table(["partner", "ε", "δ", "noise σ", "sampling rate q", "steps",
+        privacy = table(["partner", "ε", "ε protects", "δ", "noise σ", "sampling rate q", "steps",
                          "rounds trained", "within budget"], _partner_rows(partners, budget))
         source = ("<p class='note'>From privacy_report.json: ε computed with Opacus' RDP "
                   "accountant from each partner's own ledger of (σ, q, steps), cumulative over "
@@ -98,4 +105,5 @@ def privacy_summary(data: RunData, s: RunSeries) -> str:
         source = ("<p class='note'>privacy_report.json is missing (the run has not finished); "
                   "the ε figure above shows what the partners reported per round.</p>")
     delta = next((p.get("delta") for p in partners.values()), config.get("delta", "n/a"))
-    return stayed + _meaning(dp, budget, delta) + privacy + source
+    persons = any(p.get("unit") == "person" for p in partners.values())
+    return stayed + _meaning(dp, budget, delta, persons) + privacy + source

@@ -57,10 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--words", type=int, default=A.AuditSettings.words,
                    help="random vocabulary words per canary (default %(default)s)")
     p.add_argument("--epochs", type=int, default=4, help="passes over the data (default 4)")
+    p.add_argument("--unit", choices=("example", "person"), default="example",
+                   help="what DP-SGD protects: each row, or each person (person-column, else "
+                        "one person per row; a canary's copies are one canary person)")
     p.add_argument("--data", help="the partner's CSV / TSV / JSONL file (default: the embedded "
                                   "demo data of partner 0)")
     p.add_argument("--base-model", help="local directory or hub name (default: bundled MiniLM)")
-    p.add_argument("--finetune", choices=("lora", "full", "head"), help="default: lora")
+    p.add_argument("--finetune", choices=("lora", "full", "head", "pooled-head"),
+                   help="default: lora")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--out", default="runs/audit", help="output directory (default runs/audit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -85,15 +89,19 @@ def audit_config(args: argparse.Namespace, extra: dict[str, Any]) -> RunConfig:
 def partner_data(config: RunConfig) -> tuple[TextDataset, TextDataset]:
     """(train, test) of the audited partner: its file, or partner 0 of the embedded data."""
     task, labels = get_task(config.task), run_labels(config)
-    data = (task.read(config.data, config, labels) if config.data
+    data = (task.read(config.data, config, labels,
+                      person_column=config.person_column or None) if config.data
             else task.demo_data(0, config, labels))
     return split_train_test(data, config.test_fraction, config.seed)  # type: ignore[arg-type]
 
 
-def train_arm(config: RunConfig, model: Any, encoded: Any, n: int) -> dict[str, Any]:
-    """Train on ``encoded`` (n examples) once; the privacy numbers from Opacus' accountant."""
+def train_arm(config: RunConfig, model: Any, encoded: Any, n: int,
+              persons: Any = None) -> dict[str, Any]:
+    """Train on ``encoded`` (n examples, or with ``persons`` n persons: per-person DP) once;
+    the privacy numbers from Opacus' accountant."""
     from client.round_plan import batch_and_learning_rate
     from common.model import trainable_size
+    from common.person_dp import train_dp_persons
     from common.planner import plan_dp
     from common.privacy import epsilon_of
     from common.training import DPSettings, TrainSettings, clipping_for, train_dp, train_plain
@@ -118,20 +126,30 @@ def train_arm(config: RunConfig, model: Any, encoded: Any, n: int) -> dict[str, 
                            "use a smaller delta (--set delta=...)")
     plan = settings.require_plan()
     q, steps, sigma = plan.sample_rate, plan.steps_per_round, plan.noise_multiplier
-    dp = DPSettings(sigma, config.max_grad_norm, clipping_for(config.clipping, config.finetune))
-    stats, history = train_dp(model, encoded, settings, dp, [])
+    if persons is not None:
+        dp = DPSettings(sigma, config.max_grad_norm, "hooks")
+        stats, history = train_dp_persons(model, encoded, persons, settings, dp,
+                                          config.max_rows_per_person, [])
+    else:
+        dp = DPSettings(sigma, config.max_grad_norm,
+                        clipping_for(config.clipping, config.finetune))
+        stats, history = train_dp(model, encoded, settings, dp, [])
     if stats.steps != steps:
         raise PrivacyError(f"Opacus ran {stats.steps} steps, the audit planned {steps}")
     return {"dp": True, "epsilon_target": None if config.noise_multiplier else config.epsilon,
             "epsilon_spent": epsilon_of(history, config.delta), "delta": config.delta,
             "noise_multiplier": sigma, "sample_rate": q, "steps": stats.steps,
-            "train_loss": finite_or_none(stats.loss),
-            "clipped_fraction": finite_or_none(stats.clipped_fraction)}
+            "train_loss": finite_or_none(stats.loss), "unit": "example" if persons is None
+            else "person", "clipped_fraction": finite_or_none(stats.clipped_fraction)}
 
 
-def run_arm(config: RunConfig, settings: A.AuditSettings) -> dict[str, Any]:
-    """One audit: canaries in, train, measure. Returns the arm's record for audit.json."""
+def run_arm(config: RunConfig, settings: A.AuditSettings,
+            unit: str = "example") -> dict[str, Any]:
+    """One audit: canaries in, train, measure. Returns the arm's record for audit.json.
+    ``unit`` = person: per-person DP-SGD, each canary's copies one canary person."""
+    from client.round_plan import trainable_view
     from common.model import build_model, load_tokenizer  # torch & co. only when auditing
+    from common.person_dp import Persons
     from common.training import encode, evaluate, log_probabilities
 
     started = time.time()
@@ -142,7 +160,10 @@ def run_arm(config: RunConfig, settings: A.AuditSettings) -> dict[str, Any]:
     rng = np.random.default_rng([settings.seed, 1])
     audited = A.insert_canaries(train, canaries.inserted, settings.repeats, rng)
     model = build_model(config, train.label_names)
-    arm = train_arm(config, model, encode(tokenizer, audited, config.max_length), len(audited))
+    trained, encoded = trainable_view(model, encode(tokenizer, audited, config.max_length))
+    persons = Persons.of(audited.persons) if unit == "person" and config.dp else None
+    arm = train_arm(config, trained, encoded, len(persons) if persons else len(audited),
+                    persons)
 
     def score(data: TextDataset) -> np.ndarray:
         return log_probabilities(model, encode(tokenizer, data, config.max_length))
@@ -160,6 +181,7 @@ def run_arm(config: RunConfig, settings: A.AuditSettings) -> dict[str, Any]:
         "test_accuracy": evaluate(model, encode(tokenizer, test, config.max_length)).accuracy,
         "learning_rate": config.learning_rate,
         "train_examples": len(train), "training_rows_with_canaries": len(audited),
+        "persons": len(Persons.of(audited.persons)),
         "losses_inserted": inserted.tolist(), "losses_held_out": held_out.tolist(),
         "seconds": round(time.time() - started, 1)})
     logger.info("ε=%s: MIA AUC %.3f ± %.3f, exposure %.2f (held-out %.2f), test acc %.3f",
@@ -223,7 +245,8 @@ def write_outputs(out: Path, body: dict[str, Any]) -> None:
 
 
 def run_audit(config: RunConfig, settings: A.AuditSettings, epsilons: Sequence[float],
-              out: Path, command: str, dp_learning_rate: float | None = None) -> dict[str, Any]:
+              out: Path, command: str, dp_learning_rate: float | None = None,
+              unit: str = "example") -> dict[str, Any]:
     """Every ε in ``epsilons`` on the same data and canaries; writes OUT/audit.{json,png}.
     ``dp_learning_rate``: the DP arms' own learning rate (DP-SGD's best differs from AdamW's)."""
     arms = {}
@@ -231,7 +254,7 @@ def run_audit(config: RunConfig, settings: A.AuditSettings, epsilons: Sequence[f
         arm_config = config.replace(dp=False) if math.isinf(epsilon) else config.replace(
             dp=True, epsilon=float(epsilon),
             learning_rate=dp_learning_rate or config.learning_rate)
-        arms[arm_name(epsilon)] = run_arm(arm_config, settings)
+        arms[arm_name(epsilon)] = run_arm(arm_config, settings, unit)
     body = report(config, settings, arms, command)
     write_outputs(out, body)
     return body
@@ -244,11 +267,13 @@ def handle(args: argparse.Namespace, extra: dict[str, Any]) -> int:
     settings = A.AuditSettings(canaries=args.canaries, repeats=args.repeats,
                                candidates=args.candidates, words=args.words, seed=config.seed)
     out = Path(args.out)
-    body = run_audit(config, settings, [args.epsilon], out, " ".join(["consortium", *sys.argv[1:]]))
+    body = run_audit(config, settings, [args.epsilon], out, " ".join(["consortium", *sys.argv[1:]]),
+                     unit=args.unit)
     arm = body["arms"][arm_name(args.epsilon)]
     spent = f"{arm['epsilon_spent']:.3f}" if arm["dp"] else "∞ (no DP)"
     print(f"MIA AUC {arm['mia_auc']:.3f} ± {arm['mia_auc_se']:.3f}, mean exposure "
           f"{arm['exposure_inserted']['mean']:.2f} bits (held-out canaries "
-          f"{arm['exposure_held_out']['mean']:.2f}), ε spent {spent}")
+          f"{arm['exposure_held_out']['mean']:.2f}), ε spent {spent}"
+          + (f" per {arm['unit']}" if arm["dp"] else ""))
     print(f"written: {out / 'audit.json'}, {out / 'audit.png'}")
     return 0

@@ -47,6 +47,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, help="target ε per partner; inf = no DP")
     p.add_argument("--out", help="output directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="start from this release (an earlier run's OUT/model) instead of the "
+                        "base model's initial weights; ledger-dir defaults to its run's")
     p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated partner")
     p.add_argument("--num-gpus", type=float, default=0.0,
                    help="GPU share per simulated partner, e.g. 0.25 (partners see a GPU only "
@@ -62,7 +65,8 @@ def simulate_config(args: argparse.Namespace) -> RunConfig:
     values = _parse_set(args.set)
     flags = {"num-rounds": args.rounds, "data": args.data, "text-column": args.text_column,
              "label-column": args.label_column, "labels": args.labels,
-             "partition": args.partition, "out-dir": args.out, "device": args.device}
+             "partition": args.partition, "out-dir": args.out, "device": args.device,
+             "init-from": args.init_from}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
         values["resume"] = True

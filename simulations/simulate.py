@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.config import RunConfig, parse_partition
 from common.errors import ConfigError, ConsortiumError
+from common.release import Release, check_against_model, read_release
 from common.sources import run_labels
 from common.tasks import get_task
 from server.checkpoint import check_same_config, latest_checkpoint
@@ -63,6 +64,16 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
         raise ConfigError(f"device = {config.device!r} needs --num-gpus > 0 (each partner's GPU "
                           "share): Ray hides the GPUs from partners that reserve none")
     task = get_task(config.task)
+    if config.deidentify:
+        from common.deidentify import check_installed
+
+        check_installed()
+        if not task.one_label_per_text:
+            raise ConfigError(f"deidentify = true masks whole texts; task = {config.task!r} "
+                              "tags words one by one (masking would erase tags): not supported")
+    release = read_release(config.init_from) if config.init_from else None
+    if release is not None:
+        config = continue_from(config, release)
     if config.data:  # labels declared (or read from the file), every row checked, split
         data_path = Path(config.data).resolve()
         config = config.replace(data=str(data_path))
@@ -70,14 +81,21 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
         config = config.replace(labels=",".join(declared))
         scheme, arg = parse_partition(config.partition)
         full = task.read(data_path, config, task.label_names(declared),
-                         group_column=str(arg) if scheme == "column" else None)
+                         group_column=str(arg) if scheme == "column" else None,
+                         person_column=config.person_column or None,
+                         subgroup_column=config.group_column or None)
         partition_indices(full, federation.partners, config.partition,  # type: ignore[arg-type]
                           config.seed)
     else:
         task.check_demo_labels(config)
+        if config.person_column or config.group_column:
+            raise ConfigError("person-column and group-column name columns of --data; the "
+                              "embedded demo data has none")
     if config.server_eval_data:  # the coordinator's own set: an absolute path, read once now
         path, _ = read_held_out(config, run_labels(config))
         config = config.replace(server_eval_data=str(path))
+    if release is not None:  # settings, trainable layout and base weights, before any write
+        check_against_model(release, config, run_labels(config))
     out = Path(config.out_dir).resolve()
     config = config.replace(out_dir=str(out))
     has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
@@ -90,6 +108,28 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
             raise ConfigError(f"--resume: {out} holds no usable checkpoint to resume from")
         check_same_config(ckpt.state["config"], config.to_mapping())
     return config
+
+
+def continue_from(config: RunConfig, release: Release) -> RunConfig:
+    """``init-from`` in a simulation: the release's directory, absolute; its labels when none
+    are declared (so ids keep their order); and, when ledger-dir is empty, the ledger directory
+    of the release's run, so each simulated partner's ledger continues. (A ledger is kept per
+    partner and data source: the same data file, rows appended or not, continues it; another
+    file starts a new one.) A ledger directory that is gone is an error, not a fresh start."""
+    parent = release.run_config
+    changes: dict[str, str] = {"init_from": str(release.path)}
+    if not config.label_list and parent.get("labels"):
+        changes["labels"] = str(parent["labels"])
+    if not config.ledger_dir:
+        ledgers = Path(parent.get("ledger-dir") or Path(str(parent.get("out-dir"))) / "ledgers")
+        if not ledgers.is_dir():
+            raise ConfigError(f"init-from {release.path}: its run's partner ledgers ({ledgers}) "
+                              "are not there; set ledger-dir to where they are (an empty one "
+                              "would count ε from zero)")
+        changes["ledger_dir"] = str(ledgers.resolve())
+    logger.info("continuing release %s; partners' ledgers in %s", release.release_id,
+                changes.get("ledger_dir", config.ledger_dir))
+    return config.replace(**changes)
 
 
 def _port_in_use(port: int) -> bool:

@@ -78,6 +78,11 @@ def test_canaries_unique_and_insertion_keeps_data() -> None:
     for row in zip(canaries.inserted.texts, canaries.inserted.labels):
         assert rows.count(row) == 3
     assert not set(canaries.held_out.texts) & set(audited.texts)
+    # each canary's copies are one canary person; every other row is a person of its own
+    owners = {t: {p for tt, p in zip(audited.texts, audited.persons) if tt == t}
+              for t in canaries.inserted.texts}
+    assert all(len(o) == 1 and next(iter(o)).startswith("canary-") for o in owners.values())
+    assert len(set(audited.persons)) == 3 + 5
     assert A.make_canaries(vocab, data.label_names, settings, data.texts) == canaries  # seeded
 
 
@@ -148,3 +153,20 @@ def test_tiny_bert_audit_without_dp(tiny_bert: str, tmp_path: Path) -> None:
     assert main(argv) == 0
     arm = json.loads((tmp_path / "audit.json").read_text())["arms"]["eps=inf"]
     assert arm["dp"] is False and arm["epsilon_spent"] is None and arm["noise_multiplier"] == 0
+
+
+def test_tiny_bert_canary_person_audit(tiny_bert: str, tmp_path: Path) -> None:
+    """--unit person: ε per person at the persons' q, each canary's copies one person."""
+    argv = ["audit", "--base-model", tiny_bert, "--epsilon", "4", "--canaries", "6",
+            "--repeats", "3", "--candidates", "30", "--epochs", "1", "--out", str(tmp_path),
+            "--unit", "person", "--finetune", "pooled-head", "--set", "examples-per-partner=40",
+            "--set", "batch-size=8", "--set", "dp-plan-check=false"]
+    assert main(argv) == 0
+    arm = json.loads((tmp_path / "audit.json").read_text())["arms"]["eps=4"]
+    assert arm["unit"] == "person" and arm["persons"] == 32 + 6
+    assert arm["training_rows_with_canaries"] == 32 + 6 * 3
+    assert arm["sample_rate"] == 1 / math.ceil(38 / 8)  # q over persons, not rows
+    accountant = RDPAccountant()
+    accountant.history = [(arm["noise_multiplier"], arm["sample_rate"], arm["steps"])]
+    assert arm["epsilon_spent"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert abs(arm["epsilon_spent"] - 4) < 0.05

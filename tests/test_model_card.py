@@ -32,7 +32,8 @@ def test_model_card_content():
     assert "- Task: text-classification" in card
     assert "- Labels (id = position): neg, pos" in card
     assert "- Partners: 2" in card and "all partners together: 800" in card  # 480 + 320
-    assert "| hospital-a | 7.912 | 0.00001000 | 0.9300 | 90 | 3 |" in card
+    assert "| hospital-a | 7.912 | each example | 0.00001000 | 0.9300 | 90 | 3 |" in card
+    assert "ε is per example" in card and "group" not in card
     assert "| hospital-b | 5.500 |" in card and "Target ε for the run: 8." in card
     # (0.85·120 + 0.60·80) / 200 = 0.75; worst 0.60; gap 0.25
     assert "| mean over partners (weighted by examples) | 0.7500 |" in card

@@ -135,6 +135,15 @@ def test_plan_command_prints_the_plan_and_refuses_with_advice(capsys) -> None:
               "--trainable-dims", str(POOLED_DIMS)]
     assert main([*common, "--examples", "4000"]) == 0
     out = capsys.readouterr().out
-    assert "n=4000" in out and "sigma=" in out and "over the run" in out
+    assert "n=4000 examples" in out and "sigma=" in out and "over the run" in out
     assert main([*common, "--examples", "60"]) == 2
     assert "expect no learning" in capsys.readouterr().err
+
+
+def test_a_plan_in_persons_says_persons():
+    """Per-person DP plans in persons: q, σ and the refusal count persons, not rows."""
+    plan = plan_dp(160, 8.0, 1e-5, 3, 2, 770, 1.0, unit="person")
+    assert plan.describe().startswith("n=160 persons,") and plan.sample_rate == 1 / 8
+    with pytest.raises(UnlearnablePlanError, match=r"with 160 persons expect no learning.*>= "
+                                                  r"\d+ persons"):
+        plan_dp(160, 1.0, 1e-5, 3, 2, 770, 1.0, unit="person")

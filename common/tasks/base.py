@@ -132,9 +132,12 @@ class Task(ABC):
 
     @abstractmethod
     def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
-             text_column: str = "", label_column: str = "",
-             group_column: str | None = None) -> LabelledData:
-        """A labelled file mapped to the ids of ``labels``; empty columns mean the config's."""
+             text_column: str = "", label_column: str = "", group_column: str | None = None,
+             person_column: str | None = None,
+             subgroup_column: str | None = None) -> LabelledData:
+        """A labelled file mapped to the ids of ``labels``; empty columns mean the config's.
+        ``group_column`` splits simulated partners; ``person_column`` (per-person DP) and
+        ``subgroup_column`` (per-group scores) are read where the task supports them."""
 
     @abstractmethod
     def demo_data(self, partner_id: int, config: TaskConfig,
@@ -152,6 +155,7 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: Any,
-                 max_length: int) -> dict[str, float]:
+                 max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """An evaluate reply: num-examples, eval-loss, the metrics (``main_metric`` among them)
-        and per-label counts (``tp/<label>`` ...) the coordinator pools across partners."""
+        and per-label counts (``tp/<label>`` ...) the coordinator pools across partners; per
+        group (common.groups) where the data has groups, none below ``min_group_size``."""

@@ -36,10 +36,12 @@ class TextClassification(Task):
         return synthetic.LABELS
 
     def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
-             text_column: str = "", label_column: str = "",
-             group_column: str | None = None) -> TextDataset:
+             text_column: str = "", label_column: str = "", group_column: str | None = None,
+             person_column: str | None = None,
+             subgroup_column: str | None = None) -> TextDataset:
         return load_text_dataset(path, text_column or config.text_column,
-                                 label_column or config.label_column, labels, group_column)
+                                 label_column or config.label_column, labels, group_column,
+                                 person_column, subgroup_column)
 
     def demo_data(self, partner_id: int, config: TaskConfig,
                   labels: Sequence[str]) -> TextDataset:
@@ -61,8 +63,9 @@ class TextClassification(Task):
         return sequence_loss(logits, labels)
 
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
-                 max_length: int) -> dict[str, float]:
-        """Loss, accuracy, macro-F1 and per-class counts (common.training.text_metrics)."""
+                 max_length: int, min_group_size: int = 1) -> dict[str, float]:
+        """Loss, accuracy, macro-F1 and per-class counts, per group too
+        (common.training.text_metrics)."""
         from common.training import text_metrics
 
-        return text_metrics(model, tokenizer, data, max_length)
+        return text_metrics(model, tokenizer, data, max_length, min_group_size)

@@ -71,10 +71,18 @@ class TokenClassification(Task):
         return ENTITY_TYPES
 
     def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
-             text_column: str = "", label_column: str = "",
-             group_column: str | None = None) -> TokenDataset:
-        """Sentences of a CoNLL or JSONL file; no groups (config.partition is iid)."""
+             text_column: str = "", label_column: str = "", group_column: str | None = None,
+             person_column: str | None = None,
+             subgroup_column: str | None = None) -> TokenDataset:
+        """Sentences of a CoNLL or JSONL file; no groups (config.partition is iid), and no
+        person or group column yet (CoNLL has no columns per sentence): ConfigError."""
         from common.tokens import load_token_dataset
+
+        for key, column in (("person-column", person_column), ("group-column", subgroup_column)):
+            if column:
+                raise ConfigError(f"{key} = {column!r}: token-classification does not read a "
+                                  "column per sentence yet; per-person DP and per-group scores "
+                                  "are for text-classification")
 
         keys = token_keys(config, text_column, label_column)
         return load_token_dataset(path, labels, config.tag_column, *keys)
@@ -104,9 +112,9 @@ class TokenClassification(Task):
         return token_loss(logits, labels)
 
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TokenDataset,
-                 max_length: int) -> dict[str, float]:
+                 max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """Token accuracy, entity P / R / F1, macro-F1 over types and per-type entity counts
-        (common.tokens.entity_metrics)."""
+        (common.tokens.entity_metrics); no groups (``read`` refuses a group column)."""
         from common.tokens import entity_metrics
 
         return entity_metrics(model, tokenizer, data, max_length)
