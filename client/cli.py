@@ -75,6 +75,14 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                    "loss) or off")
     p.add_argument("--allowed-code", default="", help="comma-separated code hashes from "
                    "`consortium partner approve`; empty = any")
+    p.add_argument("--person-column", default="", help="column naming whose row it is: DP "
+                   "then protects each person (all its rows), not each row (docs/people.md)")
+    p.add_argument("--group-column", default="", help="column (e.g. sex, age band) to score "
+                   "the shared model per group of; counts only leave, never the column")
+    p.add_argument("--min-group-size", type=int, default=0, help="fewest held-out examples "
+                   "a group's counts need to leave (default: the run's, 10)")
+    p.add_argument("--deidentify", action="store_true", help="mask names, e-mails, phones, "
+                   "addresses, dates, IDs, URLs and IPs before tokenizing (the deid extra)")
 
 
 def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
@@ -83,11 +91,14 @@ def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
               "require-secure-aggregation": args.require_secure_aggregation,
               "require-central-dp": args.require_central_dp, "max-rounds": args.max_rounds,
               "release-metrics": args.release_metrics, "evaluation": args.evaluation,
-              "allowed-code": args.allowed_code}
+              "allowed-code": args.allowed_code, "person-column": args.person_column,
+              "group-column": args.group_column, "min-group-size": args.min_group_size,
+              "deidentify": args.deidentify}
     defaults = {"data-id": "", "test-fraction": 0.0, "min-partners": 0,
                 "require-secure-aggregation": False, "require-central-dp": False,
                 "max-rounds": 0, "release-metrics": "", "evaluation": "counts",
-                "allowed-code": ""}
+                "allowed-code": "", "person-column": "", "group-column": "",
+                "min-group-size": 0, "deidentify": False}
     return tuple((k, v) for k, v in values.items() if v != defaults[k])
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from common.keys import check_partner_name
 from client.policy import PartnerSettings
 from common.config import check_device
-from common.data import read_rows
+from common.data import filled_value, read_rows
 from common.errors import ConfigError, DataError
 
 
@@ -61,6 +61,15 @@ def check_partner_data(policy: PartnerPolicy) -> int:
         if column not in rows[0][1]:
             raise DataError(f"{policy.data}:{rows[0][0]}: no column {column!r}; columns are "
                             f"{sorted(rows[0][1])}")
+    extra = dict(policy.extra)
+    if extra.get("deidentify"):
+        from common.deidentify import check_installed
+
+        check_installed()  # a partner that asks for masking must not start without it
+    for key, role in (("person-column", "person"), ("group-column", "group")):
+        if extra.get(key):  # every row names its person / group: checked now, not at round 1
+            for number, row in rows:
+                filled_value(Path(policy.data), number, row, str(extra[key]), role)
     return len(rows)
 
 

@@ -172,15 +172,15 @@ def load_text_dataset(path: str | Path, text_column: str, label_column: str,
         if group_column:
             groups.append(_column(path, number, row, group_column, "group"))
         if person_column:
-            persons.append(_filled(path, number, row, person_column, "person"))
+            persons.append(filled_value(path, number, row, person_column, "person"))
         if subgroup_column:
-            subgroups.append(_filled(path, number, row, subgroup_column, "group"))
+            subgroups.append(filled_value(path, number, row, subgroup_column, "group"))
     logger.info("read %d examples from %s", len(texts), path)
     return TextDataset(tuple(texts), tuple(labels), tuple(label_names), tuple(groups),
                        tuple(persons), tuple(subgroups))
 
 
-def _filled(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
+def filled_value(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
     """A person id or group value: present and not empty (an empty one would pool strangers)."""
     value = _column(path, number, row, column, role)
     if not value:

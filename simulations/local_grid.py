@@ -39,11 +39,12 @@ class LocalGrid:
     sent: list[tuple[str, int, int]] = field(default_factory=list)  # (type, round, partition-id)
     # as Flower's engines do: a ClientApp exception becomes an error reply (else it propagates)
     errors_as_replies: bool = False
+    run_id: int = 1  # Flower's run id: runs sharing ledgers (e.g. two releases) need their own
     _replies: dict[str, Message] = field(default_factory=dict)
     _states: dict[int, RecordDict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        TaskIdentity.run_id = 1
+        TaskIdentity.run_id = self.run_id
         TaskIdentity.task_id = 1
         TaskIdentity.node_id = COORDINATOR_NODE
 
@@ -69,7 +70,7 @@ class LocalGrid:
         self.sent.append((msg.metadata.message_type, rnd, pid))
         if msg.metadata.message_type == MessageType.TRAIN and self.silent(pid, rnd):
             return None
-        context = Context(run_id=1, node_id=pid + 1, run_config=self._run_config(),
+        context = Context(run_id=self.run_id, node_id=pid + 1, run_config=self._run_config(),
                           node_config={**self.node_config, "partition-id": pid,
                                        "num-partitions": self.num_partners},
                           state=self._states.setdefault(pid, RecordDict()))

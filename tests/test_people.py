@@ -146,7 +146,8 @@ def test_people_end_to_end(tiny_bert: str, tmp_path: Path, monkeypatch):
     out = tmp_path / "run"
     config = RunConfig(base_model=tiny_bert, data=str(data),
                        labels="neg,pos", person_column="person", group_column="sex",
-                       min_group_size=3, max_length=32, deidentify=True, dp_plan_check=False, num_rounds=2,
+                       min_group_size=3, max_length=32, deidentify=True,
+                       dp_plan_check=False, num_rounds=2,
                        local_epochs=1, batch_size=4, delta=1e-3, test_fraction=0.4,
                        out_dir=str(out), ledger_dir=str(out / "ledgers"))
     run_federation(LocalGrid(config, 2), config)
@@ -212,3 +213,21 @@ def test_a_per_person_claim_is_checked_against_its_q(claim, error):
         with pytest.raises(UpdateError, match=error):
             check_claim(metrics, 4)
 
+
+
+def test_partner_start_checks_every_rows_person_and_group(tmp_path: Path):
+    """`consortium partner start --person-column` reads every row before the SuperNode starts."""
+    from client.deploy import PartnerPolicy, check_partner_data
+
+    data = tmp_path / "mine.csv"
+    data.write_text("text,label,pid,sex\nhi,a,p1,F\nyo,b,p2,M\nok,a,,F\n")
+
+    def policy(**extra):
+        return PartnerPolicy(name="h", data=data, max_epsilon=8.0, delta=1e-5,
+                             ledger_dir=tmp_path / "l", extra=tuple(extra.items()))
+
+    assert check_partner_data(policy(**{"group-column": "sex"})) == 3
+    with pytest.raises(DataError, match=f"{data}:4: the person column 'pid' is empty"):
+        check_partner_data(policy(**{"person-column": "pid"}))
+    with pytest.raises(DataError, match=f"{data}:2: no group column 'age'"):
+        check_partner_data(policy(**{"group-column": "age"}))

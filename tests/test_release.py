@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,6 @@ from common.release import check_layout, read_release, release_weights
 from common.storage import read_sealed_json
 from simulations.cli import main
 
-CLI = str(Path(sys.executable).with_name("consortium"))
 LABELS = ("neg", "pos")
 SETTINGS = {"max-length": 16, "batch-size": 8, "dp-plan-check": False, "local-epochs": 1,
             "finetune": "lora", "num-rounds": 1}
@@ -178,17 +175,22 @@ def _ledgers(directory: Path) -> dict[str, list[tuple[float, float, int]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("flower-release")
 def test_a_second_release_continues_the_first(release_1: Path, tiny_bert: str,
                                               tmp_path: Path) -> None:
-    """Release 2: new rows appended to the same file, `consortium simulate --init-from` through
-    Flower's simulation engine, ledger-dir defaulted from release 1's run."""
+    """Release 2: new rows appended to the same file, started from release 1 as `simulate
+    --init-from` does (simulations.simulate.continue_from: labels and ledger-dir from release
+    1's run), through the real round loop and ClientApp handlers in process (a second run id)."""
+    from server.coordinator import run_federation
+    from simulations.local_grid import LocalGrid
+    from simulations.simulate import continue_from
+
     data = add_rows(release_1.parent / "reviews.csv", 60, 40)
     out = tmp_path / "run-2"
-    proc = subprocess.run([CLI, "simulate", "--partners", "2", "--data", str(data), "--out",
-                           str(out), "--init-from", str(release_1 / "model"),
-                           *_sets(tiny_bert)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = continue_from(RunConfig.from_mapping({
+        "base-model": tiny_bert, "data": str(data), "out-dir": str(out), **SETTINGS}),
+        read_release(release_1 / "model"))
+    assert config.ledger_dir == str((release_1 / "ledgers").resolve())
+    run_federation(LocalGrid(config, 2, run_id=2), config)
     first, second = read_release(release_1), read_release(out)
     assert second.record["parent"]["release_id"] == first.release_id
     assert f"Parent release: {first.release_id}" in (out / "model" / "README.md").read_text()
