@@ -2,7 +2,8 @@
 
 One TRAIN Message per round: the partner evaluates the weights it brings (the aggregate of the
 round before, when the coordinator asks) on one build of the model, then trains from them, and
-answers both in one reply. EVALUATE serves the final model only."""
+answers both in one reply. EVALUATE serves the final model, or in a monitoring run a
+release (client.monitor_request)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from client import secagg
 from client.policy import PartnerSettings
 from client.partner import (AUDIT_LOG, append_audit, drops_out, evaluate_received,
                             evaluate_round, train_round)
+from client.sent import keep_sent
 from client.received import ReceivedModel
 from common.wire.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
@@ -70,6 +72,8 @@ def train(msg: Message, context: Context) -> Message:
                                  P.PRIVACY_HISTORY: history_to_json(reply.history)}),
     })
     _attach(out, evaluation)  # counts, not secret-shared: beside the masked vector under SecAgg
+    if partner.keep_sent and not stage:  # under SecAgg it is kept when masked (client.secagg)
+        keep_sent(partner.ledger_root(config), str(context.run_id), server_round, reply.arrays)
     if stage:  # secure aggregation: the update stays here; public keys go instead
         out = secagg.start(msg, context, out, shared, reply.arrays)
     return Message(out, reply_to=msg)
@@ -81,6 +85,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     partner = PartnerSettings.from_node_config(context.node_config)
     server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
+    if msg.content.config_records[P.CONFIG].get(P.MONITOR_RELEASE):
+        return _monitor(msg, context, config, partner)
     try:
         check_code(partner)
         metrics = evaluate_round(
@@ -95,6 +101,25 @@ def evaluate(msg: Message, context: Context) -> Message:
                     P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
         reply_to=msg,
     )
+
+
+def _monitor(msg: Message, context: Context, config: RunConfig,
+             partner: PartnerSettings) -> Message:
+    """A monitoring run's request: the release's counts on the monitoring data, or a refusal."""
+    from client.monitor_request import answer_monitoring
+
+    asked = msg.content.config_records[P.CONFIG]
+    try:
+        check_code(partner)
+        metrics = answer_monitoring(
+            config, partner, from_array_record(msg.content.array_records[P.ARRAYS]),
+            str(asked.get(P.MODEL_FINGERPRINT, "")), str(asked[P.MONITOR_RELEASE]),
+            str(context.run_id))
+    except PrivacyError as exc:
+        return _refusal(msg, context, config, partner, 0, exc, "monitoring")
+    return Message(RecordDict({P.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
+                               P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
+                   reply_to=msg)
 
 
 def _evaluate_first(msg: Message, context: Context, config: RunConfig,

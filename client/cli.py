@@ -51,8 +51,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "CoNLL for token-classification)")
     p.add_argument("--text-column", default="", help="default: the release's run config")
     p.add_argument("--label-column", default="", help="default: the release's run config")
-    p.add_argument("--group-column", default="", help="counts per value of this column "
-                   "(not available yet: comes with the task's per-group evaluation)")
+    p.add_argument("--group-column", default="", help="also score per value of this column "
+                   "(e.g. sex, age band)")
+    p.add_argument("--min-group-size", type=int, default=10, help="fewest examples a group is "
+                   "shown for (smaller ones, and one the totals would reveal, left out)")
     p.add_argument("--out", type=Path, help="report directory (default: monitoring/RELEASE_ID)")
 
 
@@ -81,6 +83,13 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                    "the shared model per group of; counts only leave, never the column")
     p.add_argument("--min-group-size", type=int, default=0, help="fewest held-out examples "
                    "a group's counts need to leave (default: the run's, 10)")
+    p.add_argument("--keep-sent", action="store_true", help="keep a copy of every update "
+                   "sent in LEDGER-DIR/sent/ (what left, for an audit; as large as the updates)")
+    p.add_argument("--monitor-data", type=Path, help="labelled file of new data that a "
+                   "monitoring run scores the release on (read when asked; stays here)")
+    p.add_argument("--monitoring", default="off", choices=("off", "counts"), help="counts = "
+                   "answer monitoring runs with counts (no text, no per-row predictions); "
+                   "default off")
     p.add_argument("--deidentify", action="store_true", help="mask names, e-mails, phones, "
                    "addresses, dates, IDs, URLs and IPs before tokenizing (the deid extra)")
 
@@ -93,12 +102,15 @@ def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
               "release-metrics": args.release_metrics, "evaluation": args.evaluation,
               "allowed-code": args.allowed_code, "person-column": args.person_column,
               "group-column": args.group_column, "min-group-size": args.min_group_size,
-              "deidentify": args.deidentify}
+              "deidentify": args.deidentify, "keep-sent": args.keep_sent,
+              "monitor-data": str(args.monitor_data.resolve()) if args.monitor_data else "",
+              "monitoring": args.monitoring}
     defaults = {"data-id": "", "test-fraction": 0.0, "min-partners": 0,
                 "require-secure-aggregation": False, "require-central-dp": False,
                 "max-rounds": 0, "release-metrics": "", "evaluation": "counts",
                 "allowed-code": "", "person-column": "", "group-column": "",
-                "min-group-size": 0, "deidentify": False}
+                "min-group-size": 0, "deidentify": False, "keep-sent": False,
+                "monitor-data": "", "monitoring": "off"}
     return tuple((k, v) for k, v in values.items() if v != defaults[k])
 
 
@@ -141,7 +153,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from client.monitor import MonitorRequest, evaluate_release
 
     out, report = evaluate_release(MonitorRequest(
-        args.model, args.data, args.text_column, args.label_column, args.group_column, args.out))
+        args.model, args.data, args.text_column, args.label_column, args.group_column, args.out,
+        args.min_group_size))
     value, ece = report["value"], report["calibration"]["ece"]
     print(f"release {report['release_id']} on {report['examples']} examples: "
           f"{report['metric']} {'n/a' if value is None else f'{value:.4f}'}, ECE "

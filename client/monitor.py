@@ -21,6 +21,7 @@ from common import protocol as P
 from common.calibration import (confidences_and_correct, expected_calibration_error,
                                 reliability_bins)
 from common.errors import ConfigError
+from common.groups import group_scores
 from common.metrics import per_class_scores, sum_counts
 from common.release import read_release, release_weights
 from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
@@ -40,8 +41,9 @@ class MonitorRequest:
     data: Path  # a labelled file of the partner's, read as the run's task reads files
     text_column: str = ""  # empty = the release's run config
     label_column: str = ""
-    group_column: str = ""  # per-group counts: waits for the task's evaluate (see score_release)
+    group_column: str = ""  # per-group counts (common.groups), small groups suppressed
     out: Path | None = None  # empty = monitoring/RELEASE_ID
+    min_group_size: int = 10  # fewest examples a group's counts are shown for
 
 
 def _probabilities(model: Any, encoded: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -65,15 +67,15 @@ def score_release(request: MonitorRequest) -> dict[str, Any]:
     release = read_release(request.model)
     config = release.config()
     task = get_task(config.task)
-    if request.group_column:  # hook: pass it on once the task's evaluate scores groups
-        raise ConfigError(f"--group-column {request.group_column!r}: per-group counts (with "
-                          "the small-group suppression) are not in the task's evaluation yet")
+    if request.min_group_size < 1:
+        raise ConfigError(f"--min-group-size {request.min_group_size}: must be >= 1")
     data = task.read(request.data, config, release.labels, request.text_column,
-                     request.label_column)
+                     request.label_column, subgroup_column=request.group_column or None)
     model = build_model(config, release.labels)
     load_trainable_state(model, release_weights(release))
     tokenizer = load_tokenizer(config)
-    metrics = task.evaluate(model, tokenizer, data, config.max_length)
+    metrics = task.evaluate(model, tokenizer, data, config.max_length,
+                            min_group_size=request.min_group_size)
     probs, gold = _probabilities(model, task.encode(tokenizer, data, config.max_length))
     confidences, correct = confidences_and_correct(probs, gold)
     counts = sum_counts([metrics])
@@ -92,6 +94,8 @@ def score_release(request: MonitorRequest) -> dict[str, Any]:
                                                                          BINS)),
                         "bins": reliability_bins(confidences, correct, BINS),
                         "scored": "texts" if probs.shape[0] == len(data) else "tagged words"},
+        **({"group_column": request.group_column, "min_group_size": request.min_group_size,
+            "groups": group_scores([metrics])} if request.group_column else {}),
     }
 
 
@@ -112,6 +116,12 @@ def report_text(report: dict[str, Any]) -> str:
     lines += [f"| {label} | {int(c['support'])} | {_num(c['precision'])} | "
               f"{_num(c['recall'])} | {_num(c['f1'])} |" for label, c in
               report["per_class"].items()]
+    if "groups" in report:  # per group of `--group-column`, none below --min-group-size
+        groups = report["groups"].get("eval_groups", {})
+        lines += ["", f"Per {report['group_column']} (groups under {report['min_group_size']} "
+                  "examples, or that the totals would reveal, left out):", "",
+                  "| group | examples | accuracy |", "|---|---|---|"]
+        lines += [f"| {g} | {v['examples']} | {_num(v['accuracy'])} |" for g, v in groups.items()]
     return "\n".join(lines) + "\n"
 
 

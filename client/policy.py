@@ -17,13 +17,15 @@ from common import protocol as P
 # Un-noised values about the training batches a partner may choose to release (default: none)
 BATCH_METRICS = (P.TRAIN_LOSS, P.CLIPPED_FRACTION)
 EVALUATION_MODES = ("counts", "full", "off")  # full = counts + the exact held-out loss
+MONITORING_MODES = ("off", "counts")  # whether a monitoring request's counts may leave
 DEFAULT_TEST_FRACTION = 0.2  # a real partner's held-out share unless its node config sets one
 _DATA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
           "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device",
           "data-id", "test-fraction", "min-partners", "require-secure-aggregation",
           "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code",
-          "person-column", "group-column", "min-group-size", "deidentify"}
+          "person-column", "group-column", "min-group-size", "deidentify", "keep-sent",
+          "monitor-data", "monitoring"}
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -69,6 +71,9 @@ class PartnerSettings:
     group_column: str = ""  # scores per value of this column (own data only); never sent
     min_group_size: int = 0  # fewer held-out examples: a group is left out (0 = the run's)
     deidentify: bool = False  # mask personal data in the text before it is tokenized
+    keep_sent: bool = False  # keep a copy of every update sent (client/sent.py)
+    monitor_data: str = ""  # a labelled file of new data that monitoring requests score
+    monitoring: str = "off"  # counts = answer monitoring requests (simulated: by default)
 
     @property
     def has_own_data(self) -> bool:
@@ -100,7 +105,10 @@ class PartnerSettings:
             allowed_code=_names(get("allowed-code", "")),
             person_column=str(get("person-column", "")), group_column=str(get("group-column", "")),
             min_group_size=int(get("min-group-size", 0)),
-            deidentify=_flag(get("deidentify", False), "deidentify"))
+            deidentify=_flag(get("deidentify", False), "deidentify"),
+            keep_sent=_flag(get("keep-sent", False), "keep-sent"),
+            monitor_data=str(get("monitor-data", "")),
+            monitoring=str(get("monitoring", "off" if get("data-path") else "counts")))
         settings.validate()
         return settings
 
@@ -122,6 +130,9 @@ class PartnerSettings:
         if self.evaluation not in EVALUATION_MODES:
             raise ConfigError(f"node-config evaluation = {self.evaluation!r} is not valid; "
                               f"pick one of {list(EVALUATION_MODES)}")
+        if self.monitoring not in MONITORING_MODES:
+            raise ConfigError(f"node-config monitoring = {self.monitoring!r} is not valid; "
+                              f"pick one of {list(MONITORING_MODES)}")
         if self.min_partners < 0 or self.max_rounds < 0 or self.min_group_size < 0:
             raise ConfigError("node-config min-partners, max-rounds and min-group-size must be "
                               ">= 0")

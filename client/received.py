@@ -40,14 +40,23 @@ def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np
     labels = run_labels(config, partner.has_own_data)
     data = partner_data(config, partner, labels)
     tokenizer = load_tokenizer(config)
+    model = shared_model(config, partner, labels, shared, fingerprint)
+    return Prepared(get_task(config.task), model.to(device), tokenizer, data.train, data.test,
+                    data.masked)
+
+
+def shared_model(config: RunConfig, partner: PartnerSettings, labels: tuple[str, ...],
+                 shared: Mapping[str, np.ndarray], fingerprint: str,
+                 whose: str = "the coordinator's") -> nn.Module:
+    """The base model with ``shared`` loaded; ModelError when its frozen weights do not hash to
+    ``fingerprint`` (``whose``: the coordinator's, or a release's)."""
     model = build_model(config, labels)
     if fingerprint and frozen_fingerprint(model) != fingerprint:
         raise ModelError(f"{partner.name}: the frozen weights of base-model "
-                         f"{config.base_model or '(bundled MiniLM)'} differ from the "
-                         "coordinator's; install the same model version at every partner")
+                         f"{config.base_model or '(bundled MiniLM)'} differ from {whose}; "
+                         "install the same model version at every partner")
     load_trainable_state(model, shared)
-    return Prepared(get_task(config.task), model.to(device), tokenizer, data.train, data.test,
-                    data.masked)
+    return model
 
 
 @dataclass

@@ -103,6 +103,15 @@ def handle(msg: Message, context: Context, partner: Any, drops_out: bool) -> Mes
             {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
     context.state.config_records[_STATE] = state.to_record()
     content[P.PARTNER] = ConfigRecord({P.PARTNER_NAME: partner.name})
+    server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
+    if stage == P.SECAGG_MASK and getattr(partner, "keep_sent", False):
+        from client.sent import keep_sent  # what the masked vector carries: w and Δ
+
+        keep_sent(partner.ledger_root(config), str(context.run_id), server_round, {
+            "delta": context.state.array_records[_UPDATE][_DELTA].numpy(),
+            "weight": np.array([state.ratio()])})
+    logger.info("%s round %d: secure aggregation %s answered", partner.name, server_round,
+                stage)
     return Message(content, reply_to=msg)
 
 

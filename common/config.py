@@ -137,6 +137,13 @@ class RunConfig:
                               "trainable weights; base model, task, labels, finetune and the "
                               "trainable layout must match. Empty = the base model's initial "
                               "weights.")
+    monitor: str = _opt("", "A release to monitor (an earlier run's OUT-DIR/model): instead of "
+                            "training, the coordinator sends its weights once to every partner, "
+                            "which scores them on its monitoring data and replies counts only "
+                            "(if its policy allows); no ε is spent. Empty = a training run.")
+    drift_threshold: float = _opt(0.05, "Monitoring: a partner whose accuracy (the task's main "
+                                        "metric) fell by more than this since the release is "
+                                        "flagged.", ge=0.0, lt=1.0)
     tracking: str = _opt("", "Also log each round (accuracy, loss, ε per partner, bytes) to an "
                              "experiment tracker: tensorboard (OUT-DIR/tensorboard) or mlflow "
                              "(OUT-DIR/mlflow.db); needs the tracking extra. Empty = off.",
@@ -183,6 +190,9 @@ class RunConfig:
             self._check_secure_aggregation()
         if self.central_dp:
             self._check_central_dp()
+        if self.monitor and (self.init_from or self.resume):
+            raise ConfigError(f"monitor = {self.monitor!r} scores a release and trains nothing: "
+                              "leave init-from and resume unset")
         if len(set(self.label_list)) != len(self.label_list):
             raise ConfigError(f"labels={self.labels!r} repeats a label; list each label once.")
         task.check_config(self)

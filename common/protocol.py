@@ -16,6 +16,9 @@ MODEL_FINGERPRINT = "base-model-fingerprint"
 # in a TRAIN message: the round whose aggregate its weights are; the partner evaluates them on its
 # held-out split before training and replies with EVALUATION (absent: nothing to evaluate)
 EVALUATE_ROUND = "evaluate-round"
+# in an EVALUATE message of a monitoring run (run config `monitor`): the id of the release whose
+# weights it carries; the partner scores them on its monitoring data and replies counts only
+MONITOR_RELEASE = "monitor-release"
 
 # MetricRecord keys, partner -> coordinator (num-examples counts examples, never batches)
 NUM_EXAMPLES = "num-examples"

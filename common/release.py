@@ -24,6 +24,9 @@ FORMAT = "consortium-release/1"
 # run-config keys that decide the trainable layout: a run continuing a release must match them
 LAYOUT_KEYS = ("base-model", "task", "finetune")
 FINETUNE_KEYS = {"lora": ("lora-r", "lora-alpha"), "full": ("freeze-embeddings",)}
+# what a monitoring run (run config `monitor`) takes from the release: the model partners build
+MODEL_KEYS = ("base-model", "task", "finetune", "lora-r", "lora-alpha", "freeze-embeddings",
+              "labels", "max-length")
 
 
 @dataclass(frozen=True)
@@ -156,3 +159,11 @@ def check_against_model(release: Release, config: RunConfig, labels: Sequence[st
     check_continues(release, config, labels)
     model = build_model(config, tuple(labels))
     check_layout(release, trainable_state(model), frozen_fingerprint(model))
+
+
+def monitoring_config(config: RunConfig, release: Release) -> RunConfig:
+    """A monitoring run's config: ``monitor`` as the release's directory (absolute) and the
+    release's model settings (MODEL_KEYS), so that every partner builds the release's model."""
+    theirs = release.run_config
+    return RunConfig.from_mapping({**config.to_mapping(), "monitor": str(release.path),
+                                   **{k: theirs[k] for k in MODEL_KEYS if k in theirs}})

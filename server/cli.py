@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 from common.config import RunConfig
 from common.errors import ConsortiumError
-from common.release import check_against_model, read_release
+from common.release import check_against_model, monitoring_config, read_release
 from common.sources import run_labels
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
@@ -46,6 +47,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
                      help="start from this release (an earlier run's OUT/model on the "
                           "coordinator) instead of the base model's initial weights")
+    run.add_argument("--monitor", type=Path, metavar="MODEL_DIR",
+                     help="train nothing: partners whose policy allows it score this release "
+                          "on their new data and send counts; drift is flagged in "
+                          "OUT/monitoring.md")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--verbose", action="store_true",
                      help="show Flower's own log lines too (always in OUT/flwr.log)")
@@ -90,22 +95,35 @@ def continue_release(config: RunConfig) -> RunConfig:
     return config
 
 
+def monitor_release(config: RunConfig) -> RunConfig:
+    """``monitor``: the release (on the coordinator's machine) read, its model settings and
+    labels taken, and its weights checked against that model before the run is submitted."""
+    if not config.monitor:
+        return config
+    release = read_release(config.monitor)
+    config = monitoring_config(config, release)
+    check_against_model(release, config, run_labels(config, partner_has_own_data=True))
+    return config
+
+
 def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
     flags = {"num-rounds": args.rounds, "labels": args.labels,
              "out-dir": str(args.out.resolve()) if args.out else None,
-             "init-from": str(args.init_from) if args.init_from else None}
+             "init-from": str(args.init_from) if args.init_from else None,
+             "monitor": str(args.monitor) if args.monitor else None}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
         overrides["resume"] = True
-    config = continue_release(RunConfig.from_mapping(overrides))
+    config = monitor_release(continue_release(RunConfig.from_mapping(overrides)))
     if not config.label_list:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")
     config = config.replace(out_dir=str(Path(config.out_dir).resolve()))
     model = Path(config.out_dir) / "model" / "config.json"
-    if model.exists() and not config.resume:
+    if model.exists() and not config.resume and not config.monitor:
         raise ConsortiumError(f"{config.out_dir} already holds a finished run; choose another "
                               "--out")
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         run_config = Path(tmp) / "run_config.toml"
         write_run_config(config, run_config)
@@ -116,6 +134,7 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
                     "RUN_ID`); after it stops, `consortium run ... --resume` finishes the run",
             console=None if args.verbose else ConsoleFilter(),
             log=Path(config.out_dir) / LOG_FILE)
-    check_finished(Path(config.out_dir), returncode)
-    print(f"done: {config.out_dir}/model, metrics.jsonl, privacy_report.json")
+    check_finished(Path(config.out_dir), returncode, bool(config.monitor), started)
+    print(f"done: {config.out_dir}/" + ("monitoring.md, monitoring.json" if config.monitor else
+                                        "model, metrics.jsonl, privacy_report.json"))
     return 0

@@ -34,6 +34,7 @@ from server.outputs import (METRICS_FILE, append_metrics, export_model, json_saf
                             privacy_report, record_partner, truncate_metrics,
                             write_privacy_report)
 from server.report import write_report
+from server.monitoring import run_monitoring
 from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
                               stream_replies)
 from server.run_data import last_metrics_line
@@ -183,7 +184,10 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     r loses nothing: resume asks for the evaluation of round r again (in round r + 1's TRAIN
     Messages, or the final EVALUATE); a partner that already evaluated it refuses, and the line
     says so. Line r − 1 is written before checkpoint r, so no resume ever lacks it;
-    truncate_metrics drops lines of rounds past the checkpoint."""
+    truncate_metrics drops lines of rounds past the checkpoint. With ``monitor`` set, the run
+    trains nothing: it asks the partners to score that release (server.monitoring)."""
+    if config.monitor:
+        return run_monitoring(grid, config)
     out = Path(config.out_dir).resolve()
     labels = run_labels(config)
     model = build_model(config, labels)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import RunConfig
 from common.errors import ConsortiumError
+from server.monitoring_report import SUMMARY_JSON
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: pyproject.toml is here
 
@@ -30,9 +31,12 @@ def resume_hint(out: Path) -> str:
     return "no round had finished; rerun the command to start again"
 
 
-def check_finished(out: Path, returncode: int) -> None:
-    """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof."""
-    if returncode != 0 or not (out / "model" / "config.json").exists():
+def check_finished(out: Path, returncode: int, monitor: bool = False,
+                   since: float = 0.0) -> None:
+    """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof; a
+    monitoring run's is its monitoring.json, written after ``since`` (a time.time())."""
+    proof = out / SUMMARY_JSON if monitor else out / "model" / "config.json"
+    if returncode != 0 or not proof.exists() or proof.stat().st_mtime < since:
         hint = f"; {resume_hint(out)}" if (out / "checkpoints").is_dir() else ""
         raise ConsortiumError(f"the run did not finish (flwr exit code {returncode}); see the "
                               f"log above{hint}")

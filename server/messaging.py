@@ -31,14 +31,16 @@ class RunState:
 
 
 def make_messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
-                  fingerprint: str, min_nodes: int, evaluate: int = 0) -> list[Message]:
+                  fingerprint: str, min_nodes: int, evaluate: int = 0,
+                  extra: Mapping[str, int | str] | None = None) -> list[Message]:
     """One message per connected partner, after waiting until at least ``min_nodes`` are.
     ``evaluate``: the round whose aggregate ``arrays`` are, for a TRAIN message that asks the
-    partner to evaluate them first (0: none)."""
+    partner to evaluate them first (0: none). ``extra``: more ConfigRecord keys (protocol's)."""
     _, node_ids = sample_nodes(grid, min_nodes, min_nodes)  # waits, then lists all connected
     config: dict[str, int | str] = {P.ROUND: rnd, P.MODEL_FINGERPRINT: fingerprint}
     if evaluate:
         config[P.EVALUATE_ROUND] = evaluate
+    config.update(extra or {})
     content = RecordDict({P.ARRAYS: to_array_record(arrays), P.CONFIG: ConfigRecord(config)})
     return [Message(content=content, message_type=kind, dst_node_id=n, group_id=str(rnd))
             for n in node_ids]
@@ -71,11 +73,14 @@ def stream_replies(grid: Grid, messages: list[Message], timeout: float,
     model). Error replies and partners silent past ``timeout`` are appended to ``failures``."""
     sent = {m.metadata.dst_node_id for m in messages}
     pending = push_messages(grid, messages)
+    # whom a reply answers, by the message it replies to: an error the SuperLink writes itself
+    # (e.g. "Node Unavailable" for a partner that died) does not come from the partner's node
+    asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     deadline = time.time() + timeout
     while pending and time.time() < deadline:
         for reply in grid.pull_messages(pending):
             pending.discard(reply.metadata.reply_to_message_id)
-            node = reply.metadata.src_node_id
+            node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             sent.discard(node)
             if reply.has_error():
                 reason = (reply.error.reason or "").strip().splitlines()

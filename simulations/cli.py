@@ -50,6 +50,10 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="start from this release (an earlier run's OUT/model) instead of the "
                         "base model's initial weights; ledger-dir defaults to its run's")
+    p.add_argument("--monitor", metavar="MODEL_DIR",
+                   help="train nothing: each partner scores this release on its new data and "
+                        "sends counts; partners whose accuracy fell by more than "
+                        "drift-threshold are flagged (OUT/monitoring.md)")
     p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated partner")
     p.add_argument("--num-gpus", type=float, default=0.0,
                    help="GPU share per simulated partner, e.g. 0.25 (partners see a GPU only "
@@ -66,7 +70,7 @@ def simulate_config(args: argparse.Namespace) -> RunConfig:
     flags = {"num-rounds": args.rounds, "data": args.data, "text-column": args.text_column,
              "label-column": args.label_column, "labels": args.labels,
              "partition": args.partition, "out-dir": args.out, "device": args.device,
-             "init-from": args.init_from}
+             "init-from": args.init_from, "monitor": args.monitor}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
         values["resume"] = True
@@ -113,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_simulation(simulate_config(args),
                                  Federation(args.partners, args.num_cpus, args.num_gpus),
                                  verbose=args.verbose)
-            print(f"done: {out}/model, {out}/metrics.jsonl, {out}/privacy_report.json")
+            print(f"done: {out}/monitoring.md, {out}/monitoring.json" if args.monitor else
+                  f"done: {out}/model, {out}/metrics.jsonl, {out}/privacy_report.json")
     except ConsortiumError as exc:
         print(f"consortium: error: {exc}", file=sys.stderr)
         return 2

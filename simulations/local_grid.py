@@ -36,6 +36,8 @@ class LocalGrid:
     tampers: Mapping[int, Tamper] = field(default_factory=dict)  # partition-id -> attack
     silent: Callable[[int, int], bool] = lambda partition_id, rnd: False  # drop this reply
     node_config: Mapping[str, Any] = field(default_factory=dict)  # every partner's, e.g. policy
+    # partition-id -> that partner's own node-config keys, over node_config (e.g. its policy)
+    partner_configs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     sent: list[tuple[str, int, int]] = field(default_factory=list)  # (type, round, partition-id)
     # as Flower's engines do: a ClientApp exception becomes an error reply (else it propagates)
     errors_as_replies: bool = False
@@ -71,7 +73,8 @@ class LocalGrid:
         if msg.metadata.message_type == MessageType.TRAIN and self.silent(pid, rnd):
             return None
         context = Context(run_id=self.run_id, node_id=pid + 1, run_config=self._run_config(),
-                          node_config={**self.node_config, "partition-id": pid,
+                          node_config={**self.node_config,
+                                       **self.partner_configs.get(pid, {}), "partition-id": pid,
                                        "num-partitions": self.num_partners},
                           state=self._states.setdefault(pid, RecordDict()))
         TaskIdentity.node_id = pid + 1

@@ -12,12 +12,13 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig, parse_partition
 from common.errors import ConfigError, ConsortiumError
-from common.release import Release, check_against_model, read_release
+from common.release import Release, check_against_model, monitoring_config, read_release
 from common.sources import run_labels
 from common.tasks import get_task
 from server.checkpoint import check_same_config, latest_checkpoint
@@ -74,6 +75,9 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
     release = read_release(config.init_from) if config.init_from else None
     if release is not None:
         config = continue_from(config, release)
+    elif config.monitor:  # a monitoring run: the release's model settings and labels
+        release = read_release(config.monitor)
+        config = monitoring_config(config, release)
     if config.data:  # labels declared (or read from the file), every row checked, split
         data_path = Path(config.data).resolve()
         config = config.replace(data=str(data_path))
@@ -161,7 +165,7 @@ def run_simulation(config: RunConfig, federation: Federation, verbose: bool = Fa
                 "`flwr run`? Find its PID (`pgrep -af flower-superlink`) and stop that one "
                 "process (`kill PID`), or set "
                 f"{name} to a free port")
-    out = Path(config.out_dir)
+    out, started = Path(config.out_dir), time.time()
     with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
         flwr_home = Path(home)
         run_config = flwr_home / "run_config.toml"
@@ -175,11 +179,11 @@ def run_simulation(config: RunConfig, federation: Federation, verbose: bool = Fa
             f"client-resources-num-gpus={federation.num_gpus}",
         ]
         env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(flwr_home)}
-        logger.info("simulating %d partners x %d rounds -> %s", federation.partners,
-                    config.num_rounds, out)
+        logger.info("simulating %d partners, %s -> %s", federation.partners,
+                    "monitoring" if config.monitor else f"{config.num_rounds} rounds", out)
         returncode = run_tagged(command, env, "the SuperLink, simulation and Ray processes "
                                 "this run started", lambda: resume_hint(out), cwd=APP_DIR,
                                 console=None if verbose else ConsoleFilter(),
                                 log=out / LOG_FILE)
-    check_finished(out, returncode)
+    check_finished(out, returncode, bool(config.monitor), started)
     return out

@@ -16,6 +16,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from client.partner import AUDIT_LOG
@@ -290,3 +291,62 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     assert [line["round"] for line in lines] == [1, 2, 3, 4]
     assert sorted(lines[3]["partners_replied"]) == ["org-a", "org-b"]  # both reconnected
     assert procs.procs["org-a"].poll() is None and procs.procs["org-b"].poll() is None
+
+
+@pytest.mark.heavy  # ≈ 3 min, most of it Flower's 2 × 30 s heartbeat before a death is known
+@pytest.mark.xdist_group("flower-deployment-secagg")
+def test_secure_aggregation_over_tls_survives_a_partner_killed_after_key_sharing(
+        tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> None:
+    """SecAgg+ over the TLS deployment with node auth and 3 enrolled partners: org-z is killed
+    (SIGKILL, its SuperNode and ClientApps) right after it answered share-keys, before its masked
+    update. The round completes from the 2 survivors, whose masks are removed with org-z's
+    shares, and the aggregate equals their example-weighted mean update within quantization
+    error, checked against each survivor's own copy of what it sent (--keep-sent)."""
+    from client.partner import weights_sha256
+    from client.sent import read_sent
+    from common.config import RunConfig
+    from common.model import build_model, trainable_state
+    from server.checkpoint import latest_checkpoint
+
+    with open_federation(tmp_path_factory.mktemp("secagg")) as fed:
+        root, _, procs = fed
+        for name in ("org-x", "org-y", "org-z"):
+            enroll(fed, name)
+            start_partner(fed, name, 50.0, "--keep-sent")
+        out, settings = root / "out", {
+            "base-model": tiny_bert, "max-length": 16, "batch-size": 8, "dp-plan-check": False,
+            "local-epochs": 1, "min-partners": 2, "secure-aggregation": True,
+            "max-partner-weight": 100.0, "round-timeout": 240.0}
+        sets = [a for k, v in settings.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        run = procs.start("run", "run", "--coordinator", str(root / "fed"), "--rounds", "1",
+                          "--labels", "neg,pos", "--out", str(out), *sets)
+        deadline = time.time() + 300
+        while "secure aggregation share-keys answered" not in procs.log("org-z"):
+            assert run.poll() is None and time.time() < deadline, procs.log("run")[-3000:]
+            time.sleep(0.1)
+        for pid in marked(procs.marks["org-z"]):  # killed: no chance to say goodbye
+            os.kill(pid, signal.SIGKILL)
+        assert run.wait(timeout=400) == 0, procs.log("run")[-3000:]
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(lines[0]["partners_replied"]) == ["org-x", "org-y"], lines[0]
+        assert [f["partner"] for f in lines[0]["failures"]] == ["org-z"], lines[0]["failures"]
+        config = RunConfig.from_mapping({**settings, "labels": "neg,pos"})
+        start = trainable_state(build_model(config, ("neg", "pos")))
+        kept = {}
+        for name in ("org-x", "org-y"):
+            audit = [a for a in _audit(root, name) if "epsilon" in a]
+            assert audit[-1]["model_sha256"] == weights_sha256(start)  # what it was sent
+            (path,) = (root / "ledgers" / name / "sent").glob("run-*-round-00001.npz")
+            kept[name] = read_sent(path)
+        assert not (root / "ledgers" / "org-z" / "sent").exists()  # killed before masking
+        weights = {n: float(k["weight"][0]) for n, k in kept.items()}
+        fedavg = sum(weights[n] * kept[n]["delta"] for n in kept) / sum(weights.values())
+        final = latest_checkpoint(out / "checkpoints").arrays
+        aggregate = np.concatenate([(np.asarray(final[k], np.float64) - start[k]).ravel()
+                                    for k in sorted(start)])
+        bound = 2 * 2 * config.update_clip_norm / config.secagg_quantization_range \
+            / sum(weights.values())  # K·2·clip/levels ÷ Σw per coordinate (README)
+        assert np.abs(aggregate - fedavg).max() <= bound, (np.abs(aggregate - fedavg).max(), bound)
+        assert np.abs(fedavg).max() > 10 * bound  # the update is not lost in the tolerance
+        procs.procs.pop("org-z")
+        procs.marks.pop("org-z")

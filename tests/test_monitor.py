@@ -43,5 +43,5 @@ def test_token_classification_release(tiny_bert: str, tmp_path: Path) -> None:
     assert sum(b["count"] for b in report["calibration"]["bins"]) == 10  # every word
     assert set(report["per_class"]) == {"PER", "LOC"}  # entity types, as the task counts
     assert (out / "monitoring.json").is_file() and (out / "monitoring.md").is_file()
-    with pytest.raises(ConfigError, match="--group-column 'site'"):
+    with pytest.raises(ConfigError, match="group-column = 'site': token-classification"):
         evaluate_release(MonitorRequest(model_dir, data, group_column="site"))

@@ -32,3 +32,26 @@ def test_push_gives_up_after_its_tries() -> None:
     with pytest.raises(ObjectPushError):
         push_messages(grid, ["a"], tries=2, wait=0.0)
     assert len(grid.pushed) == 2
+
+
+def test_an_error_the_superlink_writes_is_charged_to_the_partner_asked() -> None:
+    """A "Node Unavailable" reply comes from the SuperLink, not the dead partner's node: it is
+    recorded once, under the name of the partner the message went to."""
+    from types import SimpleNamespace as NS
+
+    from server.messaging import stream_replies
+
+    asked = NS(metadata=NS(dst_node_id=7, message_id="m7"))
+    error = NS(metadata=NS(src_node_id=0, reply_to_message_id="m7"), has_error=lambda: True,
+               error=NS(reason="Error: Node Unavailable", code=5))
+
+    class Grid:
+        def push_messages(self, messages):
+            return ["m7"]
+
+        def pull_messages(self, ids):
+            return [error] if "m7" in ids else []
+
+    failures: list = []
+    assert list(stream_replies(Grid(), [asked], 5.0, {7: "org-z"}, failures, poll=0.0)) == []
+    assert failures == [{"partner": "org-z", "reason": "Error: Node Unavailable"}]
