@@ -164,6 +164,11 @@ def check_against_model(release: Release, config: RunConfig, labels: Sequence[st
 def monitoring_config(config: RunConfig, release: Release) -> RunConfig:
     """A monitoring run's config: ``monitor`` as the release's directory (absolute) and the
     release's model settings (MODEL_KEYS), so that every partner builds the release's model."""
-    theirs = release.run_config
-    return RunConfig.from_mapping({**config.to_mapping(), "monitor": str(release.path),
+    theirs, ours, defaults = release.run_config, config.to_mapping(), RunConfig().to_mapping()
+    clash = [f"{k} = {ours[k]!r} (the release has {theirs[k]!r})" for k in MODEL_KEYS
+             if k in theirs and ours.get(k) != theirs[k] and ours.get(k) != defaults.get(k)]
+    if clash:  # set explicitly, and not what the release was trained with: never overridden
+        raise ConfigError(f"monitor {release.path}: {'; '.join(clash)}; a monitoring run "
+                          "scores the release as it was trained: drop these settings")
+    return RunConfig.from_mapping({**ours, "monitor": str(release.path),
                                    **{k: theirs[k] for k in MODEL_KEYS if k in theirs}})

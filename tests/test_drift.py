@@ -156,3 +156,11 @@ def test_simulate_takes_the_releases_model_settings(release: Path, tmp_path: Pat
         "out-dir": str(tmp_path / "mon")}), Federation(2))
     assert config.monitor == str(release) and config.label_list == ("neg", "pos")
     assert (config.finetune, config.max_length) == ("pooled-head", 16)
+
+
+def test_a_setting_that_contradicts_the_release_is_refused(release: Path, tmp_path: Path):
+    """A model setting given on purpose and not the release's is an error, never overridden."""
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max-length = 64 \(the release has 16\)"):
+        monitoring_config(RunConfig.from_mapping({"max-length": 64}), read_release(release))
