@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from client.policy import PartnerSettings
 from common.config import RunConfig
-from common.data import TextDataset, split_held_out
+from common.data import split_held_out
 from common.errors import ConfigError
 from common.tasks import LabelledData, get_task
 
@@ -32,18 +32,18 @@ def partner_data(config: RunConfig, partner: PartnerSettings,
     train, test = partner_dataset(config, partner, labels)
     if not partner.masks_text(config):
         return PartnerData(train, test, {})
-    train, in_train = deidentified(train)
-    test, in_test = deidentified(test)
+    train, in_train = deidentified(train, config.task)
+    test, in_test = deidentified(test, config.task)
     return PartnerData(train, test, dict(Counter(in_train) + Counter(in_test)))
 
 
-def deidentified(data: LabelledData) -> tuple[LabelledData, dict[str, int]]:
+def deidentified(data: LabelledData, task: str) -> tuple[LabelledData, dict[str, int]]:
     """``data`` with its texts masked, and the spans masked per type; computed once per process
     for the same texts (a partner's rounds re-read the same file)."""
-    if not isinstance(data, TextDataset):
-        raise ConfigError("deidentify = true masks whole texts; token-classification data is "
-                          "tagged word by word (masking a name would erase its tag): not "
-                          "supported, de-identify such files before labelling")
+    if not get_task(task).maskable_text:
+        raise ConfigError(f"deidentify = true masks whole texts; task = {task!r} tags words one "
+                          "by one (masking a name would erase its tag): not supported, "
+                          "de-identify such files before labelling")
     key = hashlib.sha256(json.dumps(data.texts).encode()).hexdigest()
     if key not in _MASKED:
         _MASKED.clear()  # one data set at a time is enough; never grows without bound

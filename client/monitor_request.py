@@ -71,7 +71,7 @@ def answer_monitoring(config: RunConfig, partner: PartnerSettings,
         raise PrivacyError(f"{partner.name}'s monitoring data could not be read; its own log "
                            "says why") from exc
     if partner.masks_text(config):
-        data, _ = deidentified(data)
+        data, _ = deidentified(data, config.task)
     metrics = _score(config, partner, shared, fingerprint, labels, data)
     metrics.pop(P.EVAL_LOSS, None)  # counts only: an exact loss says more than counts do
     append_audit(partner.ledger_root(config) / AUDIT_LOG, {

@@ -50,6 +50,26 @@ def pids_with(variable: str, value: str) -> list[int]:
     return pids
 
 
+def with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process they started, by parent PID: Ray renames its agents with
+    setproctitle, which can overwrite the start of a process's environment, tag included, so a
+    child of a tagged process is stopped as such."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(pids), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -65,18 +85,35 @@ def stop_tagged(tag: str, grace: float = 5.0, quiet: float = 0.5) -> list[int]:
     ClientApp), or one caught mid-exec, is caught by a later one. Returns the PIDs that were
     running at the first sweep."""
     found = tagged_pids(tag)
+    known = _identities(with_descendants(found))  # a child outlives its parent's death
     _signal_all(found, signal.SIGTERM)
     deadline = time.time() + grace
     while tagged_pids(tag) and time.time() < deadline:
+        known |= _identities(with_descendants(tagged_pids(tag)))
         time.sleep(0.2)
     deadline, quiet_since = time.time() + 4 * grace, time.time()
     while time.time() < deadline and time.time() - quiet_since < quiet:
-        if left := tagged_pids(tag):
+        known |= _identities(with_descendants(tagged_pids(tag)))
+        known = {k for k in known if _identity(k[0]) == k}  # alive, and not a reused PID
+        if left := [pid for pid, _ in known]:
             _signal_all(left, signal.SIGSTOP)  # none of them can start another while we sweep
             _signal_all(left, signal.SIGKILL)
             quiet_since = time.time()
         time.sleep(0.05)
     return found
+
+
+def _identity(pid: int) -> tuple[int, str] | None:
+    """(PID, start time): a PID that is reused after its process died is another process."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if len(fields) < 20 or fields[0] in "ZX" else (pid, fields[19])  # Z: dead
+
+
+def _identities(pids: list[int]) -> set[tuple[int, str]]:
+    return {i for i in map(_identity, pids) if i is not None}
 
 
 class Stopped(Exception):

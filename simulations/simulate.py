@@ -69,7 +69,7 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
         from common.deidentify import check_installed
 
         check_installed()
-        if not task.one_label_per_text:
+        if not task.maskable_text:
             raise ConfigError(f"deidentify = true masks whole texts; task = {config.task!r} "
                               "tags words one by one (masking would erase tags): not supported")
     release = read_release(config.init_from) if config.init_from else None

@@ -52,8 +52,9 @@ class BusinessOrNot(TextClassification):
         return TextDataset(topics.texts, tuple(int(y == business) for y in topics.labels),
                            self.LABELS)
 
-    def evaluate(self, model, tokenizer, data, max_length: int) -> dict[str, float]:
-        metrics = super().evaluate(model, tokenizer, data, max_length)
+    def evaluate(self, model, tokenizer, data, max_length: int,
+                 min_group_size: int = 1) -> dict[str, float]:
+        metrics = super().evaluate(model, tokenizer, data, max_length, min_group_size)
         counts = [(metrics[f"{P.TRUE_POSITIVES}/{label}"],
                    metrics[f"{P.FALSE_NEGATIVES}/{label}"]) for label in data.label_names]
         recalls = [tp / (tp + fn) for tp, fn in counts if tp + fn > 0]

@@ -92,6 +92,8 @@ class Task(ABC):
     demo_name: ClassVar[str]  # the embedded demo data, in messages
     label_kind: ClassVar[str]  # what the demo data's labels are called, in messages
     one_label_per_text: ClassVar[bool] = False  # the privacy audit's canaries need one
+    # de-identification replaces spans of whole texts (``texts`` of str); tagged words cannot
+    maskable_text: ClassVar[bool] = False
 
     def check_config(self, config: TaskConfig) -> None:
         """Reject settings this task cannot run with; ConfigError naming the key."""

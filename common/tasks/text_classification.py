@@ -28,6 +28,7 @@ class TextClassification(Task):
     declares = ("the label set", "negative,positive")
     demo_name, label_kind = "data set", "labels"
     one_label_per_text = True
+    maskable_text = True
 
     def infer_labels(self, config: TaskConfig) -> tuple[str, ...]:
         return infer_labels(config.data, config.label_column)
