@@ -32,8 +32,6 @@ from common.progress import RoundProgress
 from common.training import (DPSettings, TrainSettings, TrainStats, make_optimizer,
                              mean_or_nan, model_logits, training_seed, validate_for_dp)
 
-UNITS = ("example", "person")  # what a ledger's ε protects
-
 
 @dataclass(frozen=True)
 class Persons:
@@ -50,10 +48,6 @@ class Persons:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def most_rows(self) -> int:
-        return max((len(r) for r in self.rows), default=0)
 
 
 def step_rows(persons: Persons, picked: Sequence[int], max_rows: int,
