@@ -83,6 +83,9 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                    "the shared model per group of; counts only leave, never the column")
     p.add_argument("--min-group-size", type=int, default=0, help="fewest held-out examples "
                    "a group's counts need to leave (default: the run's, 10)")
+    p.add_argument("--corrections", default="", help="reviewed corrections (text, corrected "
+                   "label; the data's columns) folded into its data for the next rounds; only "
+                   "their count is reported")
     p.add_argument("--keep-sent", action="store_true", help="keep a copy of every update "
                    "sent in LEDGER-DIR/sent/ (what left, for an audit; as large as the updates)")
     p.add_argument("--monitor-data", type=Path, help="labelled file of new data that a "
@@ -103,6 +106,7 @@ def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
               "allowed-code": args.allowed_code, "person-column": args.person_column,
               "group-column": args.group_column, "min-group-size": args.min_group_size,
               "deidentify": args.deidentify, "keep-sent": args.keep_sent,
+              "corrections": str(Path(args.corrections).resolve()) if args.corrections else "",
               "monitor-data": str(args.monitor_data.resolve()) if args.monitor_data else "",
               "monitoring": args.monitoring}
     defaults = {"data-id": "", "test-fraction": 0.0, "min-partners": 0,
@@ -110,6 +114,7 @@ def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
                 "max-rounds": 0, "release-metrics": "", "evaluation": "counts",
                 "allowed-code": "", "person-column": "", "group-column": "",
                 "min-group-size": 0, "deidentify": False, "keep-sent": False,
+                "corrections": "",
                 "monitor-data": "", "monitoring": "off"}
     return tuple((k, v) for k, v in values.items() if v != defaults[k])
 

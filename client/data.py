@@ -8,11 +8,11 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from client.policy import PartnerSettings
 from common.config import RunConfig
-from common.data import split_held_out
+from common.data import apply_corrections, split_held_out
 from common.errors import ConfigError
 from common.tasks import LabelledData, get_task
 
@@ -22,19 +22,37 @@ class PartnerData:
     train: LabelledData
     test: LabelledData
     masked: dict[str, int]  # de-identification: spans masked per entity type (counts only)
+    corrected: dict[str, int] = field(default_factory=dict)  # corrections folded in (counts)
 
 
 def partner_data(config: RunConfig, partner: PartnerSettings,
                  labels: tuple[str, ...]) -> PartnerData:
-    """``partner_dataset``, then, when the partner or run asks (``deidentify``), personal data
-    masked in both splits before anything is tokenized (common.deidentify). The held-out split
-    is chosen on the original texts, so it is the same with masking on or off."""
+    """``partner_dataset``; then the partner's reviewed ``corrections`` folded in
+    (common.data.apply_corrections); then, when the partner or run asks (``deidentify``),
+    personal data masked in both splits before anything is tokenized (common.deidentify). The
+    held-out split is chosen on the original texts, the same with masking on or off."""
     train, test = partner_dataset(config, partner, labels)
+    corrected: dict[str, int] = {}
+    if partner.corrections:
+        train, test, corrected = corrections_applied(config, partner, labels, train, test)
     if not partner.masks_text(config):
-        return PartnerData(train, test, {})
+        return PartnerData(train, test, {}, corrected)
     train, in_train = deidentified(train, config.task)
     test, in_test = deidentified(test, config.task)
-    return PartnerData(train, test, dict(Counter(in_train) + Counter(in_test)))
+    return PartnerData(train, test, dict(Counter(in_train) + Counter(in_test)), corrected)
+
+
+def corrections_applied(config: RunConfig, partner: PartnerSettings, labels: tuple[str, ...],
+                        train: LabelledData, test: LabelledData):
+    """The partner's corrections file, read with its data's columns, folded into its splits."""
+    task = get_task(config.task)
+    if not task.one_label_per_text:
+        raise ConfigError(f"node-config corrections: task = {config.task!r} has no single "
+                          "label per text to correct; not supported")
+    fixes = task.read(partner.corrections, config, labels, partner.text_column,
+                      partner.label_column, person_column=partner.person_key(config) or None,
+                      subgroup_column=partner.group_key(config) or None)
+    return apply_corrections(train, test, fixes)  # type: ignore[arg-type]
 
 
 def deidentified(data: LabelledData, task: str) -> tuple[LabelledData, dict[str, int]]:

@@ -66,6 +66,8 @@ def check_partner_data(policy: PartnerPolicy) -> int:
         from common.deidentify import check_installed
 
         check_installed()  # a partner that asks for masking must not start without it
+    if extra.get("corrections"):
+        read_rows(Path(str(extra["corrections"])))  # readable now, not at round 1
     for key, role in (("person-column", "person"), ("group-column", "group")):
         if extra.get(key):  # every row names its person / group: checked now, not at round 1
             for number, row in rows:

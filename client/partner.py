@@ -201,6 +201,8 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
                                f"{config.dropout_rate:g}); its ε is spent")
     new, norm, clipped = clip_update(old, trainable_state(prep.model), config.update_clip_norm)
     arrays = to_wire(old, new, config.compression, config.update_clip_norm)
+    if prep.corrected:  # how many reviewed corrections this round used: a count, no row
+        metrics[P.CORRECTIONS] = float(prep.corrected["corrections"])
     metrics.update({P.NUM_EXAMPLES: float(len(prep.train)), P.TRAIN_LOSS: stats.loss,
                     P.CLIPPED_FRACTION: stats.clipped_fraction, P.UPDATE_NORM: norm,
                     P.UPDATE_CLIPPED: float(clipped), P.TRAIN_SECONDS: train_seconds})
@@ -215,7 +217,8 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
         "model_sha256": weights_sha256(shared), "epsilon": finite_or_none(metrics[P.EPSILON]),
         "delta": config.delta, "bytes_sent": sum(a.nbytes for a in arrays.values()),
         "examples": len(prep.train), "unit": "person" if persons else "example",
-        **({"deidentified": prep.masked} if partner.masks_text(config) else {})})
+        **({"deidentified": prep.masked} if partner.masks_text(config) else {}),
+        **({"corrections": prep.corrected} if prep.corrected else {})})
     return TrainReply(arrays, metrics, history)
 
 

@@ -25,7 +25,7 @@ _KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-c
           "data-id", "test-fraction", "min-partners", "require-secure-aggregation",
           "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code",
           "person-column", "group-column", "min-group-size", "deidentify", "keep-sent",
-          "monitor-data", "monitoring"}
+          "monitor-data", "monitoring", "corrections"}
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -73,6 +73,7 @@ class PartnerSettings:
     deidentify: bool = False  # mask personal data in the text before it is tokenized
     keep_sent: bool = False  # keep a copy of every update sent (client/sent.py)
     monitor_data: str = ""  # a labelled file of new data that monitoring requests score
+    corrections: str = ""  # reviewed (text, corrected label) rows folded into its own data
     monitoring: str = "off"  # counts = answer monitoring requests (simulated: by default)
 
     @property
@@ -108,6 +109,7 @@ class PartnerSettings:
             deidentify=_flag(get("deidentify", False), "deidentify"),
             keep_sent=_flag(get("keep-sent", False), "keep-sent"),
             monitor_data=str(get("monitor-data", "")),
+            corrections=str(get("corrections", "")),
             monitoring=str(get("monitoring", "off" if get("data-path") else "counts")))
         settings.validate()
         return settings

@@ -31,6 +31,7 @@ class Prepared:
     train: LabelledData
     test: LabelledData
     masked: dict[str, int] = field(default_factory=dict)  # de-identified spans per type
+    corrected: dict[str, int] = field(default_factory=dict)  # reviewed corrections folded in
 
 
 def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.ndarray],
@@ -42,7 +43,7 @@ def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np
     tokenizer = load_tokenizer(config)
     model = shared_model(config, partner, labels, shared, fingerprint)
     return Prepared(get_task(config.task), model.to(device), tokenizer, data.train, data.test,
-                    data.masked)
+                    data.masked, data.corrected)
 
 
 def shared_model(config: RunConfig, partner: PartnerSettings, labels: tuple[str, ...],

@@ -7,6 +7,7 @@ Labels are mapped to ids through the label set the run declares, so every partne
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -234,3 +235,27 @@ def data_fingerprint(data: TextDataset) -> str:
     """SHA-256 of texts, labels and label names: the identity a privacy ledger is kept for."""
     digest = hashlib.sha256(json.dumps([data.label_names, data.texts, data.labels]).encode())
     return digest.hexdigest()
+
+
+def apply_corrections(train: TextDataset, test: TextDataset,
+                      fixes: TextDataset) -> tuple[TextDataset, TextDataset, dict[str, int]]:
+    """A partner's reviewed corrections (text, corrected label) folded into its own data: a
+    text of the held-out split gets its label corrected there (never moved into training); any
+    other corrected text replaces the training rows with that text, or is added to training.
+    Returns both splits and the counts (never the rows) the partner may report."""
+    held = set(test.texts)
+    latest = {text: i for i, text in enumerate(fixes.texts)}  # the last correction wins
+    in_test = {t: i for t, i in latest.items() if t in held}
+    for_train = [i for t, i in latest.items() if t not in held]
+    test = dataclasses.replace(test, labels=tuple(
+        fixes.labels[in_test[t]] if t in in_test else y for t, y in zip(test.texts, test.labels)))
+    keep = [i for i, t in enumerate(train.texts) if t not in latest]
+    replaced = len(train) - len(keep)
+    kept, added = train.subset(keep), fixes.subset(for_train)
+    train = TextDataset(
+        kept.texts + added.texts, kept.labels + added.labels, train.label_names,
+        kept.groups + added.groups if kept.groups else (),
+        kept.persons + added.persons if kept.persons else (),
+        kept.subgroups + added.subgroups if kept.subgroups else ())
+    return train, test, {"corrections": len(latest), "held_out_relabelled": len(in_test),
+                         "training_rows_replaced": replaced, "training_rows_added": len(for_train)}

@@ -29,6 +29,7 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 STEPS = "steps"
 PER_PERSON = "per-person"  # 1.0 when ε protects a person (all its rows), 0.0 an example
+CORRECTIONS = "corrections"  # reviewed corrections the partner folded into its data (a count)
 PERSONS = "persons"  # per-person DP: persons in the training split (a count)
 CLIPPED_FRACTION = "clipped-fraction"
 UPDATE_NORM = "update-norm"

@@ -231,3 +231,46 @@ def test_partner_start_checks_every_rows_person_and_group(tmp_path: Path):
         check_partner_data(policy(**{"person-column": "pid"}))
     with pytest.raises(DataError, match=f"{data}:2: no group column 'age'"):
         check_partner_data(policy(**{"group-column": "age"}))
+
+
+def test_corrections_relabel_held_out_and_replace_or_add_training_rows():
+    from common.data import TextDataset, apply_corrections
+
+    names = ("neg", "pos")
+    train = TextDataset(("a", "b", "b", "c"), (0, 0, 0, 1), names)
+    test = TextDataset(("h1", "h2"), (0, 1), names)
+    fixes = TextDataset(("b", "h2", "new", "b"), (1, 0, 1, 1), names)
+    train2, test2, counts = apply_corrections(train, test, fixes)
+    assert list(zip(train2.texts, train2.labels)) == [("a", 0), ("c", 1), ("b", 1), ("new", 1)]
+    assert list(zip(test2.texts, test2.labels)) == [("h1", 0), ("h2", 0)]  # never into training
+    assert counts == {"corrections": 3, "held_out_relabelled": 1, "training_rows_replaced": 2,
+                      "training_rows_added": 2}
+
+
+def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str,
+                                                                  tmp_path: Path):
+    """node-config corrections: a partner with its own file folds them in; the reply and the
+    audit log carry counts only."""
+    from client.partner import train_round
+    from client.policy import PartnerSettings
+    from common.fingerprint import frozen_fingerprint
+    from common.model import build_model, trainable_state
+
+    data = tmp_path / "mine.csv"
+    data.write_text("text,label\n" + "".join(f"note {i} was {'good' if i % 2 else 'bad'},"
+                                              f"{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("text,label\nnote 3 was good,neg\na reviewed new note,pos\n")
+    config = RunConfig(base_model=tiny_bert, labels="neg,pos", max_length=16, batch_size=8,
+                       dp_plan_check=False, local_epochs=1, num_rounds=1, delta=1e-3,
+                       out_dir=str(tmp_path / "out"), ledger_dir=str(tmp_path / "ledgers"))
+    partner = PartnerSettings.from_node_config({"data-path": str(data),
+                                                "corrections": str(fixes)})
+    model = build_model(config, ("neg", "pos"))
+    reply = train_round(config, partner, trainable_state(model), frozen_fingerprint(model), 1, "r")
+    assert reply.metrics[P.CORRECTIONS] == 2.0
+    audit = (tmp_path / "ledgers" / "audit.jsonl").read_text()
+    assert "reviewed new note" not in audit
+    corrections = json.loads(audit.splitlines()[-1])["corrections"]
+    assert corrections["corrections"] == 2
+    assert corrections["held_out_relabelled"] + corrections["training_rows_added"] == 2
