@@ -5,6 +5,7 @@ reviews. The coordinator's drift check flags a partner whose accuracy fell by mo
 drift-threshold since the release.
 
     python -m benchmarks.drift [--per-partner 1500] [--new-per-partner 300] [--epsilon 8]
+        [--release-domains books,dvd] [--new-domains kitchen,dvd]
 
 Data: ../shared/datasets/multi_domain_sentiment (or --datasets-dir; skipped when absent). Per
 domain a seeded shuffle: the first --per-partner reviews train the release (partition
@@ -39,6 +40,7 @@ from common.logs import configure_logging
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
 RELEASE_DOMAINS = ("books", "dvd")  # partner 0, partner 1 (column:domain sorts the values)
 NEW_DOMAINS = ("kitchen", "dvd")  # partner 0's new data, partner 1's
+DOMAINS = ("books", "dvd", "electronics", "kitchen")
 
 
 def shuffled_domains(root: Path, seed: int) -> dict[str, list[tuple[str, str]]]:
@@ -61,16 +63,19 @@ def write_csv(rows: list[tuple[str, ...]], header: list[str], target: Path) -> P
     return target
 
 
-def write_data(folder: Path, n: int, m: int, seed: int, out: Path) -> dict[str, Path]:
-    """The release's training file, the monitoring file and the control file (new books)."""
+def write_data(folder: Path, n: int, m: int, seed: int, out: Path,
+               release_domains: tuple[str, ...] = RELEASE_DOMAINS,
+               new_domains: tuple[str, ...] = NEW_DOMAINS) -> dict[str, Path]:
+    """The release's training file, the monitoring file and the control file (new reviews of
+    partner 0's own domain)."""
     reviews = shuffled_domains(folder, seed)
-    release = [(t, lab, d) for d in RELEASE_DOMAINS for t, lab in reviews[d][:n]]
-    new = [(t, lab, d, f"{slot}-{d}") for slot, d in enumerate(NEW_DOMAINS)
+    release = [(t, lab, d) for d in release_domains for t, lab in reviews[d][:n]]
+    new = [(t, lab, d, f"{slot}-{d}") for slot, d in enumerate(new_domains)
            for t, lab in reviews[d][n:n + m]]
-    control = [(t, lab) for t, lab in reviews["books"][n:n + m]]
+    control = [(t, lab) for t, lab in reviews[release_domains[0]][n:n + m]]
     return {"release": write_csv(release, ["text", "label", "domain"], out / "release.csv"),
             "new": write_csv(new, ["text", "label", "domain", "slot"], out / "new.csv"),
-            "control": write_csv(control, ["text", "label"], out / "new_books.csv")}
+            "control": write_csv(control, ["text", "label"], out / "new_own_domain.csv")}
 
 
 def train_release(config: RunConfig) -> dict[str, Any]:
@@ -130,13 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-threshold", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=Path("results/drift"))
+    parser.add_argument("--release-domains", default=",".join(RELEASE_DOMAINS),
+                        help="partner 0's and partner 1's domains, in sorted order")
+    parser.add_argument("--new-domains", default=",".join(NEW_DOMAINS),
+                        help="partner 0's and partner 1's new data")
     args = parser.parse_args(argv)
+    release_domains = tuple(args.release_domains.split(","))
+    new_domains = tuple(args.new_domains.split(","))
+    if (len(release_domains) != 2 or len(new_domains) != 2 or list(release_domains) !=
+            sorted(release_domains) or not set(release_domains + new_domains) <= set(DOMAINS)):
+        parser.error(f"--release-domains: two of {DOMAINS} in sorted order (column:domain "
+                     "numbers partners so); --new-domains: two of them")
     configure_logging()
     folder = args.datasets_dir / "multi_domain_sentiment"
     if not folder.is_dir():
         print(f"skipped: {folder} not found")
         return 0
-    files = write_data(folder, args.per_partner, args.new_per_partner, args.seed, args.out)
+    files = write_data(folder, args.per_partner, args.new_per_partner, args.seed, args.out,
+                       release_domains, new_domains)
     base = dict(labels="0,1", max_length=128, seed=args.seed, finetune="pooled-head",
                 min_partners=2, round_timeout=600.0)
     release = RunConfig(**base, data=str(files["release"]), partition="column:domain",
@@ -146,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                       drift_threshold=args.drift_threshold,
                       out_dir=str(args.out / "runs" / "monitoring"))
     head = {**harness.header("benchmarks.drift"),
-            "data": {"release": dict(zip(("partner-0", "partner-1"), RELEASE_DOMAINS)),
-                     "new": dict(zip(("partner-0", "partner-1"), NEW_DOMAINS)),
+            "data": {"release": dict(zip(("partner-0", "partner-1"), release_domains)),
+                     "new": dict(zip(("partner-0", "partner-1"), new_domains)),
                      "per_partner": args.per_partner, "new_per_partner": args.new_per_partner},
             "config": {**base, "epsilon": args.epsilon, "num_rounds": args.rounds,
                        "drift_threshold": args.drift_threshold}}
@@ -165,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         done.update(results)
         harness.write_json(args.out / "drift.json", {**head, "arms": results})
 
-    harness.run_arms([Arm("release"), Arm("monitoring"), Arm("control_new_books")], measure,
+    harness.run_arms([Arm("release"), Arm("monitoring"), Arm("control_own_domain")], measure,
                      save=save)
     trained, watched = done["release"], done["monitoring"]["partners"]
-    rows = [{"partner": name, "release data": RELEASE_DOMAINS[i], "new data": NEW_DOMAINS[i],
+    rows = [{"partner": name, "release data": release_domains[i], "new data": new_domains[i],
              "held-out": trained["held_out"].get(name), "epsilon": trained["epsilon"].get(name),
              **watched[name], "drop_se": drop_se(watched[name], trained["held_out"].get(name))}
             for i, name in enumerate(("partner-0", "partner-1"))]
@@ -180,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         Column("drop", "drop", "+.4f"), Column("± se", "drop_se", ".4f"),
         Column("flagged", lambda r: "yes" if r["drift"] else "no")], markdown=True))
     harness.write_json(args.out / "drift.json", {**head, "arms": done, "table": rows})
-    print(f"control: the release on {done['control_new_books']['examples']} new books reviews: "
-          f"accuracy {done['control_new_books']['accuracy']:.4f}")
+    print(f"control: the release on {done['control_own_domain']['examples']} new "
+          f"{release_domains[0]} reviews: "
+          f"accuracy {done['control_own_domain']['accuracy']:.4f}")
     print(f"seconds: release {done['release']['seconds']}, monitoring "
-          f"{done['monitoring']['seconds']}, control {done['control_new_books']['seconds']}")
+          f"{done['monitoring']['seconds']}, control {done['control_own_domain']['seconds']}")
     return 0
 
 
