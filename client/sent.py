@@ -10,12 +10,12 @@ the updates. No flwr here.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from common.release import weights_bytes
 from common.storage import atomic_write_bytes
 
 SENT_DIR = "sent"
@@ -29,11 +29,9 @@ def keep_sent(ledger_root: Path, run_id: str, server_round: int,
               arrays: Mapping[str, np.ndarray]) -> Path:
     """Write one round's copy atomically (a reader sees all of it or none), readable by the
     partner only."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(a) for name, a in arrays.items()})
     path = sent_path(ledger_root, run_id, server_round)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
+    atomic_write_bytes(path, weights_bytes(arrays), mode=0o600)
     return path
 
 

@@ -110,10 +110,9 @@ class RoundFold:
 
     def weight_of(self, metrics: Mapping[str, float]) -> float:
         """The update's weight: its claimed examples, checked, then capped."""
-        examples = float(metrics[P.NUM_EXAMPLES])
-        check_weight(examples)
-        if self.dp:  # under DP the partner's q must agree with its claim
-            check_claim(metrics, self.batch_size)
+        # under DP the partner's q must agree with its claim; capped_weight checks the rest
+        examples = (check_claim(metrics, self.batch_size) if self.dp
+                    else float(metrics[P.NUM_EXAMPLES]))
         return capped_weight(examples, self.max_weight)
 
     def result(self) -> dict[str, np.ndarray]:

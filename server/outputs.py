@@ -17,7 +17,8 @@ from common.config import RunConfig
 from common.fingerprint import frozen_fingerprint
 from common.model import build_model, load_trainable_state, save_model
 from common.privacy import epsilon_of
-from common.storage import append_jsonl, atomic_write_bytes, atomic_write_json, finite_or_none
+from common.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
+                            finite_or_none, json_safe)
 from server.model_card import model_card
 from server.release import write_release
 
@@ -30,17 +31,6 @@ MODEL_DIR = "model"
 
 def append_metrics(out_dir: Path, line: Mapping[str, Any]) -> None:
     append_jsonl(out_dir / METRICS_FILE, json_safe(line))
-
-
-def json_safe(value: Any) -> Any:
-    """NaN / ±inf (an empty batch's loss, ε without DP) become null: JSON has no such numbers."""
-    if isinstance(value, float):
-        return finite_or_none(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def truncate_metrics(out_dir: Path, last_round: int) -> int:

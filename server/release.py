@@ -19,7 +19,7 @@ from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.release import (FORMAT, RELEASE_FILE, WEIGHTS_FILE, check_continues, check_layout,
                             layout_of, read_release, release_weights, weights_bytes)
-from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
+from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none, json_safe
 
 logger = logging.getLogger(__name__)
 LIBRARIES = ("flwr", "opacus", "torch", "transformers", "peft")
@@ -111,21 +111,10 @@ def write_release(directory: Path, config: RunConfig, labels: tuple[str, ...],
     """release_weights.npz, then release.json (which carries the weights' SHA-256)."""
     data = weights_bytes(arrays)
     atomic_write_bytes(directory / WEIGHTS_FILE, data)
-    record = _finite(release_record(config, labels, arrays, hashlib.sha256(data).hexdigest(),
-                                    fingerprint, report, final))
+    record = json_safe(release_record(  # NaN / inf: null, never a failed export
+        config, labels, arrays, hashlib.sha256(data).hexdigest(), fingerprint, report, final))
     atomic_write_json(directory / RELEASE_FILE, record)
     return record
-
-
-def _finite(value: Any) -> Any:
-    """NaN / ±inf become null (JSON has none): a release must never fail its run's export."""
-    if isinstance(value, float):
-        return finite_or_none(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def initial_weights(config: RunConfig, labels: tuple[str, ...], initial: dict[str, np.ndarray],
