@@ -43,6 +43,7 @@ DOMAINS = ("books", "dvd", "electronics", "kitchen")
 MODE_SETTINGS = {"pooled-head": dict(),  # batch and learning rate: the DP planner's (auto)
                  "head": dict(learning_rate=1e-1, local_epochs=3),
                  "lora": dict(learning_rate=1e-2, local_epochs=1),
+                 "pooled-lora": dict(),  # the planner's, as pooled-head
                  "full": dict(learning_rate=1e-3, local_epochs=1)}
 # per data set: federated partition, partners, max-length, default subset sizes (train, eval)
 DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, sizes=(2000, 872)),
@@ -152,6 +153,7 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
     base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
                 server_eval_data=str(args.out / f"{name}_eval.csv"),
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
+                base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
                 round_timeout=60.0, **({} if args.update_clip_norm is None else
                                        {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
@@ -173,6 +175,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--update-clip-norm", type=float, help="run config update-clip-norm "
                         "(default 10; 0 = none, for the best non-private reference)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--base-model", default="", help="a model directory (default: MiniLM)")
+    parser.add_argument("--lora-freeze-a", action="store_true", help="FFA-LoRA (A frozen)")
     parser.add_argument("--out", type=Path, default=Path("results/utility"))
     return parser.parse_args()
 

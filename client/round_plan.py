@@ -63,7 +63,7 @@ def trainable_view(model: nn.Module, data: TensorDataset,
                    cache: Path | None = None) -> tuple[nn.Module, TensorDataset]:
     """What DP-SGD runs on: the model and encoded texts, or, for pooled-head, its head and the
     frozen features, computed once per text and kept in ``cache`` (the partner's own disk)."""
-    if not isinstance(model, PooledHeadClassifier):
+    if not isinstance(model, PooledHeadClassifier) or model.adapters:
         return model, data
     started = time.perf_counter()
     features = cached_pooled_features(model, data, cache)

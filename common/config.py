@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from common.errors import ConfigError
 from common.tasks import get_task
 
-FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head")
+FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head", "pooled-lora")
 
 AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
@@ -74,11 +74,15 @@ class RunConfig:
                                  "lora (adapters + head trained and sent), full (every layer "
                                  "but, by default, the embeddings), head (classifier on the "
                                  "[CLS] pooler) or pooled-head (linear head on the mean-pooled "
-                                 "frozen encoder; features computed once per round; exported "
-                                 "as sentence-transformers).",
+                                 "frozen encoder; features computed once per partner; "
+                                 "exported as sentence-transformers) or pooled-lora (that head "
+                                 "and LoRA adapters in the encoder, merged on export).",
                          choices=FINETUNE_MODES)
     lora_r: int = _opt(8, "LoRA rank.", min=1)
     lora_alpha: int = _opt(16, "LoRA scaling numerator.", min=1)
+    lora_freeze_a: bool = _opt(False, "FFA-LoRA: keep LoRA's A matrices at their seeded random "
+                                      "start and train only B (half the trainable numbers, so "
+                                      "less DP noise; BENCHMARKS.md, encoder recipes).")
     freeze_embeddings: bool = _opt(True, "Keep the embedding layer frozen in full fine-tuning.")
     local_epochs: int = _opt(2, "Passes over the partner's training split per round.", min=1)
     batch_size: int | str = _opt(AUTO, "Expected batch size (Poisson sampling: rate = batch / "

@@ -1,14 +1,21 @@
-"""finetune = "pooled-head": a linear head on the mean-pooled output of a frozen encoder.
+"""A linear head on the mean-pooled output of the encoder: finetune = "pooled-head" (the encoder
+frozen) and "pooled-lora" (LoRA adapters in the encoder's attention train with the head).
 
-The encoder never trains, so its features are computed once per example per round
-(``pooled_features``) and DP-SGD runs over the head alone on those features: the same Opacus
-mechanism and accounting as every other mode, on a module of hidden × labels + labels weights.
-The exported model is a sentence-transformers directory ([Transformer, Pooling(mean),
-Dense(identity)]) that loads in one line: ``SentenceTransformer(dir).encode(texts)`` gives logits.
+pooled-head: the encoder never trains, so its features are computed once per example per partner
+(``pooled_features``, cached on the partner's disk) and DP-SGD runs over the head alone on those
+features: the same Opacus mechanism and accounting as every other mode, on a module of
+hidden × labels + labels weights. pooled-lora runs the encoder in every step (its adapters
+train), with the same mean pooling the encoder was pre-trained with, so the head starts on good
+features and the adapters only refine them.
+
+Both export a sentence-transformers directory ([Transformer, Pooling(mean), Dense(identity)];
+pooled-lora's adapters merged into the Transformer) that loads in one line:
+``SentenceTransformer(dir).encode(texts)`` gives logits.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -35,24 +42,29 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class PooledHeadClassifier(nn.Module):
-    """A frozen encoder, mean pooling and a trainable ``head`` (nn.Linear); forward returns an
-    object with ``.logits`` like a transformers classifier, so evaluation code is shared."""
+    """An encoder, mean pooling and a trainable ``head`` (nn.Linear); forward returns an object
+    with ``.logits`` like a transformers classifier, so evaluation code is shared.
 
-    def __init__(self, encoder: PreTrainedModel, num_labels: int) -> None:
+    ``encoder`` is frozen (pooled-head), or a PEFT model whose LoRA adapters train
+    (pooled-lora: ``adapters`` True; every other encoder weight stays frozen)."""
+
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, adapters: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.adapters = adapters
         self.config = encoder.config
-        for param in self.encoder.parameters():
-            param.requires_grad_(False)
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(adapters and "lora_" in name)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         nn.init.zeros_(self.head.weight)  # a linear probe starts at "no opinion": logits 0
         nn.init.zeros_(self.head.bias)
 
     def train(self, mode: bool = True) -> PooledHeadClassifier:
-        """The encoder stays in eval mode (no dropout): features are fixed per text, the same
-        in training, evaluation and the exported model."""
+        """A frozen encoder stays in eval mode (no dropout): features are fixed per text, the
+        same in training, evaluation and the exported model."""
         super().train(mode)
-        self.encoder.eval()
+        if not self.adapters:
+            self.encoder.eval()
         return self
 
     @torch.no_grad()
@@ -67,8 +79,20 @@ class PooledHeadClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        feats = self.features(input_ids, attention_mask, position_ids, token_type_ids)
-        return SequenceClassifierOutput(logits=self.head(feats))
+        if not self.adapters:
+            feats = self.features(input_ids, attention_mask, position_ids, token_type_ids)
+            return SequenceClassifierOutput(logits=self.head(feats))
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids,
+                              token_type_ids=token_type_ids).last_hidden_state
+        return SequenceClassifierOutput(logits=self.head(mean_pool(hidden, attention_mask)))
+
+    def plain_encoder(self) -> PreTrainedModel:
+        """The encoder as a plain transformers model: a copy with the adapters merged in
+        (pooled-lora), or the frozen encoder itself (pooled-head)."""
+        if not self.adapters:
+            return self.encoder
+        return copy.deepcopy(self.encoder).merge_and_unload()
 
 
 def cached_pooled_features(model: PooledHeadClassifier, data: TensorDataset,
@@ -118,12 +142,13 @@ def pooled_features(model: PooledHeadClassifier, data: TensorDataset,
 def save_sentence_transformer(model: PooledHeadClassifier, base_model: str, directory: Path,
                               max_length: int) -> None:
     """Write ``directory`` as a sentence-transformers model: the frozen encoder and tokenizer,
-    mean pooling, and the head as a Dense layer with identity activation (its output = logits)."""
+    mean pooling, and the head as a Dense layer with identity activation (its output = logits).
+    pooled-lora's adapters are merged into the encoder's weights first."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
 
     word = Transformer(base_model, max_seq_length=max_length)
-    word.auto_model.load_state_dict(model.encoder.state_dict())
+    word.auto_model.load_state_dict(model.plain_encoder().state_dict())
     pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     head = Dense(model.head.in_features, model.head.out_features,
                  activation_function=nn.Identity(),

@@ -24,6 +24,7 @@ from common.tasks import get_task
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ("query", "value")
+POOLED_MODES = ("pooled-head", "pooled-lora")  # a head on mean-pooled features: features.py
 
 
 def resolve_base_model(name: str) -> str:
@@ -57,8 +58,8 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)
     task = get_task(config.task)
-    if config.finetune == "pooled-head":
-        return _pooled_head(path, len(label_names))
+    if config.finetune in POOLED_MODES:
+        return _pooled_head(path, len(label_names), config)
     auto = getattr(transformers, task.auto_class)
     try:
         model = auto.from_pretrained(
@@ -77,6 +78,7 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
                           lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules=list(LORA_TARGETS))
         model = get_peft_model(model, lora)
+        freeze_lora_a(model, config)
     elif config.finetune == "head":
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("classifier."))
@@ -87,21 +89,39 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     return model
 
 
-def _pooled_head(path: str, num_labels: int) -> nn.Module:
+def _pooled_head(path: str, num_labels: int, config: RunConfig) -> nn.Module:
     from common.features import PooledHeadClassifier
 
     try:
         encoder = AutoModel.from_pretrained(path)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
-    return PooledHeadClassifier(encoder, num_labels).train()
+    adapters = config.finetune == "pooled-lora"
+    if adapters:
+        from peft import LoraConfig, get_peft_model
+
+        encoder = get_peft_model(encoder, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+            target_modules=list(LORA_TARGETS)))
+    model = PooledHeadClassifier(encoder, num_labels, adapters=adapters)
+    freeze_lora_a(model, config)
+    return model.train()
+
+
+def freeze_lora_a(model: nn.Module, config: RunConfig) -> None:
+    """FFA-LoRA (Sun et al., ICLR 2024): A stays at its seeded random start, identical at every
+    partner and the coordinator (``frozen_fingerprint`` checks it), and only B trains."""
+    if config.lora_freeze_a:
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
 
 
 def save_model(model: nn.Module, config: RunConfig, directory: Path) -> None:
     """The shared model as a directory that loads in one line with a standard library:
-    transformers ``save_pretrained`` (LoRA merged) + tokenizer, or, for pooled-head, a
+    transformers ``save_pretrained`` (LoRA merged) + tokenizer, or, for pooled-head / -lora, a
     sentence-transformers model whose ``encode`` returns the logits."""
-    if config.finetune == "pooled-head":
+    if config.finetune in POOLED_MODES:
         from common.features import save_sentence_transformer
 
         save_sentence_transformer(model, resolve_base_model(config.base_model),  # type: ignore

@@ -93,7 +93,12 @@ def device_of(model: nn.Module) -> torch.device:
 def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits for a batch trimmed to its longest text, with explicit contiguous position and
     token-type ids: BERT's broadcast default ``position_ids`` breaks Opacus' per-sample hooks."""
-    length = max(1, int(mask.sum(dim=1).max())) if len(mask) else 1
+    if not len(input_ids):  # an empty Poisson batch: transformers cannot reshape 0 rows, so one
+        # padding row runs and none of its output is kept (its gradient is 0: DP-SGD adds noise)
+        logits = _forward(model, torch.zeros(1, 1, dtype=input_ids.dtype),
+                          torch.ones(1, 1, dtype=mask.dtype))
+        return logits[:0]
+    length = max(1, int(mask.sum(dim=1).max()))
     device = device_of(model)
     input_ids, mask = input_ids[:, :length].to(device), mask[:, :length].to(device)
     positions = torch.arange(length, device=device).unsqueeze(0).repeat(len(input_ids), 1)
@@ -161,7 +166,7 @@ CLIPPINGS = ("hooks", "ghost")
 # the bundled MiniLM, 2-core CPU (BENCHMARKS.md, P1): LoRA hooks 0.93 × non-private vs ghost 0.62
 # (ghost's 2nd backward pass costs more than LoRA's tiny per-sample grads); full ghost 0.50 and
 # 1.1 × memory vs hooks 0.23 and 3.3 × (per-sample grads of every weight). head: hooks, untimed.
-AUTO_CLIPPING = {"lora": "hooks", "full": "ghost", "head": "hooks"}
+AUTO_CLIPPING = {"lora": "hooks", "pooled-lora": "hooks", "full": "ghost", "head": "hooks"}
 
 
 def clipping_for(setting: str, finetune: str) -> str:

@@ -150,8 +150,12 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
                 "head": "classifier head only",
                 "pooled-head": "a linear head on the mean-pooled output of the frozen encoder "
                                "(sentence-transformers layout: Transformer, mean Pooling, Dense "
-                               "to the label logits)"}[config.finetune]
-    pooled = config.finetune == "pooled-head"
+                               "to the label logits)",
+                "pooled-lora": f"LoRA (r = {config.lora_r}, α = {config.lora_alpha}) in the "
+                               "encoder, merged into its weights, and a linear head on its "
+                               "mean-pooled output (sentence-transformers layout: Transformer, "
+                               "mean Pooling, Dense to the label logits)"}[config.finetune]
+    pooled = config.finetune in ("pooled-head", "pooled-lora")
     library = "sentence-transformers" if pooled else "transformers"
     load = ('`SentenceTransformer(DIR).encode(texts)` (sentence-transformers) returns the '
             "label logits; `argmax` is the label id above" if pooled else

@@ -48,8 +48,9 @@ class TokenClassification(Task):
         if config.partition != "iid":
             raise ConfigError(f"partition={config.partition!r}: token-classification data can "
                               "only be split iid (a sentence has no single label or group)")
-        if config.finetune == "pooled-head":
-            raise ConfigError('finetune = "pooled-head" pools a whole text into one vector; '
+        if config.finetune in ("pooled-head", "pooled-lora"):
+            raise ConfigError(f'finetune = "{config.finetune}" pools a whole text into one '
+                              'vector; '
                               'token-classification needs a tag per word: use "lora" or "head"')
         if config.tag_column == 0:
             raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "

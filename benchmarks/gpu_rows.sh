@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU rows of BENCHMARKS.md, in one command on a machine with a CUDA GPU:
+#
+#   bash benchmarks/gpu_rows.sh recipe|federated OUT_DIR [DATASETS_DIR] [BASE_MODEL]
+#
+# recipe:    the CUDA tests, the encoder-recipe grid (SST-2, 4,000 sentences, centralized) and
+#            the centralized non-private references on all SST-2 training sentences.
+# federated: SST-2, all training sentences, K = 10 partners (Dirichlet α = 1), pooled-lora with
+#            FFA-LoRA, federated DP at ε = 8, 3, 1 and without DP; pooled-head at ε = 8.
+# Each step has its own time limit, and a step that fails does not stop the next; results go to
+# OUT_DIR as they are measured.
+set -u
+part=${1:?recipe or federated}
+out=${2:?output directory}
+data=${3:-../shared/datasets}
+model=${4:-}
+work=$(mktemp -d)  # run directories and CSVs: only the results go to OUT_DIR
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export SST2_DIR="$data/sst2"
+py=${PYTHON:-python3}
+n_all=${TRAIN:-$(($(wc -l < "$data/sst2/train.tsv") - 1))}  # TRAIN, GRID_N: smaller, for a dry run
+step() {  # step SECONDS NAME COMMAND...: run one step under a time limit, log its status
+  local limit=$1 name=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "$name: exit $? after $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
+}
+if [ "$part" = recipe ]; then
+  step 60 cuda_tests "$py" -m pytest tests/test_device.py -q -n 0 -p no:randomly
+  step 180 encoder_grid "$py" -m benchmarks.encoder_recipe --preset grid --device auto \
+    --train-examples "${GRID_N:-4000}" \
+    --base-model "$model" --out "$out/encoder_grid.json"
+  for ref in full:5e-5 pooled-lora:5e-4 lora:5e-4; do  # mode:learning rate, batch 32, 1 epoch
+    step 105 "reference_${ref%%:*}" "$py" -m benchmarks.utility --dataset sst2 \
+      --datasets-dir "$data" --train-examples "$n_all" --finetune "${ref%%:*}" --settings central \
+      --epsilons inf --update-clip-norm 0 --learning-rate "${ref##*:}" --rounds 1 \
+      --base-model "$model" --out "$work"
+    cp "$work/utility.json" "$out/utility_references.json" 2>/dev/null
+  done
+else
+  step 370 federated "$py" -m benchmarks.utility --dataset sst2 --datasets-dir "$data" \
+    --train-examples "$n_all" --finetune pooled-lora --lora-freeze-a --settings federated \
+    --epsilons 8 3 inf 1 --base-model "$model" --out "$work"
+  cp "$work/utility.json" "$out/utility_federated.json" 2>/dev/null
+  step 90 federated_pooled_head "$py" -m benchmarks.utility --dataset sst2 \
+    --datasets-dir "$data" --train-examples "$n_all" --finetune pooled-head \
+    --settings federated --epsilons 8 --base-model "$model" --out "$work"
+  cp "$work/utility.json" "$out/utility_federated.json" 2>/dev/null
+fi
+rm -rf "$work"
