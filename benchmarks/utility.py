@@ -1,18 +1,20 @@
 """Benchmark P3 (utility): federated DP vs centralized non-private vs federated non-private vs
-centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2 and on Multi-Domain Sentiment split by domain.
+centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2, on Multi-Domain Sentiment split by domain, and on
+AG News (4 topics).
 
     python -m benchmarks.utility [--dataset sst2] [--finetune head] [--train-examples 2000]
 
-Reads ../shared/datasets/{sst2,multi_domain_sentiment} (or --datasets-dir); a data set that is
+Reads ../shared/datasets/{sst2,multi_domain_sentiment,ag_news} (or --datasets-dir); a data set that is
 absent is skipped. Per data set a seeded subset of the training data is written to one CSV;
 *federated* arms split it over K partners (SST-2: Dirichlet α = 1 on labels, K = 10; Multi-Domain
-Sentiment: one partner per product domain, K = 4), *centralized* arms give all of it to a single
+Sentiment: one partner per product domain, K = 4; AG News: Dirichlet α = 0.5, K = 5),
+*centralized* arms give all of it to a single
 partner that trains the same local epochs per round for the same rounds, with the same DP-SGD
 (ε is then per record of the pooled set). Every arm runs the coordinator's real round loop and the
 partners' real ClientApp handlers in this process (``simulations.local_grid``), and the coordinator
 scores the shared model each round on the same evaluation set: SST-2's labelled 872-example GLUE
-dev set (``test.tsv`` here), or for Multi-Domain Sentiment a seeded per-domain sample disjoint from
-the training subset. Merges per data set into results/utility/utility.json, rewritten after each
+dev set (``test.tsv`` here), for Multi-Domain Sentiment a seeded per-domain sample disjoint from
+the training subset, for AG News a seeded sample of its official test set. Merges per data set into results/utility/utility.json, rewritten after each
 arm (a run cut off keeps what it made).
 """
 
@@ -46,8 +48,13 @@ MODE_SETTINGS = {"pooled-head": dict(),  # batch and learning rate: the DP plann
                  "pooled-lora": dict(),  # the planner's, as pooled-head
                  "full": dict(learning_rate=1e-3, local_epochs=1)}
 # per data set: federated partition, partners, max-length, default subset sizes (train, eval)
-DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, sizes=(2000, 872)),
-            "mds": dict(partition="column:domain", partners=4, max_length=128, sizes=(1200, 400))}
+DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, sizes=(2000, 872),
+                         folder="sst2", labels="0,1"),
+            "mds": dict(partition="column:domain", partners=4, max_length=128, sizes=(1200, 400),
+                        folder="multi_domain_sentiment", labels="0,1"),
+            "agnews": dict(partition="dirichlet:0.5", partners=5, max_length=64,
+                           sizes=(10000, 2000), folder="ag_news",
+                           labels="World,Sports,Business,Sci/Tech")}
 
 
 def write_csv(rows: list[tuple[str, str, str]], target: Path) -> None:
@@ -66,6 +73,20 @@ def sst2_rows(root: Path, n_train: int, seed: int) -> tuple[list, list]:
     train = read("train.tsv")
     pick = np.random.default_rng(seed).permutation(len(train))[:n_train]
     return [train[i] for i in sorted(pick)], read("test.tsv")
+
+
+def agnews_rows(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
+    """A seeded sample of the 10,000-row AG News training subset, and a seeded sample of n_eval
+    rows of the official 7,600-row test set to score on."""
+    def read(name: str) -> list[tuple[str, str, str]]:
+        lines = (root / name).read_text(encoding="utf-8").splitlines()
+        return [(" ".join(t.split()), lab.strip(), "agnews") for t, lab in
+                (line.rsplit("\t", 1) for line in lines if line.strip())]
+    rng = np.random.default_rng(seed)
+    train, test = read("train_subset10k.tsv"), read("test.tsv")
+    pick = rng.permutation(len(train))[:n_train]
+    return [train[i] for i in sorted(pick)], [test[i] for i in sorted(rng.permutation(
+        len(test))[:n_eval])]
 
 
 def mds_rows(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
@@ -141,16 +162,18 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
     """The data set's training and evaluation CSVs and the run config they share; None when the
     data set is absent."""
     spec = DATASETS[name]
-    folder = args.datasets_dir / ("sst2" if name == "sst2" else "multi_domain_sentiment")
+    folder = args.datasets_dir / spec["folder"]
     if not folder.is_dir():
         print(f"skipped {name}: {folder} not found")
         return None
     n_train = args.train_examples or spec["sizes"][0]
-    train, held = (sst2_rows(folder, n_train, args.seed) if name == "sst2" else
-                   mds_rows(folder, n_train, args.eval_examples or spec["sizes"][1], args.seed))
+    n_eval = args.eval_examples or spec["sizes"][1]
+    train, held = {"sst2": lambda: sst2_rows(folder, n_train, args.seed),
+                   "mds": lambda: mds_rows(folder, n_train, n_eval, args.seed),
+                   "agnews": lambda: agnews_rows(folder, n_train, n_eval, args.seed)}[name]()
     write_csv(train, args.out / f"{name}_train.csv")
     write_csv(held, args.out / f"{name}_eval.csv")
-    base = dict(data=str(args.out / f"{name}_train.csv"), labels="0,1",
+    base = dict(data=str(args.out / f"{name}_train.csv"), labels=spec["labels"],
                 server_eval_data=str(args.out / f"{name}_eval.csv"),
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,

@@ -1,0 +1,46 @@
+"""The issue-12 benchmarks' own logic: reading an arm, the shared σ of a linear-probe-then-LoRA
+run (checked against Opacus' accountant), and the AG News loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from benchmarks.encoder_recipe import DELTA, parse_arm, shared_sigma
+from benchmarks.utility import DATASETS, agnews_rows
+
+
+def test_an_arm_reads_its_keys_and_refuses_unknown_ones() -> None:
+    arm = parse_arm("pooled-lora:r2:lr3e-3:eps8:lp2:ffa1:b1000:ep1")
+    assert arm == {"mode": "pooled-lora", "r": 2, "lr": 3e-3, "eps": 8.0, "lp": 2, "ffa": 1,
+                   "b": 1000, "ep": 1}
+    assert parse_arm("full:epsinf")["eps"] == float("inf")
+    assert parse_arm("pooled-lora")["lr"] == 1e-2  # the planner's DP default
+    with pytest.raises(SystemExit, match="cannot read 'x3'"):
+        parse_arm("pooled-lora:x3")
+
+
+def test_probe_and_fine_tune_phases_share_one_sigma_spending_exactly_epsilon() -> None:
+    phases = [(0.0625, 32), (0.0625, 48)]  # (q, steps) of the probe, then of the adapters
+    sigma = shared_sigma(phases, 8.0)
+    accountant = RDPAccountant()
+    for q, steps in phases:
+        for _ in range(steps):
+            accountant.step(noise_multiplier=sigma, sample_rate=q)
+    assert accountant.get_epsilon(DELTA) == pytest.approx(8.0, rel=1e-3)
+    assert shared_sigma(phases[1:], 8.0) < sigma  # the probe's steps cost noise
+
+
+def test_ag_news_rows_sample_train_and_the_official_test(tmp_path: Path) -> None:
+    names = DATASETS["agnews"]["labels"].split(",")
+    rows = [f"headline {i}  with  spaces\t{names[i % 4]}" for i in range(40)]
+    (tmp_path / "train_subset10k.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "test.tsv").write_text("\n".join(r.replace("headline", "test") for r in rows))
+    train, held = agnews_rows(tmp_path, 30, 10, seed=1)
+    assert len(train) == 30 and len(held) == 10
+    assert {label for _, label, _ in train + held} <= set(names)
+    assert all(t.startswith("headline") and "  " not in t for t, _, _ in train)
+    assert all(t.startswith("test") for t, _, _ in held)
+    assert agnews_rows(tmp_path, 30, 10, seed=1) == (train, held)  # seeded
