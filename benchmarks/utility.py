@@ -4,18 +4,18 @@ AG News (4 topics).
 
     python -m benchmarks.utility [--dataset sst2] [--finetune head] [--train-examples 2000]
 
-Reads ../shared/datasets/{sst2,multi_domain_sentiment,ag_news} (or --datasets-dir); a data set that is
-absent is skipped. Per data set a seeded subset of the training data is written to one CSV;
-*federated* arms split it over K partners (SST-2: Dirichlet α = 1 on labels, K = 10; Multi-Domain
-Sentiment: one partner per product domain, K = 4; AG News: Dirichlet α = 0.5, K = 5),
-*centralized* arms give all of it to a single
-partner that trains the same local epochs per round for the same rounds, with the same DP-SGD
-(ε is then per record of the pooled set). Every arm runs the coordinator's real round loop and the
-partners' real ClientApp handlers in this process (``simulations.local_grid``), and the coordinator
-scores the shared model each round on the same evaluation set: SST-2's labelled 872-example GLUE
-dev set (``test.tsv`` here), for Multi-Domain Sentiment a seeded per-domain sample disjoint from
-the training subset, for AG News a seeded sample of its official test set. Merges per data set into results/utility/utility.json, rewritten after each
-arm (a run cut off keeps what it made).
+Reads ../shared/datasets/{sst2,multi_domain_sentiment,ag_news} (or --datasets-dir); a data set
+that is absent is skipped. Per data set a seeded subset of the training data is written to one
+CSV; *federated* arms split it over K partners (SST-2: Dirichlet α = 1 on labels, K = 10;
+Multi-Domain Sentiment: one partner per product domain, K = 4; AG News: Dirichlet α = 0.5,
+K = 5), *centralized* arms give all of it to a single partner that trains the same local epochs
+per round for the same rounds, with the same DP-SGD (ε is then per record of the pooled set).
+Every arm runs the coordinator's real round loop and the partners' real ClientApp handlers in
+this process (``simulations.local_grid``), and the coordinator scores the shared model each round
+on the same evaluation set: SST-2's labelled 872-example GLUE dev set (``test.tsv`` here), for
+Multi-Domain Sentiment a seeded per-domain sample disjoint from the training subset, for AG News
+a seeded sample of its official test set. Merges per data set into
+results/utility/utility.json, rewritten after each arm (a run cut off keeps what it made).
 """
 
 from __future__ import annotations

@@ -104,8 +104,8 @@ def test_dp_sgd_runs_through_empty_poisson_batches(tiny_bert: str, tmp_path: Pat
 
     sizes: list[int] = []
     forward = training.model_logits
-    monkeypatch.setattr(training, "model_logits",
-                        lambda model, inputs: sizes.append(len(inputs[0])) or forward(model, inputs))
+    monkeypatch.setattr(training, "model_logits", lambda model, inputs: (
+        sizes.append(len(inputs[0])) or forward(model, inputs)))
     config = lora_config(tiny_bert, tmp_path, finetune=finetune)
     model = build_model(config, LABELS)
     data = encode(load_tokenizer(config), _texts(("a goal", "the market", "doctors")), 16)
