@@ -3,6 +3,7 @@ noise Opacus actually adds, and the run-config / CLI surface."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -147,3 +148,15 @@ def test_a_plan_in_persons_says_persons():
     with pytest.raises(UnlearnablePlanError, match=r"with 160 persons expect no learning.*>= "
                                                   r"\d+ persons"):
         plan_dp(160, 1.0, 1e-5, 3, 2, 770, 1.0, unit="person")
+
+
+def test_plan_command_counts_ffa_lora_as_the_b_matrices_and_the_head(capsys) -> None:
+    """MiniLM (6 layers, hidden 384), LoRA on q and v: A and B are 384 × r each per target."""
+    common = ["plan", "--examples", "4800", "--epsilon", "8", "--rounds", "3", "--finetune",
+              "pooled-lora", "--lora-r", "2", "--json"]
+    assert main(common) == 0
+    lora = json.loads(capsys.readouterr().out)["trainable_dims"]
+    assert main([*common, "--lora-freeze-a"]) == 0
+    ffa = json.loads(capsys.readouterr().out)["trainable_dims"]
+    head = 384 * 2 + 2
+    assert lora - head == 6 * 2 * 2 * (384 * 2) and ffa - head == (lora - head) // 2
