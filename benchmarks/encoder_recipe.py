@@ -57,6 +57,8 @@ def parse_arm(text: str) -> dict[str, Any]:
             raise SystemExit(f"arm {text!r}: cannot read {part!r} (keys: {', '.join(KEYS)})")
         arm[match.group(1)] = KEYS[match.group(1)](match.group(2))
     arm.setdefault("lr", planner.default_learning_rate(mode, not math.isinf(arm["eps"])))
+    if (arm["lp"] or arm["ffa"]) and mode != "pooled-lora" and not (arm["ffa"] and mode == "lora"):
+        raise SystemExit(f"arm {text!r}: lp needs pooled-lora, ffa needs pooled-lora or lora")
     return arm
 
 
@@ -82,16 +84,13 @@ def shared_sigma(phases: list[tuple[float, int]], epsilon: float) -> float:
 def run_arm(arm: dict[str, Any], train: TextDataset, dev: TextDataset, device: torch.device,
             seed: int, base_model: str = "") -> dict[str, Any]:
     """Build, train and score one recipe; the row records σ, q, steps and the ε spent."""
-    from common.features import PooledHeadClassifier, pooled_features
+    from common.features import pooled_features
     from common.model import build_model, load_tokenizer, trainable_size
 
     config = RunConfig(finetune=arm["mode"], lora_r=arm["r"], lora_alpha=2 * arm["r"],
-                       seed=seed, max_length=MAX_LENGTH, base_model=base_model)
+                       lora_freeze_a=bool(arm["ffa"]), seed=seed, max_length=MAX_LENGTH,
+                       base_model=base_model)
     model = build_model(config, ("0", "1")).to(device)
-    if arm["ffa"]:
-        for name, param in model.named_parameters():
-            if "lora_A" in name:
-                param.requires_grad_(False)
     tok = load_tokenizer(config)
     data, dev_data = (training.encode(tok, s, MAX_LENGTH) for s in (train, dev))
     dp, n, d = not math.isinf(arm["eps"]), len(train), trainable_size(model)
@@ -104,7 +103,6 @@ def run_arm(arm: dict[str, Any], train: TextDataset, dev: TextDataset, device: t
         view = model
     phases: list[tuple[Any, Any, int]] = []  # (module, data set, epochs)
     if arm["lp"]:
-        assert isinstance(model, PooledHeadClassifier) and model.adapters
         phases.append((model.head, pooled_features(model, data), arm["lp"]))
     phases.append((view, data, arm["ep"]))
     if not dp:

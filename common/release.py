@@ -124,6 +124,7 @@ def check_continues(release: Release, config: RunConfig, labels: Sequence[str]) 
     theirs, ours = release.run_config, config.to_mapping()
     same_mode = theirs.get("finetune") == config.finetune  # then its own settings count
     keys = LAYOUT_KEYS + (FINETUNE_KEYS.get(config.finetune, ()) if same_mode else ())
+    theirs = {**RunConfig().to_mapping(), **theirs}  # a key added since: the default it had
     diffs = [f"{key} = {theirs.get(key)!r} in the release, {ours[key]!r} in this run"
              for key in keys if not _same(key, theirs.get(key), ours[key])]
     if tuple(labels) != release.labels:

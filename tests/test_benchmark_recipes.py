@@ -44,3 +44,9 @@ def test_ag_news_rows_sample_train_and_the_official_test(tmp_path: Path) -> None
     assert all(t.startswith("headline") and "  " not in t for t, _, _ in train)
     assert all(t.startswith("test") for t, _, _ in held)
     assert agnews_rows(tmp_path, 30, 10, seed=1) == (train, held)  # seeded
+
+
+def test_probe_and_ffa_arms_need_adapters() -> None:
+    with pytest.raises(SystemExit, match="lp needs pooled-lora"):
+        parse_arm("full:lp2")
+    assert parse_arm("lora:ffa1")["ffa"] == 1

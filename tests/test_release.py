@@ -214,3 +214,16 @@ def test_a_second_release_continues_the_first(release_1: Path, tiny_bert: str,
                      str(new_rows), "--out", str(tmp_path / release.release_id)]) == 0
         report = json.loads((tmp_path / release.release_id / "monitoring.json").read_text())
         assert report["examples"] == 40 and np.isfinite(report["value"])
+
+
+def test_a_release_from_before_a_setting_existed_continues_with_its_default() -> None:
+    """A release written before `lora-freeze-a` existed has no such key: it trained with the
+    default (false), so a LoRA run with the default continues it, and one with FFA does not."""
+    from common.release import Release, check_continues
+
+    record = {"labels": ["a", "b"], "run_config": {
+        k: v for k, v in RunConfig(finetune="lora").to_mapping().items() if k != "lora-freeze-a"}}
+    old = Release(Path("old"), record)
+    check_continues(old, RunConfig(finetune="lora"), ("a", "b"))
+    with pytest.raises(ConfigError, match="lora-freeze-a = False in the release, True"):
+        check_continues(old, RunConfig(finetune="lora", lora_freeze_a=True), ("a", "b"))
