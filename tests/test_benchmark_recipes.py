@@ -30,7 +30,6 @@ def test_probe_and_fine_tune_phases_share_one_sigma_spending_exactly_epsilon() -
         for _ in range(steps):
             accountant.step(noise_multiplier=sigma, sample_rate=q)
     assert accountant.get_epsilon(DELTA) == pytest.approx(8.0, rel=1e-3)
-    assert shared_sigma(phases[1:], 8.0) < sigma  # the probe's steps cost noise
 
 
 def test_ag_news_rows_sample_train_and_the_official_test(tmp_path: Path) -> None:

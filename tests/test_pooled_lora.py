@@ -97,16 +97,16 @@ def test_export_merges_the_adapters_and_reloads_with_the_same_logits(tiny_bert: 
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("finetune", ["lora", "pooled-lora"])
 def test_dp_sgd_runs_through_empty_poisson_batches(tiny_bert: str, tmp_path: Path,
-                                                   finetune: str, monkeypatch) -> None:
+                                                   monkeypatch) -> None:
+    """Any mode that runs the encoder per step (here LoRA on [CLS]; the fix is in _forward)."""
     from common import training
 
     sizes: list[int] = []
     forward = training.model_logits
     monkeypatch.setattr(training, "model_logits", lambda model, inputs: (
         sizes.append(len(inputs[0])) or forward(model, inputs)))
-    config = lora_config(tiny_bert, tmp_path, finetune=finetune)
+    config = lora_config(tiny_bert, tmp_path, finetune="lora")
     model = build_model(config, LABELS)
     data = encode(load_tokenizer(config), _texts(("a goal", "the market", "doctors")), 16)
     assert len(_forward(model, data.tensors[0][:0], data.tensors[1][:0])) == 0
