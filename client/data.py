@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from client.policy import PartnerSettings
-from common.config import RunConfig
+from common.config import RunConfig, parse_partition
 from common.data import apply_corrections, split_held_out
 from common.errors import ConfigError
 from common.tasks import LabelledData, get_task
@@ -94,17 +94,25 @@ def partner_dataset(config: RunConfig, partner: PartnerSettings,
         data = task.read(partner.data_path, config, labels, partner.text_column,
                          partner.label_column, **columns)
     elif config.data:
-        scheme = config.partition.split(":", 1)
-        group = scheme[1] if scheme[0] == "column" else None
-        full = task.read(config.data, config, labels, group_column=group, **columns)
-        from common.partition import partition_indices  # simulated partners only: its
-        # flwr-datasets import costs a real partner's ClientApp ~1-2 s per message
-        parts = partition_indices(full, partner.num_partitions, config.partition, config.seed)
-        data = full.subset(parts[partner.partition_id])
+        data = simulated_slice(config, partner, labels, **columns)
     else:
         if any(columns.values()):
             raise ConfigError("person-column and group-column name columns of `data`; the "
                               "embedded demo data has none: set data to a file that has them")
         data = task.demo_data(partner.partition_id, config, labels)
     return split_held_out(data, partner.held_out_fraction(config))  # type: ignore[arg-type]
+
+
+def simulated_slice(config: RunConfig, partner: PartnerSettings, labels: tuple[str, ...],
+                    **columns: str | None) -> LabelledData:
+    """A simulated partner's slice of the run's ``data`` file, split as ``partition`` says."""
+    from common.partition import partition_indices  # simulated partners only: its
+    # flwr-datasets import costs a real partner's ClientApp ~1-2 s per message
+
+    scheme, arg = parse_partition(config.partition)
+    full = get_task(config.task).read(config.data, config, labels, **columns,
+                                      group_column=str(arg) if scheme == "column" else None)
+    parts = partition_indices(full, partner.num_partitions, config.partition,  # type: ignore
+                              config.seed)
+    return full.subset(parts[partner.partition_id])
 

@@ -17,11 +17,11 @@ from typing import Mapping
 
 import numpy as np
 
-from client.data import deidentified
+from client.data import deidentified, simulated_slice
 from client.partner import AUDIT_LOG, append_audit, partner_device, weights_sha256
 from client.policy import PartnerSettings
 from common import protocol as P
-from common.config import RunConfig, parse_partition
+from common.config import RunConfig
 from common.device import free_cached
 from common.errors import DataError, PrivacyError
 from common.sources import run_labels
@@ -44,14 +44,7 @@ def monitoring_data(config: RunConfig, partner: PartnerSettings,
                            "node-config monitor-data to a labelled file of new data")
     if not config.data:
         return task.demo_data(partner.partition_id, config, labels)
-    from common.partition import partition_indices  # simulated partners only
-
-    scheme, arg = parse_partition(config.partition)
-    full = task.read(config.data, config, labels, subgroup_column=subgroup,
-                     group_column=str(arg) if scheme == "column" else None)
-    parts = partition_indices(full, partner.num_partitions, config.partition,  # type: ignore
-                              config.seed)
-    return full.subset(parts[partner.partition_id])
+    return simulated_slice(config, partner, labels, subgroup_column=subgroup)
 
 
 def answer_monitoring(config: RunConfig, partner: PartnerSettings,

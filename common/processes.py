@@ -56,11 +56,9 @@ def with_descendants(pids: list[int]) -> list[int]:
     child of a tagged process is stopped as such."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(proc.name))
+        fields = _stat(int(proc.name))
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(proc.name))
     found, todo = set(pids), list(pids)
     while todo:
         for child in children.get(todo.pop(), []):
@@ -103,12 +101,18 @@ def stop_tagged(tag: str, grace: float = 5.0, quiet: float = 0.5) -> list[int]:
     return found
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (state, ppid, …, start time at [19]); [] when
+    the process is gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _identity(pid: int) -> tuple[int, str] | None:
     """(PID, start time): a PID that is reused after its process died is another process."""
-    try:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
+    fields = _stat(pid)
     return None if len(fields) < 20 or fields[0] in "ZX" else (pid, fields[19])  # Z: dead
 
 

@@ -28,8 +28,7 @@ FINETUNE_KEYS = {"lora": ("lora-r", "lora-alpha", "lora-freeze-a"),
                  "full": ("freeze-embeddings",)}
 # what a monitoring run (run config `monitor`) takes from the release: the model partners build
 MODEL_KEYS = ("base-model", "task", "finetune", "lora-r", "lora-alpha", "lora-freeze-a",
-              "freeze-embeddings",
-              "labels", "max-length")
+              "freeze-embeddings", "labels", "max-length")
 
 
 @dataclass(frozen=True)
@@ -121,10 +120,10 @@ def _same(key: str, theirs: Any, ours: Any) -> bool:
 def check_continues(release: Release, config: RunConfig, labels: Sequence[str]) -> None:
     """A run may start from ``release`` only with the same base model, task, labels (ids in
     the same order) and finetune settings; one ConfigError names every difference."""
-    theirs, ours = release.run_config, config.to_mapping()
+    # a key added since the release was written: it trained with that key's default
+    theirs, ours = {**RunConfig().to_mapping(), **release.run_config}, config.to_mapping()
     same_mode = theirs.get("finetune") == config.finetune  # then its own settings count
     keys = LAYOUT_KEYS + (FINETUNE_KEYS.get(config.finetune, ()) if same_mode else ())
-    theirs = {**RunConfig().to_mapping(), **theirs}  # a key added since: the default it had
     diffs = [f"{key} = {theirs.get(key)!r} in the release, {ours[key]!r} in this run"
              for key in keys if not _same(key, theirs.get(key), ours[key])]
     if tuple(labels) != release.labels:

@@ -55,7 +55,6 @@ def finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-
 def json_safe(value: Any) -> Any:
     """NaN / ±inf (an empty batch's loss, ε without DP) become null: JSON has no such numbers."""
     if isinstance(value, float):
@@ -65,6 +64,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
 
 def _digest(body: Any) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
