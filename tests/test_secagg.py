@@ -235,7 +235,8 @@ def test_rounds_through_the_apps_with_a_dropout(tiny_bert: str, tmp_path: Path,
     assert len(masked) == 5 and np.abs(final_flat - fedavg_flat).max() < 1e-5
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ≈ 1–3 min of Ray; the apps' SecAgg+ rounds run in the default suite through
+# LocalGrid (test_rounds_through_the_apps_with_a_dropout), and over TLS in test_deployment
 def test_flwr_simulation_with_secure_aggregation(tiny_bert: str, tmp_path: Path) -> None:
     """`consortium simulate` (i.e. `flwr run`), 3 partners × 2 rounds, one partner leaving in
     round 1 after sharing keys: the run completes on the survivors' sum."""
