@@ -1,21 +1,23 @@
 """Benchmark P3 (utility): federated DP vs centralized non-private vs federated non-private vs
-centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2, on Multi-Domain Sentiment split by domain, and on
-AG News (4 topics).
+centralized DP, at ε ∈ {1, 3, 8, ∞}, on SST-2, on Multi-Domain Sentiment split by domain, on
+AG News (4 topics) and on CoNLL-2003 NER (entity F1).
 
     python -m benchmarks.utility [--dataset sst2] [--finetune head] [--train-examples 2000]
 
-Reads ../shared/datasets/{sst2,multi_domain_sentiment,ag_news} (or --datasets-dir); a data set
-that is absent is skipped. Per data set a seeded subset of the training data is written to one
-CSV; *federated* arms split it over K partners (SST-2: Dirichlet α = 1 on labels, K = 10;
-Multi-Domain Sentiment: one partner per product domain, K = 4; AG News: Dirichlet α = 0.5,
-K = 5), *centralized* arms give all of it to a single partner that trains the same local epochs
-per round for the same rounds, with the same DP-SGD (ε is then per record of the pooled set).
+Reads ../shared/datasets/{sst2,multi_domain_sentiment,ag_news,conll2003} (or --datasets-dir); a
+data set that is absent is skipped. Per data set a seeded subset of the training data is written
+to one CSV (CoNLL: one ``word tag`` file); *federated* arms split it over K partners (SST-2:
+Dirichlet α = 1 on labels, K = 10; Multi-Domain Sentiment: one partner per product domain,
+K = 4; AG News: Dirichlet α = 0.5, K = 5; CoNLL-2003: iid, K = 3), *centralized* arms give all
+of it to a single partner that trains the same local epochs per round for the same rounds, with
+the same DP-SGD (ε is then per record of the pooled set).
 Every arm runs the coordinator's real round loop and the partners' real ClientApp handlers in
 this process (``simulations.local_grid``), and the coordinator scores the shared model each round
 on the same evaluation set: SST-2's labelled 872-example GLUE dev set (``test.tsv`` here), for
 Multi-Domain Sentiment a seeded per-domain sample disjoint from the training subset, for AG News
-a seeded sample of its official test set. Merges per data set into
-results/utility/utility.json, rewritten after each arm (a run cut off keeps what it made).
+and CoNLL-2003 a seeded sample of the official test set (the score: the task's main metric,
+accuracy or entity F1). Merges per data set into results/utility/utility.json, rewritten after
+each arm (a run cut off keeps what it made).
 """
 
 from __future__ import annotations
@@ -54,7 +56,28 @@ DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, si
                         folder="multi_domain_sentiment", labels="0,1"),
             "agnews": dict(partition="dirichlet:0.5", partners=5, max_length=64,
                            sizes=(10000, 2000), folder="ag_news",
-                           labels="World,Sports,Business,Sci/Tech")}
+                           labels="World,Sports,Business,Sci/Tech"),
+            "conll2003": dict(partition="iid", partners=3, max_length=64, sizes=(14041, 3453),
+                              folder="conll2003", labels="LOC,MISC,ORG,PER",
+                              task="token-classification")}
+
+
+def conll_sentences(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
+    """Seeded samples of CoNLL-2003's training file and of its official test file, as
+    (words, IOB2 tags) per sentence."""
+    from common.tokens import read_sentences
+
+    rng = np.random.default_rng(seed)
+    train, test = read_sentences(root / "train.txt"), read_sentences(root / "test.txt")
+    return ([train[i] for i in sorted(rng.permutation(len(train))[:n_train])],
+            [test[i] for i in sorted(rng.permutation(len(test))[:n_eval])])
+
+
+def write_conll(sentences: list[tuple[list[str], list[str]]], target: Path) -> None:
+    """``word tag`` lines, a blank line after each sentence."""
+    lines = [f"{w} {t}" for words, tags in sentences for w, t in
+             [*zip(words, tags), ("", "")]]
+    target.write_text("\n".join(line.strip() for line in lines) + "\n", encoding="utf-8")
 
 
 def write_csv(rows: list[tuple[str, str, str]], target: Path) -> None:
@@ -109,7 +132,9 @@ def mds_rows(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, li
 def run_arm(config: RunConfig, partners: int) -> dict[str, Any]:
     """One arm through the real round loop; DP plans too weak to learn are run anyway
     (dp-plan-check = false here) so that the table shows what they give."""
+    from common.tasks import get_task
     from server.coordinator import run_federation  # after logging is configured
+    from server.evaluation import line_key
 
     out = Path(config.out_dir)
     shutil.rmtree(out, ignore_errors=True)
@@ -118,23 +143,29 @@ def run_arm(config: RunConfig, partners: int) -> dict[str, Any]:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     report = json.loads((out / "privacy_report.json").read_text())
     own = [ln["eval_coordinator"] for ln in lines]
-    return {"seconds": round(time.time() - started, 1),
-            "accuracy_per_round": [o["accuracy"] for o in own],
+    metric = line_key(get_task(config.task).main_metric)  # accuracy, entity_f1
+    return {"seconds": round(time.time() - started, 1), "metric": metric,
+            "score_per_round": [o[metric] for o in own], "final_score": own[-1][metric],
             "final_accuracy": own[-1]["accuracy"], "final_macro_f1": own[-1]["macro_f1"],
-            "partners_mean_accuracy": lines[-1]["eval_accuracy"],
+            "partners_mean_score": lines[-1].get(f"eval_{metric}"),
             "max_epsilon": lines[-1]["max_epsilon"],
             "noise_multipliers": sorted({p["noise_multiplier"] for p in
                                          report.get("partners", {}).values()
                                          if p.get("noise_multiplier") is not None})}
 
 
+def final_score(arm: dict[str, Any]) -> float:
+    """The arm's main metric on the evaluation set (results before entity F1 kept accuracy)."""
+    return arm.get("final_score", arm["final_accuracy"])
+
+
 def gaps(arms: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Points below the best centralized non-private arm (any fine-tuning mode), per arm."""
-    refs = [a["final_accuracy"] for n, a in arms.items() if n.endswith("_central_epsinf")]
+    refs = [final_score(a) for n, a in arms.items() if n.endswith("_central_epsinf")]
     if not refs:
         return {}
     best = max(refs)
-    return {name: round(100 * (best - arm["final_accuracy"]), 2) for name, arm in arms.items()}
+    return {name: round(100 * (best - final_score(arm)), 2) for name, arm in arms.items()}
 
 
 def arms(args: argparse.Namespace, name: str, base: dict[str, Any]) -> list[Arm]:
@@ -146,7 +177,9 @@ def arms(args: argparse.Namespace, name: str, base: dict[str, Any]) -> list[Arm]
                 partners = spec["partners"] if setting == "federated" else 1
                 privacy = dict(dp=False) if math.isinf(eps) else dict(epsilon=eps)
                 tuned = {**MODE_SETTINGS[mode], **({} if args.learning_rate is None else
-                                                   {"learning_rate": args.learning_rate})}
+                                                   {"learning_rate": args.learning_rate}),
+                         **({} if args.local_epochs is None else
+                            {"local_epochs": args.local_epochs})}
                 arm = f"{mode}_{setting}_eps{eps:g}"
                 config = RunConfig(**base, **tuned, **privacy, finetune=mode, dp_plan_check=False,
                                    partition=spec["partition"] if partners > 1 else "iid",
@@ -170,11 +203,16 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
     n_eval = args.eval_examples or spec["sizes"][1]
     train, held = {"sst2": lambda: sst2_rows(folder, n_train, args.seed),
                    "mds": lambda: mds_rows(folder, n_train, n_eval, args.seed),
-                   "agnews": lambda: agnews_rows(folder, n_train, n_eval, args.seed)}[name]()
-    write_csv(train, args.out / f"{name}_train.csv")
-    write_csv(held, args.out / f"{name}_eval.csv")
-    base = dict(data=str(args.out / f"{name}_train.csv"), labels=spec["labels"],
-                server_eval_data=str(args.out / f"{name}_eval.csv"),
+                   "agnews": lambda: agnews_rows(folder, n_train, n_eval, args.seed),
+                   "conll2003": lambda: conll_sentences(folder, n_train, n_eval, args.seed),
+                   }[name]()
+    task = spec.get("task", "text-classification")
+    files = [args.out / f"{name}_{part}.{'conll' if task != 'text-classification' else 'csv'}"
+             for part in ("train", "eval")]
+    for rows, target in zip((train, held), files):
+        (write_csv if task == "text-classification" else write_conll)(rows, target)
+    base = dict(task=task, data=str(files[0]), labels=spec["labels"],
+                server_eval_data=str(files[1]),
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
                 round_timeout=60.0, **({} if args.update_clip_norm is None else
@@ -195,6 +233,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-examples", type=int, help="mds evaluation sample (default 400)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, help="override the mode's learning rate")
+    parser.add_argument("--local-epochs", type=int, help="override the mode's local epochs")
     parser.add_argument("--update-clip-norm", type=float, help="run config update-clip-norm "
                         "(default 10; 0 = none, for the best non-private reference)")
     parser.add_argument("--seed", type=int, default=42)
@@ -235,7 +274,7 @@ def main() -> int:
             summary["machine"]["load_average_at_end"] = os.getloadavg()
             harness.write_json(target, summary)
             arm = next(reversed(done))
-            print(f"{name} {arm}: accuracy {done[arm]['final_accuracy']:.4f}", flush=True)
+            print(f"{name} {arm}: {done[arm]['metric']} {done[arm]['final_score']:.4f}", flush=True)
 
         harness.run_arms(arms(args, name, base), measure, save=save)
     print_table(summary)
@@ -248,7 +287,7 @@ def print_table(summary: dict[str, Any]) -> None:
              "gap": entry.get("gap_to_central_no_dp_points", {}).get(arm)}
             for name, entry in summary["datasets"].items() for arm, r in entry["arms"].items()]
     print("\n" + harness.table(rows, [
-        Column("data", "data"), Column("arm", "arm"), Column("accuracy", "final_accuracy", ".4f"),
+        Column("data", "data"), Column("arm", "arm"), Column("score", final_score, ".4f"),
         Column("max ε", "max_epsilon", ".2f", missing="∞"), Column("gap pts", "gap", "+.1f"),
         Column("s", "seconds", ".0f")]))
 

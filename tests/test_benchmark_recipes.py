@@ -1,4 +1,4 @@
-"""The issue-12 benchmarks' own logic: reading an arm and the AG News loader. (The σ a
+"""The issue-12 benchmarks' own logic: reading an arm, the AG News and CoNLL-2003 loaders. (The σ a
 linear-probe-then-LoRA arm shares is checked in each result: its row records the ε Opacus'
 accountant gives for the history actually run.)"""
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.encoder_recipe import parse_arm
-from benchmarks.utility import DATASETS, agnews_rows
+from benchmarks.utility import DATASETS, agnews_rows, conll_sentences, final_score, write_conll
+from common.tokens import read_sentences
 
 
 def test_an_arm_reads_its_keys_and_refuses_unknown_ones() -> None:
@@ -39,3 +40,23 @@ def test_probe_and_ffa_arms_need_adapters() -> None:
     with pytest.raises(SystemExit, match="lp needs pooled-lora"):
         parse_arm("full:lp2")
     assert parse_arm("lora:ffa1")["ffa"] == 1
+
+
+def test_conll_rows_sample_both_files_and_round_trip(tmp_path: Path) -> None:
+    def sentence(i: int) -> str:
+        return (f"-DOCSTART- -X- -X- O\n\nw{i} NNP B-NP B-PER\nsaid VBD B-VP O\n"
+                "Paris NNP B-NP I-LOC\n")
+    (tmp_path / "train.txt").write_text("\n".join(sentence(i) for i in range(12)))
+    (tmp_path / "test.txt").write_text("\n".join(sentence(100 + i) for i in range(6)))
+    train, held = conll_sentences(tmp_path, 5, 4, seed=3)
+    assert len(train) == 5 and len(held) == 4
+    assert all(words[0].startswith("w") and int(words[0][1:]) < 12 for words, _ in train)
+    assert all(int(words[0][1:]) >= 100 for words, _ in held)
+    assert tuple(train[0][1]) == ("B-PER", "O", "B-LOC")  # IOB1 read as IOB2
+    write_conll(train, tmp_path / "out.conll")
+    assert read_sentences(tmp_path / "out.conll") == train
+
+
+def test_an_arm_is_scored_by_its_main_metric() -> None:
+    assert final_score({"final_score": 0.7, "final_accuracy": 0.9}) == 0.7  # entity F1
+    assert final_score({"final_accuracy": 0.8}) == 0.8  # results written before entity F1
