@@ -147,7 +147,7 @@ def run_arm(config: RunConfig, partners: int) -> dict[str, Any]:
     return {"seconds": round(time.time() - started, 1), "metric": metric,
             "score_per_round": [o[metric] for o in own], "final_score": own[-1][metric],
             "final_accuracy": own[-1]["accuracy"], "final_macro_f1": own[-1]["macro_f1"],
-            "partners_mean_score": lines[-1].get(f"eval_{metric}"),
+            "partners_mean_score": (lines[-1].get("eval_mean") or {}).get(metric),
             "max_epsilon": lines[-1]["max_epsilon"],
             "noise_multipliers": sorted({p["noise_multiplier"] for p in
                                          report.get("partners", {}).values()
@@ -179,7 +179,8 @@ def arms(args: argparse.Namespace, name: str, base: dict[str, Any]) -> list[Arm]
                 tuned = {**MODE_SETTINGS[mode], **({} if args.learning_rate is None else
                                                    {"learning_rate": args.learning_rate}),
                          **({} if args.local_epochs is None else
-                            {"local_epochs": args.local_epochs})}
+                            {"local_epochs": args.local_epochs}),
+                         **({} if args.batch_size is None else {"batch_size": args.batch_size})}
                 arm = f"{mode}_{setting}_eps{eps:g}"
                 config = RunConfig(**base, **tuned, **privacy, finetune=mode, dp_plan_check=False,
                                    partition=spec["partition"] if partners > 1 else "iid",
@@ -234,6 +235,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, help="override the mode's learning rate")
     parser.add_argument("--local-epochs", type=int, help="override the mode's local epochs")
+    parser.add_argument("--batch-size", type=int, help="an expected batch instead of the "
+                        "planner's (auto)")
     parser.add_argument("--update-clip-norm", type=float, help="run config update-clip-norm "
                         "(default 10; 0 = none, for the best non-private reference)")
     parser.add_argument("--seed", type=int, default=42)
