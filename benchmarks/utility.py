@@ -59,7 +59,7 @@ DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, si
                            labels="World,Sports,Business,Sci/Tech"),
             "conll2003": dict(partition="iid", partners=3, max_length=64, sizes=(14041, 3453),
                               folder="conll2003", labels="LOC,MISC,ORG,PER",
-                              task="token-classification")}
+                              task="token-classification", format="conll")}
 
 
 def conll_sentences(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
@@ -207,18 +207,21 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
                    "agnews": lambda: agnews_rows(folder, n_train, n_eval, args.seed),
                    "conll2003": lambda: conll_sentences(folder, n_train, n_eval, args.seed),
                    }[name]()
-    task = spec.get("task", "text-classification")
-    files = [args.out / f"{name}_{part}.{'conll' if task != 'text-classification' else 'csv'}"
-             for part in ("train", "eval")]
+    suffix = spec.get("format", "csv")
+    files = [args.out / f"{name}_{part}.{suffix}" for part in ("train", "eval")]
     for rows, target in zip((train, held), files):
-        (write_csv if task == "text-classification" else write_conll)(rows, target)
-    base = dict(task=task, data=str(files[0]), labels=spec["labels"],
+        WRITERS[suffix](rows, target)
+    base = dict(task=spec.get("task", "text-classification"), data=str(files[0]),
+                labels=spec["labels"],
                 server_eval_data=str(files[1]),
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
                 round_timeout=60.0, **({} if args.update_clip_norm is None else
                                        {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
+
+
+WRITERS = {"csv": write_csv, "conll": write_conll}  # a data set's file format -> its writer
 
 
 def parse_args() -> argparse.Namespace:
