@@ -234,7 +234,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", choices=["central", "federated"],
                         default=["central", "federated"])
     parser.add_argument("--train-examples", type=int, help="training subset (default per set)")
-    parser.add_argument("--eval-examples", type=int, help="mds evaluation sample (default 400)")
+    parser.add_argument("--eval-examples", type=int, help="evaluation sample (default per set; "
+                        "SST-2 always scores its 872 dev sentences)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, help="override the mode's learning rate")
     parser.add_argument("--local-epochs", type=int, help="override the mode's local epochs")
