@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.harness import PACKAGES, Arm, Column
+from benchmarks.utility import write_conll
 from client.data import PartnerSettings, partner_dataset
 from common.config import RunConfig
 from common.logs import configure_logging
@@ -50,11 +51,7 @@ def sample_conll(source: Path, target: Path, n: int, seed: int) -> int:
     """A seeded sample of ``n`` sentences of a CoNLL file, written as ``word tag`` lines."""
     sentences = read_sentences(source)
     pick = np.sort(np.random.default_rng(seed).permutation(len(sentences))[:n])
-    lines = []
-    for i in pick:
-        words, tags = sentences[int(i)]
-        lines += [f"{w} {t}" for w, t in zip(words, tags)] + [""]
-    target.write_text("\n".join(lines) + "\n")
+    write_conll([sentences[int(i)] for i in pick], target)
     return len(pick)
 
 

@@ -87,6 +87,9 @@ def write_csv(rows: list[tuple[str, str, str]], target: Path) -> None:
         writer.writerows(rows)
 
 
+WRITERS = {"csv": write_csv, "conll": write_conll}  # a data set's file format -> its writer
+
+
 def sst2_rows(root: Path, n_train: int, seed: int) -> tuple[list, list]:
     """A seeded sample of SST-2 train; all 872 labelled GLUE dev sentences for evaluation."""
     def read(name: str) -> list[tuple[str, str, str]]:
@@ -219,9 +222,6 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
                 round_timeout=60.0, **({} if args.update_clip_norm is None else
                                        {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
-
-
-WRITERS = {"csv": write_csv, "conll": write_conll}  # a data set's file format -> its writer
 
 
 def parse_args() -> argparse.Namespace:

@@ -23,6 +23,7 @@ from common.model import build_model, load_tokenizer, save_model, trainable_stat
 from common.synthetic import LABELS
 from common.training import DPSettings, TrainSettings, _forward, encode, train_dp
 
+
 def lora_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
     values = dict(base_model=tiny_bert, finetune="pooled-lora", examples_per_partner=200,
                   max_length=16, local_epochs=1, num_rounds=1, epsilon=8.0, lora_r=2,
