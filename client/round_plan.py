@@ -1,5 +1,6 @@
 """What a partner's round trains and with which schedule: the DP plan (common.planner) from public
-quantities only (n, ε, δ, rounds, d), and, for pooled-head, the head on cached features.
+quantities only (n, ε, δ, rounds, d), and, for pooled-head and head, the head on cached
+features.
 
 No flwr here; client/partner.py calls these before any ε is spent.
 """
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from common.config import AUTO, RunConfig
 from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
+from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
 from common.planner import NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp
 
@@ -55,20 +57,32 @@ def batch_and_learning_rate(config: RunConfig, plan: DPPlan | None) -> tuple[int
 
 def memory_batch(config: RunConfig, batch: int) -> tuple[int, bool]:
     """(batch, per-sample gradients?) whose memory the encoder must hold: pooled-head runs the
-    encoder only in no-grad feature passes; the head's DP step is small."""
-    return (FEATURE_BATCH, False) if config.finetune == "pooled-head" else (batch, config.dp)
+    encoder only in no-grad feature passes; head's encoder never needs gradients (its inputs
+    are cached, or, past common.head_features.MAX_CACHED_BYTES, computed per step); the head's
+    DP step is small."""
+    if config.finetune == "pooled-head":
+        return FEATURE_BATCH, False
+    return batch, config.dp and config.finetune != "head"
 
 
 def trainable_view(model: nn.Module, data: TensorDataset,
                    cache: Path | None = None) -> tuple[nn.Module, TensorDataset]:
-    """What DP-SGD runs on: the model and encoded texts, or, for pooled-head, its head and the
-    frozen features, computed once per text and kept in ``cache`` (the partner's own disk)."""
-    if not isinstance(model, PooledHeadClassifier) or model.adapters:
-        return model, data
+    """What DP-SGD runs on: the model and encoded texts; for pooled-head, its head and the
+    frozen features; for head, the classifier and its inputs. Both are computed once per text
+    and kept in ``cache`` (the partner's own disk)."""
     started = time.perf_counter()
-    features = cached_pooled_features(model, data, cache)
-    logger.info("features of %d texts in %.1f s", len(features), time.perf_counter() - started)
-    return model.head, features
+    if isinstance(model, PooledHeadClassifier):
+        if model.adapters:
+            return model, data
+        trained, inputs = model.head, cached_pooled_features(model, data, cache)
+    else:
+        head = trainable_head(model)
+        cached = cached_head_inputs(model, head, data, cache) if head is not None else None
+        if cached is None:
+            return model, data
+        trained, inputs = head, cached
+    logger.info("features of %d texts in %.1f s", len(inputs), time.perf_counter() - started)
+    return trained, inputs
 
 
 def _num_labels(model: nn.Module) -> int | None:

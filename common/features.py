@@ -20,6 +20,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -101,22 +102,38 @@ def cached_pooled_features(model: PooledHeadClassifier, data: TensorDataset,
     the frozen encoder runs over a text once per partner, not once per round. Keyed by the
     frozen weights and the encoded texts (not the labels): a cached file is exactly what the
     encoder would compute again, and holds nothing the partner's data file does not."""
-    if cache is None:
-        return pooled_features(model, data)
-    input_ids, mask, labels = data.tensors
-    digest = hashlib.sha256(frozen_fingerprint(model.encoder).encode())
-    for tensor in (input_ids, mask):
+    labels = data.tensors[2]
+    features = cached_tensor(cache, "features", feature_key(model.encoder, data),
+                             (len(labels), model.head.in_features),
+                             lambda: pooled_features(model, data).tensors[0])
+    return TensorDataset(features, labels)
+
+
+def feature_key(frozen: nn.Module, data: TensorDataset) -> str:
+    """A cache key for what ``frozen`` computes from ``data``'s encoded texts: its frozen
+    weights and the (input_ids, mask) tensors, never the labels."""
+    digest = hashlib.sha256(frozen_fingerprint(frozen).encode())
+    for tensor in data.tensors[:2]:
         digest.update(tensor.contiguous().numpy().tobytes())
-    path = Path(cache) / f"features-{digest.hexdigest()[:40]}.pt"
+    return digest.hexdigest()[:40]
+
+
+def cached_tensor(cache: Path | None, kind: str, key: str, shape: tuple[int, ...],
+                  compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, or the copy kept at ``cache/<kind>-<key>.pt`` (written atomically, 0600,
+    in a 0700 folder); a kept file of another shape is logged and computed again."""
+    if cache is None:
+        return compute()
+    path = Path(cache) / f"{kind}-{key}.pt"
     if path.is_file():
-        features = torch.load(path, weights_only=True)
-        if tuple(features.shape) == (len(labels), model.head.in_features):
-            return TensorDataset(features, labels)
+        kept = torch.load(path, weights_only=True)
+        if tuple(kept.shape) == tuple(shape):
+            return kept
         logger.warning("%s does not fit this data; computing the features again", path)
-    result = pooled_features(model, data)
+    result = compute()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     buffer = io.BytesIO()
-    torch.save(result.tensors[0], buffer)
+    torch.save(result, buffer)
     atomic_write_bytes(path, buffer.getvalue(), mode=0o600)
     return result
 

@@ -1,0 +1,101 @@
+"""finetune = "head" on cached inputs: when the model's only trainable module is its classifier,
+everything below it is frozen, so the classifier's input is computed once per example (an
+eval-mode pass: no dropout) and kept on the partner's disk, and DP-SGD runs over the classifier
+alone on those inputs. The same Opacus mechanism and accounting as running the whole model: the
+classifier's weights, their per-example gradients and the sampled examples are the same; only
+the frozen forward pass is not repeated in every step of every round.
+
+Works for any transformers classifier whose head is one module named ``classifier`` (BERT's
+sequence and token classifiers take the pooled or per-token output; RoBERTa's head takes the
+token outputs and reads the first). The input is captured by a forward pre-hook on the head, so
+it is exactly what the head sees in evaluation and in the exported model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.features import FEATURE_BATCH, cached_tensor, feature_key
+from common.training import model_logits
+
+logger = logging.getLogger(__name__)
+
+HEAD = "classifier"  # transformers' name of a *For{Sequence,Token}Classification model's head
+MAX_CACHED_BYTES = 4 * 2**30  # above this the inputs are not kept: the encoder runs per step
+
+
+def trainable_head(model: nn.Module) -> nn.Module | None:
+    """The model's classifier when it holds every trainable parameter (finetune = head), else
+    None (LoRA, full fine-tuning, or no such module)."""
+    head = getattr(model, HEAD, None)
+    if not isinstance(head, nn.Module):
+        return None
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    in_head = {f"{HEAD}.{name}" for name, p in head.named_parameters() if p.requires_grad}
+    return head if trainable and trainable == in_head else None
+
+
+def input_bytes(model: nn.Module, data: TensorDataset) -> int:
+    """An upper bound on the cached inputs' size: per-token outputs of the hidden width at every
+    position of the longest text (a pooled head needs far less)."""
+    hidden = int(getattr(model.config, "hidden_size", 0))
+    input_ids, mask = data.tensors[:2]
+    return len(input_ids) * max(1, int(mask.sum(dim=1).max())) * hidden * 4
+
+
+def cached_head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset,
+                       cache: Path | None) -> TensorDataset | None:
+    """(the head's inputs, labels), kept in ``cache`` (the partner's own disk, 0600) and keyed
+    by the frozen weights and the encoded texts; None when they would exceed
+    ``MAX_CACHED_BYTES`` (logged: the encoder then runs in every step)."""
+    size = input_bytes(model, data)
+    if size > MAX_CACHED_BYTES:
+        logger.info("the head's inputs for %d texts would take %.1f GiB (over %.0f): the frozen "
+                    "encoder runs in every step instead", len(data), size / 2**30,
+                    MAX_CACHED_BYTES / 2**30)
+        return None
+    first = head_inputs(model, head, data[:1])  # one row: the shape a kept file must have
+    longest = max(1, int(data.tensors[1].sum(dim=1).max()))
+    shape = ((len(data), longest, *first.shape[2:]) if first.dim() >= 3  # per token, padded
+             else (len(data), *first.shape[1:]))
+    inputs = cached_tensor(cache, "head-inputs", feature_key(model, data), shape,
+                           lambda: head_inputs(model, head, data))
+    return TensorDataset(inputs, data.tensors[2])
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset | tuple,
+                batch_size: int = FEATURE_BATCH) -> torch.Tensor:
+    """What ``head`` receives for each encoded (input_ids, mask, ...) row, in eval mode, in
+    length-sorted batches; rows keep ``data``'s order, per-token inputs are zero-padded to the
+    longest text (their labels there are ignored, as in a padded batch)."""
+    input_ids, mask = (data.tensors if isinstance(data, TensorDataset) else data)[:2]
+    lengths = mask.sum(dim=1)
+    longest = max(1, int(lengths.max()))
+    order = torch.argsort(lengths, stable=True)
+    seen: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    was_training, out = model.training, None
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            seen.clear()
+            model_logits(model, [input_ids[rows], mask[rows]])
+            part = seen[0].float().cpu()
+            if out is None:
+                tail = (longest, *part.shape[2:]) if part.dim() >= 3 else part.shape[1:]
+                out = torch.zeros(len(input_ids), *tail)
+            if part.dim() >= 3:
+                out[rows, :part.shape[1]] = part
+            else:
+                out[rows] = part
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return out
