@@ -80,6 +80,9 @@ class RunConfig:
                          choices=FINETUNE_MODES)
     lora_r: int = _opt(8, "LoRA rank.", min=1)
     lora_alpha: int = _opt(16, "LoRA scaling numerator.", min=1)
+    lora_layers: int = _opt(0, "LoRA adapters in the top N encoder layers only (0 = every "
+                               "layer): fewer trainable numbers, so less DP noise, and no "
+                               "backward pass through the layers below.", min=0)
     lora_freeze_a: bool = _opt(False, "FFA-LoRA: keep LoRA's A matrices at their seeded random "
                                       "start and train only B (half the trainable numbers, so "
                                       "less DP noise; BENCHMARKS.md, encoder recipes).")

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from common.config import RunConfig
-from common.errors import ModelError, UpdateError
+from common.errors import ConfigError, ModelError, UpdateError
 from common.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
         lora = LoraConfig(task_type=TaskType[task.peft_task_type],
                           r=config.lora_r,
                           lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules=list(LORA_TARGETS))
+                          target_modules=list(LORA_TARGETS),
+                          layers_to_transform=lora_layers(model.config, config))
         model = get_peft_model(model, lora)
         freeze_lora_a(model, config)
     elif config.finetune == "head":
@@ -102,10 +103,22 @@ def _pooled_head(path: str, num_labels: int, config: RunConfig) -> nn.Module:
 
         encoder = get_peft_model(encoder, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-            target_modules=list(LORA_TARGETS)))
+            target_modules=list(LORA_TARGETS),
+            layers_to_transform=lora_layers(encoder.config, config)))
     model = PooledHeadClassifier(encoder, num_labels, adapters=adapters)
     freeze_lora_a(model, config)
     return model.train()
+
+
+def lora_layers(model_config, config: RunConfig) -> list[int] | None:
+    """The encoder layers that get adapters: the top ``lora-layers`` ones, or None (all)."""
+    if not config.lora_layers:
+        return None
+    total = int(getattr(model_config, "num_hidden_layers", 0))
+    if config.lora_layers > total:
+        raise ConfigError(f"lora-layers = {config.lora_layers}, but {config.base_model!r} has "
+                          f"{total} encoder layers")
+    return list(range(total - config.lora_layers, total))
 
 
 def freeze_lora_a(model: nn.Module, config: RunConfig) -> None:

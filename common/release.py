@@ -23,12 +23,12 @@ WEIGHTS_FILE = "release_weights.npz"
 FORMAT = "consortium-release/1"
 # run-config keys that decide the trainable layout: a run continuing a release must match them
 LAYOUT_KEYS = ("base-model", "task", "finetune")
-FINETUNE_KEYS = {"lora": ("lora-r", "lora-alpha", "lora-freeze-a"),
-                 "pooled-lora": ("lora-r", "lora-alpha", "lora-freeze-a"),
+FINETUNE_KEYS = {"lora": ("lora-r", "lora-alpha", "lora-layers", "lora-freeze-a"),
+                 "pooled-lora": ("lora-r", "lora-alpha", "lora-layers", "lora-freeze-a"),
                  "full": ("freeze-embeddings",)}
 # what a monitoring run (run config `monitor`) takes from the release: the model partners build
-MODEL_KEYS = ("base-model", "task", "finetune", "lora-r", "lora-alpha", "lora-freeze-a",
-              "freeze-embeddings", "labels", "max-length")
+MODEL_KEYS = ("base-model", "task", "finetune", "lora-r", "lora-alpha", "lora-layers",
+              "lora-freeze-a", "freeze-embeddings", "labels", "max-length")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune", help="lora | full | head | pooled-head | pooled-lora (default: "
                    "the run config's)")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default: the run config's)")
+    p.add_argument("--lora-layers", type=int,
+                   help="LoRA in the top N encoder layers only (default: the run config's)")
     p.add_argument("--lora-freeze-a", action="store_true", default=None,
                    help="FFA-LoRA: count only the B matrices as trainable")
     p.add_argument("--batch-size", help="auto or an expected batch (default: auto)")
@@ -32,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace) -> RunConfig:
     values = {"epsilon": args.epsilon, "num-rounds": args.rounds, "delta": args.delta,
               "local-epochs": args.local_epochs, "finetune": args.finetune,
-              "lora-r": args.lora_r, "lora-freeze-a": args.lora_freeze_a,
+              "lora-r": args.lora_r, "lora-layers": args.lora_layers,
+              "lora-freeze-a": args.lora_freeze_a,
               "batch-size": (args.batch_size if args.batch_size in (None, AUTO)
                              else _int(args.batch_size))}
     return RunConfig.from_mapping({k: v for k, v in values.items() if v is not None})

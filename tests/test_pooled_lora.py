@@ -50,6 +50,19 @@ def test_adapters_and_head_train_and_ffa_freezes_a(tiny_bert: str, tmp_path: Pat
     assert frozen_fingerprint(ffa) == frozen_fingerprint(again) != frozen_fingerprint(other)
 
 
+@pytest.mark.parametrize("finetune", ["pooled-lora", "lora"])
+def test_lora_layers_puts_adapters_in_the_top_layers_only(tiny_bert: str, tmp_path: Path,
+                                                          finetune: str) -> None:
+    every = trainable_state(build_model(lora_config(tiny_bert, tmp_path, finetune=finetune),
+                                        LABELS))
+    top = trainable_state(build_model(lora_config(tiny_bert, tmp_path, finetune=finetune,
+                                                  lora_layers=1), LABELS))
+    assert {n for n in every if "layer.0." in n and "lora_" in n}  # 2 layers: 0 and 1
+    assert sorted(top) == [n for n in sorted(every) if "layer.0." not in n]
+    with pytest.raises(ConfigError, match="lora-layers = 3, but .* has 2 encoder layers"):
+        build_model(lora_config(tiny_bert, tmp_path, finetune=finetune, lora_layers=3), LABELS)
+
+
 def test_ffa_dp_round_moves_b_only_and_accounts_like_opacus(tiny_bert: str,
                                                             tmp_path: Path) -> None:
     config = lora_config(tiny_bert, tmp_path, lora_freeze_a=True)
