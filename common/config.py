@@ -72,8 +72,9 @@ class RunConfig:
     finetune: str = _opt("auto", "auto (pooled-head for text-classification, head for "
                                  "token-classification), "
                                  "lora (adapters + head trained and sent), full (every layer "
-                                 "but, by default, the embeddings), head (classifier on the "
-                                 "[CLS] pooler) or pooled-head (linear head on the mean-pooled "
+                                 "but, by default, the embeddings), head (the classifier "
+                                 "alone, on the [CLS] pooler or each token; its inputs "
+                                 "computed once per text and cached) or pooled-head (linear head on the mean-pooled "
                                  "frozen encoder; features computed once per partner; "
                                  "exported as sentence-transformers) or pooled-lora (that head "
                                  "and LoRA adapters in the encoder, merged on export).",
