@@ -79,7 +79,7 @@ _sigma = functools.lru_cache(calibrate_noise)  # arms share (ε, q, steps): cali
 def momentum_sgd() -> Iterator[None]:
     """Swap the project's AdamW for SGD with momentum 0.9 (this benchmark's arm only)."""
     original = training.make_optimizer
-    training.make_optimizer = lambda model, lr: torch.optim.SGD(  # type: ignore[assignment]
+    training.make_optimizer = lambda model, lr, *_: torch.optim.SGD(  # type: ignore[assignment]
         [p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     try:
         yield

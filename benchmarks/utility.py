@@ -219,7 +219,7 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
                 server_eval_data=str(files[1]),
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
-                lora_layers=args.lora_layers,
+                lora_layers=args.lora_layers, head_lr_scale=args.head_lr_scale,
                 round_timeout=60.0, **({} if args.update_clip_norm is None else
                                        {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
@@ -247,6 +247,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--base-model", default="", help="a model directory (default: MiniLM)")
     parser.add_argument("--lora-freeze-a", action="store_true", help="FFA-LoRA (A frozen)")
+    parser.add_argument("--head-lr-scale", type=float, default=1.0,
+                        help="with LoRA: the head's lr = the lr × this")
     parser.add_argument("--lora-layers", type=int, default=0,
                         help="LoRA in the top N encoder layers only (0 = all)")
     parser.add_argument("--out", type=Path, default=Path("results/utility"))

@@ -183,7 +183,8 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
         config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
     settings = TrainSettings(learning_rate, batch, config.local_epochs, config.max_length,
                              seed=seed, desc=f"{partner.name} round {server_round}", plan=plan,
-                             per_example_loss=prep.task.per_example_loss)
+                             per_example_loss=prep.task.per_example_loss,
+                             head_lr_scale=config.head_lr_scale)
     history: list[tuple[float, float, int]] = []
     if config.dp:
         stats, metrics, history = _train_private(

@@ -74,9 +74,10 @@ class RunConfig:
                                  "lora (adapters + head trained and sent), full (every layer "
                                  "but, by default, the embeddings), head (the classifier "
                                  "alone, on the [CLS] pooler or each token; its inputs "
-                                 "computed once per text and cached) or pooled-head (linear head on the mean-pooled "
-                                 "frozen encoder; features computed once per partner; "
-                                 "exported as sentence-transformers) or pooled-lora (that head "
+                                 "computed once per text and cached) or pooled-head (linear "
+                                 "head on the mean-pooled frozen encoder; features computed "
+                                 "once per partner; exported as sentence-transformers) or "
+                                 "pooled-lora (that head "
                                  "and LoRA adapters in the encoder, merged on export).",
                          choices=FINETUNE_MODES)
     lora_r: int = _opt(8, "LoRA rank.", min=1)
@@ -84,6 +85,9 @@ class RunConfig:
     lora_layers: int = _opt(0, "LoRA adapters in the top N encoder layers only (0 = every "
                                "layer): fewer trainable numbers, so less DP noise, and no "
                                "backward pass through the layers below.", min=0)
+    head_lr_scale: float = _opt(1.0, "With LoRA (lora, pooled-lora): the head's learning "
+                                     "rate is learning-rate × this; the adapters keep "
+                                     "learning-rate.", gt=0.0)
     lora_freeze_a: bool = _opt(False, "FFA-LoRA: keep LoRA's A matrices at their seeded random "
                                       "start and train only B (half the trainable numbers, so "
                                       "less DP noise; BENCHMARKS.md, encoder recipes).")

@@ -135,7 +135,8 @@ def train_dp_persons(model: nn.Module, data: TensorDataset, persons: Persons,
     plan = settings.require_plan()
     q = plan.sample_rate
     private = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    optimizer = DPOptimizer(make_optimizer(model, settings.learning_rate),
+    optimizer = DPOptimizer(make_optimizer(model, settings.learning_rate,
+                                           settings.head_lr_scale),
                             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                             expected_batch_size=max(1, int(len(persons) * q)),
                             loss_reduction="mean")

@@ -38,6 +38,7 @@ class TrainSettings:
     max_length: int
     seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
     desc: str = ""  # the progress bar's label, e.g. "partner-0 round 3"
+    head_lr_scale: float = 1.0  # with LoRA adapters: the head's lr = learning_rate × this
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
     # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
     per_example_loss: PerExampleLoss | None = None
@@ -157,8 +158,17 @@ class _Criterion(nn.Module):
         return per_sample if self.reduction == "none" else per_sample.mean()
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+def make_optimizer(model: nn.Module, lr: float, head_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters. With LoRA adapters in the model and ``head_scale``
+    ≠ 1, the other trainable parameters (the head) get lr × ``head_scale``: a head that starts
+    from zero or random weights can learn faster than the adapters that refine the encoder."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adapters = [p for n, p in named if "lora_" in n]
+    if head_scale == 1.0 or not adapters:
+        return torch.optim.AdamW([p for _, p in named], lr=lr)
+    head = [p for n, p in named if "lora_" not in n]
+    return torch.optim.AdamW([{"params": adapters, "lr": lr},
+                              {"params": head, "lr": lr * head_scale}], lr=lr)
 
 
 CLIPPINGS = ("hooks", "ghost")
@@ -212,7 +222,8 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     ghost = dp.clipping == "ghost"  # norms without per-sample grads, then a 2nd backward pass
     criterion = _Criterion(settings.loss_per_example())
     wrapped = engine.make_private(
-        module=model, optimizer=make_optimizer(model, settings.learning_rate), data_loader=loader,
+        module=model, optimizer=make_optimizer(model, settings.learning_rate,
+                                                   settings.head_lr_scale), data_loader=loader,
         criterion=criterion, noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.clipping)
     private, optimizer, criterion, private_loader = (
@@ -249,7 +260,7 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     """The non-private baseline: shuffled mini-batches, no clipping, no noise."""
     generator = torch.Generator().manual_seed(training_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
-    optimizer = make_optimizer(model, settings.learning_rate)
+    optimizer = make_optimizer(model, settings.learning_rate, settings.head_lr_scale)
     per_example = settings.loss_per_example()
     losses, seen, steps = [], 0, 0
     model.train()

@@ -115,7 +115,7 @@ def train_arm(config: RunConfig, model: Any, encoded: Any, n: int,
                        config.finetune, config.noise_multiplier, check=False)
     batch, lr = batch_and_learning_rate(config, plan)
     settings = TrainSettings(lr, batch, config.local_epochs, config.max_length, seed=config.seed,
-                             plan=plan)
+                             plan=plan, head_lr_scale=config.head_lr_scale)
     if not config.dp:
         stats = train_plain(model, encoded, settings)
         return {"dp": False, "epsilon_target": None, "epsilon_spent": None, "delta": 0.0,

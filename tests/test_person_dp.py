@@ -41,7 +41,7 @@ def _settings(persons: int, sigma: float, batch: int | None = None, epochs: int 
 
 def _sgd(monkeypatch) -> None:
     """Plain SGD at lr 1: the weights move by exactly the private gradient."""
-    monkeypatch.setattr(training, "make_optimizer", lambda model, lr: torch.optim.SGD(
+    monkeypatch.setattr(training, "make_optimizer", lambda model, lr, *_: torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=lr))
     import common.person_dp as person_dp
     monkeypatch.setattr(person_dp, "make_optimizer", training.make_optimizer)

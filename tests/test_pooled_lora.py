@@ -63,6 +63,21 @@ def test_lora_layers_puts_adapters_in_the_top_layers_only(tiny_bert: str, tmp_pa
         build_model(lora_config(tiny_bert, tmp_path, finetune=finetune, lora_layers=3), LABELS)
 
 
+def test_head_lr_scale_gives_the_head_its_own_learning_rate(tiny_bert: str,
+                                                            tmp_path: Path) -> None:
+    from common.training import make_optimizer
+
+    model = build_model(lora_config(tiny_bert, tmp_path, lora_freeze_a=True), LABELS)
+    names = {id(p): n for n, p in model.named_parameters()}
+    adapters, head = make_optimizer(model, 1e-2, head_scale=10.0).param_groups
+    assert adapters["lr"] == 1e-2 and head["lr"] == pytest.approx(0.1)
+    assert all("lora_B" in names[id(p)] for p in adapters["params"])
+    assert sorted(names[id(p)] for p in head["params"]) == ["head.bias", "head.weight"]
+    assert len(make_optimizer(model, 1e-2).param_groups) == 1  # scale 1: one group
+    plain = build_model(lora_config(tiny_bert, tmp_path, finetune="full"), LABELS)
+    assert len(make_optimizer(plain, 1e-3, head_scale=10.0).param_groups) == 1  # no adapters
+
+
 def test_ffa_dp_round_moves_b_only_and_accounts_like_opacus(tiny_bert: str,
                                                             tmp_path: Path) -> None:
     config = lora_config(tiny_bert, tmp_path, lora_freeze_a=True)
