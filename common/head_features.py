@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from common.errors import ModelError
 from common.features import FEATURE_BATCH, cached_tensor, feature_key
 from common.training import model_logits
 
@@ -79,7 +80,8 @@ def head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset | tuple,
     longest = max(1, int(lengths.max()))
     order = torch.argsort(lengths, stable=True)
     seen: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    hook = head.register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0]) if args else None)
     was_training, out = model.training, None
     model.eval()
     try:
@@ -87,6 +89,10 @@ def head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset | tuple,
             rows = order[start:start + batch_size]
             seen.clear()
             model_logits(model, [input_ids[rows], mask[rows]])
+            if not seen:
+                raise ModelError(f"{type(model).__name__} did not pass a tensor to its "
+                                 f"{HEAD!r} positionally, so its inputs cannot be cached; "
+                                 'use finetune = "lora" or "full"')
             part = seen[0].float().cpu()
             if out is None:
                 tail = (longest, *part.shape[2:]) if part.dim() >= 3 else part.shape[1:]
