@@ -14,6 +14,7 @@ it is exactly what the head sees in evaluation and in the exported model.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -41,29 +42,21 @@ def trainable_head(model: nn.Module) -> nn.Module | None:
     return head if trainable and trainable == in_head else None
 
 
-def input_bytes(model: nn.Module, data: TensorDataset) -> int:
-    """An upper bound on the cached inputs' size: per-token outputs of the hidden width at every
-    position of the longest text (a pooled head needs far less)."""
-    hidden = int(getattr(model.config, "hidden_size", 0))
-    input_ids, mask = data.tensors[:2]
-    return len(input_ids) * max(1, int(mask.sum(dim=1).max())) * hidden * 4
-
-
 def cached_head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset,
                        cache: Path | None) -> TensorDataset | None:
     """(the head's inputs, labels), kept in ``cache`` (the partner's own disk, 0600) and keyed
     by the frozen weights and the encoded texts; None when they would exceed
     ``MAX_CACHED_BYTES`` (logged: the encoder then runs in every step)."""
-    size = input_bytes(model, data)
+    first = head_inputs(model, head, data[:1])  # one row: the shape of the whole set's inputs
+    longest = max(1, int(data.tensors[1].sum(dim=1).max()))
+    shape = ((len(data), longest, *first.shape[2:]) if first.dim() >= 3  # per token, padded
+             else (len(data), *first.shape[1:]))
+    size = math.prod(shape) * 4  # float32
     if size > MAX_CACHED_BYTES:
         logger.info("the head's inputs for %d texts would take %.1f GiB (over %.0f): the frozen "
                     "encoder runs in every step instead", len(data), size / 2**30,
                     MAX_CACHED_BYTES / 2**30)
         return None
-    first = head_inputs(model, head, data[:1])  # one row: the shape a kept file must have
-    longest = max(1, int(data.tensors[1].sum(dim=1).max()))
-    shape = ((len(data), longest, *first.shape[2:]) if first.dim() >= 3  # per token, padded
-             else (len(data), *first.shape[1:]))
     inputs = cached_tensor(cache, "head-inputs", feature_key(model, data), shape,
                            lambda: head_inputs(model, head, data))
     return TensorDataset(inputs, data.tensors[2])
