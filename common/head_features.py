@@ -90,10 +90,7 @@ def head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset | tuple,
             if out is None:
                 tail = (longest, *part.shape[2:]) if part.dim() >= 3 else part.shape[1:]
                 out = torch.zeros(len(input_ids), *tail)
-            if part.dim() >= 3:
-                out[rows, :part.shape[1]] = part
-            else:
-                out[rows] = part
+            out[rows, :part.shape[1]] = part  # per token: this batch's length; else all
     finally:
         hook.remove()
         model.train(was_training)
