@@ -18,7 +18,8 @@ from common.config import AUTO, RunConfig
 from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
 from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
-from common.planner import NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp
+from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
+                             update_clip_warning)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int,
                    pooled_head_dims=hidden * labels + labels if hidden and labels else None,
                    unit=unit)
     logger.info("%s DP plan: %s", who, plan.describe())
+    advice = update_clip_warning(plan, config.update_clip_norm)
+    if advice:
+        logger.warning("%s: %s", who, advice)
     return plan
 
 

@@ -91,6 +91,13 @@ class DPPlan:
     def learnable(self) -> bool:
         return self.run_ratio <= MAX_RUN_RATIO
 
+    @property
+    def noise_update_norm(self) -> float:
+        """The norm of one round's update from the noise alone. AdamW (``make_optimizer``)
+        moves each coordinate by about lr per step, in the noise's random direction, so T steps
+        walk ≈ lr·√(d·T); the signal adds to that. Public, like the rest of the plan."""
+        return self.learning_rate * math.sqrt(self.trainable_dims * self.steps_per_round)
+
     def describe(self) -> str:
         return (f"n={self.examples} {self.unit}s, expected batch {self.expected_batch:.0f} "
                 f"(q={self.sample_rate:.4g}), {self.steps_per_round} steps/round x {self.rounds} "
@@ -99,7 +106,23 @@ class DPPlan:
                 f"(delta={self.delta:g}) after all rounds; noise {self.noise_norm:.3g} vs signal "
                 f"{SIGNAL_FRACTION * self.max_grad_norm:.3g} per step (ratio "
                 f"{self.step_ratio:.3g}), over the run {self.run_ratio:.3g} (refused above "
-                f"{MAX_RUN_RATIO:g})")
+                f"{MAX_RUN_RATIO:g}); the noise alone moves the weights ~"
+                f"{self.noise_update_norm:.3g} per round")
+
+
+def update_clip_warning(plan: DPPlan, update_clip_norm: float) -> str | None:
+    """Advice when ``update-clip-norm`` is below the update the plan's noise alone makes: every
+    round's update is then scaled down to the clip, which acts like a smaller learning rate (in
+    the CoNLL-2003 runs of BENCHMARKS.md, updates of norm ≈ 19 at lr 2e-2 were cut to 10)."""
+    floor = plan.noise_update_norm
+    if update_clip_norm <= 0 or floor <= update_clip_norm:
+        return None
+    return (f"update-clip-norm {update_clip_norm:g} is below the ~{floor:.3g} that this plan's "
+            f"noise alone moves the weights per round (lr x sqrt(d x steps/round) = "
+            f"{plan.learning_rate:g} x sqrt({plan.trainable_dims} x {plan.steps_per_round})): "
+            f"every update will be cut to at most {update_clip_norm / floor:.2g} of its length, "
+            f"as if the learning rate were smaller. Raise update-clip-norm above {floor:.3g} or "
+            f"lower learning-rate to make the learning rate count")
 
 
 def auto_batch(n: int, rounds: int, local_epochs: int, finetune: str) -> int:

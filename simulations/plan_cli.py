@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
 from common.config import AUTO, RunConfig
@@ -28,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-labels", type=int, default=2, help="classes (default 2)")
     p.add_argument("--trainable-dims", type=int,
                    help="d; default: counted on the base model for --finetune (loads it)")
+    p.add_argument("--update-clip-norm", type=float,
+                   help="the run's update bound, checked against the plan's update (default: "
+                        "the run config's)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -35,7 +39,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     values = {"epsilon": args.epsilon, "num-rounds": args.rounds, "delta": args.delta,
               "local-epochs": args.local_epochs, "finetune": args.finetune,
               "lora-r": args.lora_r, "lora-layers": args.lora_layers,
-              "lora-freeze-a": args.lora_freeze_a,
+              "lora-freeze-a": args.lora_freeze_a, "update-clip-norm": args.update_clip_norm,
               "batch-size": (args.batch_size if args.batch_size in (None, AUTO)
                              else _int(args.batch_size))}
     return RunConfig.from_mapping({k: v for k, v in values.items() if v is not None})
@@ -53,7 +57,7 @@ def _dims(config: RunConfig, num_labels: int) -> int:
 
 def handle(args: argparse.Namespace) -> int:
     """Print the plan; a plan predicted to learn nothing exits 2 with the refusal's advice."""
-    from common.planner import plan_dp
+    from common.planner import plan_dp, update_clip_warning
 
     config = _config(args)
     dims = args.trainable_dims or _dims(config, args.num_labels)
@@ -64,8 +68,13 @@ def handle(args: argparse.Namespace) -> int:
                    config.local_epochs, dims, config.max_grad_norm,
                    None if config.batch_size == AUTO else int(config.batch_size),
                    finetune=config.finetune, pooled_head_dims=pooled)
+    advice = update_clip_warning(plan, config.update_clip_norm)
     if args.json:
-        print(json.dumps({**asdict(plan), "learnable": plan.learnable}, indent=1))
+        print(json.dumps({**asdict(plan), "learnable": plan.learnable,
+                          "noise_update_norm": plan.noise_update_norm,
+                          "update_clip_warning": advice}, indent=1))
     else:
         print(f"finetune = {config.finetune!r}: {plan.describe()}")
+        if advice:
+            print(f"warning: {advice}", file=sys.stderr)
     return 0

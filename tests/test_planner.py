@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, UnlearnablePlanError
-from common.planner import MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp
+from common.planner import (MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp,
+                            update_clip_warning)
 from simulations.cli import main
 
 LORA_DIMS, POOLED_DIMS = 74_498, 384 * 2 + 2  # bundled MiniLM: LoRA r=8 (q, v) + head; head
@@ -100,6 +101,50 @@ def test_predicted_noise_norm_matches_the_noise_opacus_adds() -> None:
     assert plan.run_ratio == pytest.approx(plan.step_ratio / math.sqrt(20))
 
 
+def test_noise_update_norm_is_the_floor_of_an_adamw_round_on_pure_dp_noise() -> None:
+    """Zero loss again: a round of AdamW on Opacus' noise alone moves the weights lr·√(d·T)
+    (the plan's noise_update_norm) times 1.13–1.21 in these seeds (the bias-corrected first
+    steps move each coordinate a full lr). The floor holds; the excess stays under 30 %."""
+    n, batch, width, labels = 1000, 100, 256, 5
+    for seed in range(2):
+        torch.manual_seed(seed)
+        head = nn.Linear(width, labels)
+        d = sum(p.numel() for p in head.parameters())
+        plan = plan_dp(n, 8.0, 1e-5, 1, 2, d, 1.0, batch_size=batch, learning_rate=0.01,
+                       check=False)
+        before = torch.cat([p.detach().flatten() for p in head.parameters()])
+        data = TensorDataset(torch.randn(n, width), torch.randint(0, labels, (n,)))
+        model, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
+            module=head, optimizer=torch.optim.AdamW(head.parameters(), lr=plan.learning_rate),
+            data_loader=DataLoader(data, batch_size=plan.batch_size),
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=1.0, poisson_sampling=True)
+        for x, _ in [batch for _ in range(plan.local_epochs) for batch in loader]:
+            (model(x).sum() * 0.0).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        moved = (torch.cat([p.detach().flatten() for p in head.parameters()]) - before).norm()
+        assert plan.noise_update_norm == pytest.approx(0.01 * math.sqrt(d * 20))
+        assert 1.0 <= moved.item() / plan.noise_update_norm <= 1.3
+
+
+def test_an_update_clip_below_the_noise_update_is_named_with_the_fix(capsys) -> None:
+    """CoNLL-2003's FFA-LoRA plan (BENCHMARKS.md): lr 2e-2, d = 40,329, 16 steps per round
+    moves ≈ 16 (measured 19), so update-clip-norm 10 cuts every update."""
+    plan = plan_dp(3709, 8.0, 1e-5, 3, 1, 40_329, 1.0, learning_rate=2e-2)
+    assert plan.steps_per_round == 16
+    advice = update_clip_warning(plan, 10.0)
+    assert advice and "update-clip-norm 10 is below the ~16.1" in advice
+    assert "at most 0.62 of its length" in advice and "above 16.1" in advice
+    assert update_clip_warning(plan, 0.0) is None and update_clip_warning(plan, 20.0) is None
+    assert "moves the weights ~16.1 per round" in plan.describe()
+    args = ["plan", "--examples", "3709", "--epsilon", "8", "--rounds", "3", "--local-epochs",
+            "1", "--finetune", "lora", "--trainable-dims", "40329"]
+    assert main(args) == 0
+    assert "update-clip-norm 10 is below" in capsys.readouterr().err
+    assert main([*args, "--update-clip-norm", "0"]) == 0
+    assert "update-clip-norm" not in capsys.readouterr().err
+
+
 def test_signal_of_clipped_gradients_is_at_most_c() -> None:
     """The signal side of the model: a step's mean clipped gradient never exceeds C."""
     torch.manual_seed(1)
@@ -160,3 +205,18 @@ def test_plan_command_counts_ffa_lora_as_the_b_matrices_and_the_head(capsys) -> 
     ffa = json.loads(capsys.readouterr().out)["trainable_dims"]
     head = 384 * 2 + 2
     assert lora - head == 6 * 2 * 2 * (384 * 2) and ffa - head == (lora - head) // 2
+
+
+def test_a_partner_logs_the_update_clip_advice_with_its_plan(caplog) -> None:
+    """The partner's round plan warns, before training, when its updates will be cut."""
+    from client.round_plan import round_plan
+
+    model = nn.Linear(4000, 10)  # d = 40,010
+    config = RunConfig.from_mapping({"finetune": "lora", "local-epochs": 1, "num-rounds": 3})
+    with caplog.at_level("WARNING", logger="client.round_plan"):
+        assert round_plan(config, "partner-7", model, 3709).steps_per_round == 16
+    assert any("partner-7: update-clip-norm 10 is below" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="client.round_plan"):
+        round_plan(config.replace(update_clip_norm=40.0), "partner-7", model, 3709)
+    assert not caplog.records
