@@ -120,7 +120,7 @@ class RunConfig:
                                  "(the faster one for the finetune mode, as measured).",
                          choices=CLIPPINGS)
     update_clip_norm: float = _opt(10.0, "L2 bound on each partner's update (new − old); "
-                                         "0 = no bound. A DP partner warns when its plan's "
+                                         "0 = no bound. A DP partner notes when its plan's "
                                          "noise alone moves further (lr·√(d·T)).", ge=0.0)
     compression: str = _opt("none", "How partners encode their update on the wire: none "
                                     "(float32 weights), fp16, or int8 (per-tensor scale).",

@@ -76,5 +76,5 @@ def handle(args: argparse.Namespace) -> int:
     else:
         print(f"finetune = {config.finetune!r}: {plan.describe()}")
         if advice:
-            print(f"warning: {advice}", file=sys.stderr)
+            print(f"note: {advice}", file=sys.stderr)
     return 0
