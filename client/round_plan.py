@@ -19,7 +19,7 @@ from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_f
 from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
 from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
-                             update_clip_warning)
+                             update_clip_note)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int,
                    pooled_head_dims=hidden * labels + labels if hidden and labels else None,
                    unit=unit)
     logger.info("%s DP plan: %s", who, plan.describe())
-    advice = update_clip_warning(plan, config.update_clip_norm)
+    advice = update_clip_note(plan, config.update_clip_norm)
     if advice:
         logger.info("%s: %s", who, advice)  # a default (NER's head) may be better cut
     return plan

@@ -110,7 +110,7 @@ class DPPlan:
                 f"{self.noise_update_norm:.3g} per round")
 
 
-def update_clip_warning(plan: DPPlan, update_clip_norm: float) -> str | None:
+def update_clip_note(plan: DPPlan, update_clip_norm: float) -> str | None:
     """A note when ``update-clip-norm`` is below the update the plan's noise alone makes: every
     round's update is then cut to the clip, which acts like a smaller learning rate. Whether that
     helps depends on what trains (BENCHMARKS.md, CoNLL-2003, ε = 8: FFA-LoRA at lr 2e-2 lost 5.3

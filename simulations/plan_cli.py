@@ -57,7 +57,7 @@ def _dims(config: RunConfig, num_labels: int) -> int:
 
 def handle(args: argparse.Namespace) -> int:
     """Print the plan; a plan predicted to learn nothing exits 2 with the refusal's advice."""
-    from common.planner import plan_dp, update_clip_warning
+    from common.planner import plan_dp, update_clip_note
 
     config = _config(args)
     dims = args.trainable_dims or _dims(config, args.num_labels)
@@ -68,11 +68,11 @@ def handle(args: argparse.Namespace) -> int:
                    config.local_epochs, dims, config.max_grad_norm,
                    None if config.batch_size == AUTO else int(config.batch_size),
                    finetune=config.finetune, pooled_head_dims=pooled)
-    advice = update_clip_warning(plan, config.update_clip_norm)
+    advice = update_clip_note(plan, config.update_clip_norm)
     if args.json:
         print(json.dumps({**asdict(plan), "learnable": plan.learnable,
                           "noise_update_norm": plan.noise_update_norm,
-                          "update_clip_warning": advice}, indent=1))
+                          "update_clip_note": advice}, indent=1))
     else:
         print(f"finetune = {config.finetune!r}: {plan.describe()}")
         if advice:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, UnlearnablePlanError
 from common.planner import (MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp,
-                            update_clip_warning)
+                            update_clip_note)
 from simulations.cli import main
 
 LORA_DIMS, POOLED_DIMS = 74_498, 384 * 2 + 2  # bundled MiniLM: LoRA r=8 (q, v) + head; head
@@ -127,15 +127,15 @@ def test_noise_update_norm_is_the_floor_of_an_adamw_round_on_pure_dp_noise() -> 
         assert 1.0 <= moved.item() / plan.noise_update_norm <= 1.3
 
 
-def test_an_update_clip_below_the_noise_update_is_named_with_the_fix(capsys) -> None:
+def test_an_update_clip_below_the_noise_update_is_noted_with_both_ways_out(capsys) -> None:
     """CoNLL-2003's FFA-LoRA plan (BENCHMARKS.md): lr 2e-2, d = 40,329, 16 steps per round
     moves ≈ 16 (measured 19), so update-clip-norm 10 cuts every update."""
     plan = plan_dp(3709, 8.0, 1e-5, 3, 1, 40_329, 1.0, learning_rate=2e-2)
     assert plan.steps_per_round == 16
-    advice = update_clip_warning(plan, 10.0)
+    advice = update_clip_note(plan, 10.0)
     assert advice and "update-clip-norm 10 is below the ~16.1" in advice
     assert "at most 0.62 of its length" in advice and "above 16.1 (or 0)" in advice
-    assert update_clip_warning(plan, 0.0) is None and update_clip_warning(plan, 20.0) is None
+    assert update_clip_note(plan, 0.0) is None and update_clip_note(plan, 20.0) is None
     assert "moves the weights ~16.1 per round" in plan.describe()
     args = ["plan", "--examples", "3709", "--epsilon", "8", "--rounds", "3", "--local-epochs",
             "1", "--finetune", "lora", "--trainable-dims", "40329"]
