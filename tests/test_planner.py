@@ -74,26 +74,35 @@ def test_epsilon_of_the_plan_is_opacus_accountant_over_all_rounds(n, batch, epoc
     assert plan.epsilon == pytest.approx(8.0, rel=0.01)  # σ spends the whole budget
 
 
+def pure_noise_round(head: nn.Linear, optimizer: torch.optim.Optimizer, plan, clip: float,
+                     seed: int | None = None) -> list[float]:
+    """One planned round of Opacus DP-SGD at zero loss, so every per-example gradient is 0 and
+    each step's gradient is pure noise; returns the noisy gradient's norm per step."""
+    n = plan.examples
+    data = TensorDataset(torch.randn(n, head.in_features),
+                         torch.randint(0, head.out_features, (n,)))
+    model, private, loader = PrivacyEngine(accountant="rdp").make_private(
+        module=head, optimizer=optimizer, data_loader=DataLoader(data, batch_size=plan.batch_size),
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=clip, poisson_sampling=True)
+    if seed is not None:
+        torch.manual_seed(seed)
+    norms = []
+    for x, _ in [batch for _ in range(plan.local_epochs) for batch in loader]:
+        (model(x).sum() * 0.0).backward()
+        private.step()
+        norms.append(torch.cat([p.grad.flatten() for p in head.parameters()]).norm().item())
+        private.zero_grad(set_to_none=True)
+    return norms
+
+
 def test_predicted_noise_norm_matches_the_noise_opacus_adds() -> None:
-    """Zero loss, so every per-example gradient is 0 and each step's gradient is pure noise:
-    its norm must be σ·C·√d / B (tolerance 5 %, 20 steps, d = 1,285)."""
+    """Each step's gradient is pure noise: its norm must be σ·C·√d / B (tolerance 5 %,
+    20 steps, d = 1,285)."""
     n, batch, width, labels, clip = 1000, 100, 256, 5, 0.5
     head = nn.Linear(width, labels)
     d = sum(p.numel() for p in head.parameters())
     plan = plan_dp(n, 8.0, 1e-5, 1, 2, d, clip, batch_size=batch, check=False)
-    data = TensorDataset(torch.randn(n, width), torch.randint(0, labels, (n,)))
-    engine = PrivacyEngine(accountant="rdp")
-    model, optimizer, loader = engine.make_private(
-        module=head, optimizer=torch.optim.SGD(head.parameters(), lr=0.0),
-        data_loader=DataLoader(data, batch_size=plan.batch_size),
-        noise_multiplier=plan.noise_multiplier, max_grad_norm=clip, poisson_sampling=True)
-    torch.manual_seed(0)
-    norms = []
-    for x, _ in [batch for _ in range(plan.local_epochs) for batch in loader]:
-        (model(x).sum() * 0.0).backward()
-        optimizer.step()
-        norms.append(torch.cat([p.grad.flatten() for p in head.parameters()]).norm().item())
-        optimizer.zero_grad(set_to_none=True)
+    norms = pure_noise_round(head, torch.optim.SGD(head.parameters(), lr=0.0), plan, clip, seed=0)
     measured = sum(norms) / len(norms)
     assert len(norms) == plan.steps_per_round == 20
     assert measured == pytest.approx(plan.noise_norm, rel=0.05)
@@ -102,9 +111,9 @@ def test_predicted_noise_norm_matches_the_noise_opacus_adds() -> None:
 
 
 def test_noise_update_norm_is_the_floor_of_an_adamw_round_on_pure_dp_noise() -> None:
-    """Zero loss again: a round of AdamW on Opacus' noise alone moves the weights lr·√(d·T)
-    (the plan's noise_update_norm) times 1.13–1.21 in these seeds (the bias-corrected first
-    steps move each coordinate a full lr). The floor holds; the excess stays under 30 %."""
+    """A round of AdamW on Opacus' noise alone moves the weights lr·√(d·T) (the plan's
+    noise_update_norm) times 1.13–1.21 in these seeds (the bias-corrected first steps move
+    each coordinate a full lr). The floor holds; the excess stays under 30 %."""
     n, batch, width, labels = 1000, 100, 256, 5
     for seed in range(2):
         torch.manual_seed(seed)
@@ -113,15 +122,8 @@ def test_noise_update_norm_is_the_floor_of_an_adamw_round_on_pure_dp_noise() -> 
         plan = plan_dp(n, 8.0, 1e-5, 1, 2, d, 1.0, batch_size=batch, learning_rate=0.01,
                        check=False)
         before = torch.cat([p.detach().flatten() for p in head.parameters()])
-        data = TensorDataset(torch.randn(n, width), torch.randint(0, labels, (n,)))
-        model, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
-            module=head, optimizer=torch.optim.AdamW(head.parameters(), lr=plan.learning_rate),
-            data_loader=DataLoader(data, batch_size=plan.batch_size),
-            noise_multiplier=plan.noise_multiplier, max_grad_norm=1.0, poisson_sampling=True)
-        for x, _ in [batch for _ in range(plan.local_epochs) for batch in loader]:
-            (model(x).sum() * 0.0).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        pure_noise_round(head, torch.optim.AdamW(head.parameters(), lr=plan.learning_rate),
+                         plan, 1.0)
         moved = (torch.cat([p.detach().flatten() for p in head.parameters()]) - before).norm()
         assert plan.noise_update_norm == pytest.approx(0.01 * math.sqrt(d * 20))
         assert 1.0 <= moved.item() / plan.noise_update_norm <= 1.3
