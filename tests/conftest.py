@@ -91,6 +91,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(f"flower-{item.path.stem}"))
+    # the long ones first (stable: a module's tests stay in order), so that the short ones fill
+    # the workers at the end instead of one worker finishing a long run alone
+    items.sort(key=lambda item: not item.get_closest_marker("slow"))
 
 
 @pytest.fixture(autouse=True)
