@@ -38,6 +38,7 @@ import numpy as np
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from common.config import RunConfig
+from common.schedule import LR_SCHEDULES
 from common.logs import configure_logging
 from simulations.local_grid import LocalGrid
 
@@ -220,8 +221,9 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
                 max_length=spec["max_length"], num_rounds=args.rounds, seed=args.seed,
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
                 lora_layers=args.lora_layers, head_lr_scale=args.head_lr_scale,
-                round_timeout=60.0, **({} if args.update_clip_norm is None else
-                                       {"update_clip_norm": args.update_clip_norm}))
+                lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup, round_timeout=60.0,
+                **({} if args.update_clip_norm is None else
+                   {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
 
 
@@ -251,6 +253,10 @@ def parse_args() -> argparse.Namespace:
                         help="with LoRA: the head's lr = the lr × this")
     parser.add_argument("--lora-layers", type=int, default=0,
                         help="LoRA in the top N encoder layers only (0 = all)")
+    parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                        help="the learning rate over the run (run config lr-schedule)")
+    parser.add_argument("--lr-warmup", type=float, default=0.0,
+                        help="share of the run's steps warming up (run config lr-warmup)")
     parser.add_argument("--out", type=Path, default=Path("results/utility"))
     return parser.parse_args()
 

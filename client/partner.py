@@ -24,7 +24,8 @@ from client.policy import PartnerSettings
 from client.received import Prepared, ReceivedModel
 from client.run_log import claim_evaluation, note_trained
 from common import protocol as P
-from client.round_plan import batch_and_learning_rate, memory_batch, round_plan, trainable_view
+from client.round_plan import (batch_and_learning_rate, lr_schedule, memory_batch, round_plan,
+                               trainable_view)
 from common.compression import to_wire
 from common.config import RunConfig
 from common.data import data_fingerprint
@@ -184,7 +185,8 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
     settings = TrainSettings(learning_rate, batch, config.local_epochs, config.max_length,
                              seed=seed, desc=f"{partner.name} round {server_round}", plan=plan,
                              per_example_loss=prep.task.per_example_loss,
-                             head_lr_scale=config.head_lr_scale)
+                             head_lr_scale=config.head_lr_scale,
+                             schedule=lr_schedule(config, plan, server_round, len(data), batch))
     history: list[tuple[float, float, int]] = []
     if config.dp:
         stats, metrics, history = _train_private(

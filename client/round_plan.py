@@ -8,6 +8,7 @@ No flwr here; client/partner.py calls these before any ε is spent.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
 from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
                              update_clip_note)
+from common.schedule import LRSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,16 @@ def batch_and_learning_rate(config: RunConfig, plan: DPPlan | None) -> tuple[int
     lr = (default_learning_rate(config.finetune, False) if config.learning_rate == AUTO
           else float(config.learning_rate))
     return batch, lr
+
+
+def lr_schedule(config: RunConfig, plan: DPPlan | None, server_round: int, examples: int,
+                batch: int) -> LRSchedule:
+    """This round's part of the run's lr schedule (common.schedule): T = the plan's steps per
+    round under DP, the data loader's (⌈n / batch⌉ per epoch) without."""
+    steps = (plan.steps_per_round if plan is not None
+             else config.local_epochs * math.ceil(examples / batch))
+    return LRSchedule.for_round(config.lr_schedule, server_round, config.num_rounds, steps,
+                                config.lr_warmup)
 
 
 def memory_batch(config: RunConfig, batch: int) -> tuple[int, bool]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from common.errors import ConfigError
+from common.schedule import LR_SCHEDULES
 from common.tasks import get_task
 
 FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head", "pooled-lora")
@@ -99,6 +100,14 @@ class RunConfig:
     learning_rate: float | str = _opt(AUTO, "AdamW learning rate at the partners; auto = the "
                                             "measured one for the finetune mode and dp "
                                             "(common.planner.LEARNING_RATE).", gt=0.0)
+    lr_schedule: str = _opt("constant", "The learning rate over the run's planned steps: "
+                                        "constant, or a decay towards 0 by the last round "
+                                        "(linear, cosine). It continues across rounds, is "
+                                        "computed from public quantities and costs no ε.",
+                            choices=LR_SCHEDULES)
+    lr_warmup: float = _opt(0.0, "The share of the run's steps over which the learning rate "
+                                 "rises linearly to learning-rate first (0 = none).",
+                            ge=0.0, lt=1.0)
     dp_plan_check: bool = _opt(True, "Refuse, before any ε is spent, a DP plan predicted to "
                                      "learn nothing (noise-to-signal over the run above "
                                      "common.planner.MAX_RUN_RATIO); false = run it anyway.")

@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 from common.errors import PrivacyError
 from common.progress import RoundProgress
 from common.training import (DPSettings, TrainSettings, TrainStats, make_optimizer,
-                             mean_or_nan, model_logits, training_seed, validate_for_dp)
+                             mean_or_nan, model_logits, scheduled, training_seed, validate_for_dp)
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,10 @@ def train_dp_persons(model: nn.Module, data: TensorDataset, persons: Persons,
     plan = settings.require_plan()
     q = plan.sample_rate
     private = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    optimizer = DPOptimizer(make_optimizer(model, settings.learning_rate,
-                                           settings.head_lr_scale),
-                            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+    adamw = make_optimizer(model, settings.learning_rate, settings.head_lr_scale)
+    schedule = scheduled(adamw, settings.schedule)
+    optimizer = DPOptimizer(adamw, noise_multiplier=dp.noise_multiplier,
+                            max_grad_norm=dp.max_grad_norm,
                             expected_batch_size=max(1, int(len(persons) * q)),
                             loss_reduction="mean")
     accountant = RDPAccountant()
@@ -162,6 +163,7 @@ def train_dp_persons(model: nn.Module, data: TensorDataset, persons: Persons,
                     clipped.append((norms > dp.max_grad_norm).float().mean().item())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                schedule.step()
                 seen += len(rows)
                 steps += 1
     finally:

@@ -25,6 +25,7 @@ from common.groups import group_counts
 from common.metrics import accuracy, class_counts, macro_f1
 from common.planner import DPPlan
 from common.progress import RoundProgress
+from common.schedule import LRSchedule
 
 logger = logging.getLogger(__name__)
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # -> shape (batch,)
@@ -39,6 +40,7 @@ class TrainSettings:
     seed: int | None  # None = fresh OS entropy: DP noise and sampling nobody else can replay
     desc: str = ""  # the progress bar's label, e.g. "partner-0 round 3"
     head_lr_scale: float = 1.0  # with LoRA adapters: the head's lr = learning_rate × this
+    schedule: LRSchedule = LRSchedule()  # the lr over the run (common.schedule): constant
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
     # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
     per_example_loss: PerExampleLoss | None = None
@@ -171,6 +173,13 @@ def make_optimizer(model: nn.Module, lr: float, head_scale: float = 1.0) -> torc
                               {"params": head, "lr": lr * head_scale}], lr=lr)
 
 
+def scheduled(optimizer: torch.optim.Optimizer, schedule: LRSchedule
+              ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's lr schedule on ``optimizer`` (the one Opacus wraps: they share param groups);
+    call ``.step()`` after each optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+
+
 CLIPPINGS = ("hooks", "ghost")
 # clipping = "auto": the faster per fine-tuning mode, measured by benchmarks/train.py on
 # the bundled MiniLM, 2-core CPU (BENCHMARKS.md, P1): LoRA hooks 0.93 × non-private vs ghost 0.62
@@ -221,9 +230,10 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
         raise PrivacyError(f"clipping {dp.clipping!r} is not valid; pick hooks or ghost")
     ghost = dp.clipping == "ghost"  # norms without per-sample grads, then a 2nd backward pass
     criterion = _Criterion(settings.loss_per_example())
+    adamw = make_optimizer(model, settings.learning_rate, settings.head_lr_scale)
+    schedule = scheduled(adamw, settings.schedule)
     wrapped = engine.make_private(
-        module=model, optimizer=make_optimizer(model, settings.learning_rate,
-                                                   settings.head_lr_scale), data_loader=loader,
+        module=model, optimizer=adamw, data_loader=loader,
         criterion=criterion, noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode=dp.clipping)
     private, optimizer, criterion, private_loader = (
@@ -245,6 +255,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
                     losses.append(loss.item())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                schedule.step()
                 seen += len(labels)
                 steps += 1
     finally:
@@ -261,6 +272,7 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     generator = torch.Generator().manual_seed(training_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings.learning_rate, settings.head_lr_scale)
+    schedule = scheduled(optimizer, settings.schedule)
     per_example = settings.loss_per_example()
     losses, seen, steps = [], 0, 0
     model.train()
@@ -272,6 +284,7 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            schedule.step()
             losses.append(loss.item())
             seen += len(labels)
             steps += 1
