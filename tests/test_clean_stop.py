@@ -120,7 +120,7 @@ def test_sigterm_stops_everything_and_resume_finishes(tiny_bert: str, tmp_path: 
     _stop_then_finish(tiny_bert, tmp_path / "run", [signal.SIGTERM])
 
 
-@pytest.mark.heavy  # ≈ 2.5 min alone, 5 in the suite: three runs of Ray
+@pytest.mark.heavy  # ≈ 2.5 min alone: three runs of Ray
 def test_sigterm_then_sigint_stop_everything_and_resume_finishes(tiny_bert: str,
                                                                  tmp_path: Path) -> None:
     _stop_then_finish(tiny_bert, tmp_path / "run", [signal.SIGTERM, signal.SIGINT])

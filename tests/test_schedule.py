@@ -91,7 +91,7 @@ def test_a_dp_round_steps_at_the_schedule_and_spends_the_same_epsilon() -> None:
     assert history == _dp_round(LRSchedule(), constant) and constant == [0.1] * 12
 
 
-def _update_norm(config: RunConfig, tmp: Path) -> tuple[float, float]:
+def _update_norm(config: RunConfig) -> tuple[float, float]:
     shared, fingerprint = shared_start(config)
     reply = train_round(config, PartnerSettings(name="p0"), shared, fingerprint, 2, "r")
     norm = math.sqrt(sum(np.sum((reply.arrays[k] - shared[k]).astype(np.float64) ** 2)
@@ -107,6 +107,6 @@ def test_a_partners_last_round_under_linear_decay_moves_the_weights_less(
     for kind in ("constant", "linear"):
         config = tiny_config(tiny_bert, tmp_path / kind, num_rounds=2, lr_schedule=kind,
                              update_clip_norm=0.0, learning_rate=0.05)
-        norms[kind] = _update_norm(config, tmp_path)
+        norms[kind] = _update_norm(config)
     assert norms["linear"][1] == norms["constant"][1]
     assert 0 < norms["linear"][0] < 0.5 * norms["constant"][0]
