@@ -186,6 +186,7 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
                              seed=seed, desc=f"{partner.name} round {server_round}", plan=plan,
                              per_example_loss=prep.task.per_example_loss,
                              head_lr_scale=config.head_lr_scale,
+                             token_budget=config.batch_tokens,
                              schedule=lr_schedule(config, plan, server_round, len(data), batch))
     history: list[tuple[float, float, int]] = []
     if config.dp:

@@ -22,6 +22,7 @@ from common.model import trainable_size
 from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
                              update_clip_note)
 from common.schedule import LRSchedule
+from common.training import clipping_for
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,17 @@ def memory_batch(config: RunConfig, batch: int) -> tuple[int, bool]:
     """(batch, per-sample gradients?) whose memory the encoder must hold: pooled-head runs the
     encoder only in no-grad feature passes; head's encoder never needs gradients (its inputs
     are cached, or, past common.head_features.MAX_CACHED_BYTES, computed per step); the head's
-    DP step is small."""
+    DP step is small. A DP step with per-sample hooks runs its batch in pieces of at most
+    ``batch-tokens`` padded tokens (common.batching), so it holds at most that many texts of
+    ``max-length`` at once."""
     if config.finetune == "pooled-head":
         return FEATURE_BATCH, False
-    return batch, config.dp and config.finetune != "head"
+    per_sample = config.dp and config.finetune != "head"
+    pieces = (per_sample and config.batch_tokens > 0
+              and clipping_for(config.clipping, config.finetune) == "hooks")
+    if pieces:
+        return min(batch, max(1, config.batch_tokens // config.max_length)), True
+    return batch, per_sample
 
 
 def trainable_view(model: nn.Module, data: TensorDataset,

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from common import protocol as P
 from common.data import TextDataset
+from common.batching import TOKEN_BUDGET, micro_batches, sorted_batches
 from common.errors import PrivacyError
 from common.groups import group_counts
 from common.metrics import accuracy, class_counts, macro_f1
@@ -42,6 +43,8 @@ class TrainSettings:
     head_lr_scale: float = 1.0  # with LoRA adapters: the head's lr = learning_rate × this
     schedule: LRSchedule = LRSchedule()  # the lr over the run (common.schedule): constant
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
+    # padded tokens per encoder pass in a DP step (common.batching); 0 = the batch in one pass
+    token_budget: int = TOKEN_BUDGET
     # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
     per_example_loss: PerExampleLoss | None = None
 
@@ -243,18 +246,11 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     try:
         for _ in range(settings.local_epochs):
             for *inputs, labels in bar.over(private_loader):
-                logits = model_logits(private, inputs)
-                labels = labels.to(logits.device)
-                loss = criterion(logits, labels) if len(labels) else logits.sum() * 0.0
-                loss.backward()
+                loss_sum, over = _dp_batch(private, optimizer, criterion, inputs, labels, dp,
+                                           settings.token_budget if not ghost else 0)
                 if len(labels):
-                    norms = (private.per_sample_gradient_norms if ghost else torch.stack(
-                        [g.reshape(len(g), -1).norm(2, dim=-1)
-                         for g in optimizer.grad_samples], dim=1).norm(2, dim=1))
-                    clipped.append((norms > dp.max_grad_norm).float().mean().item())
-                    losses.append(loss.item())
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                    clipped.append(over / len(labels))
+                    losses.append(loss_sum / len(labels))
                 schedule.step()
                 seen += len(labels)
                 steps += 1
@@ -265,6 +261,37 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     stats = TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen,
                        sample_rate=sample_rate, clipped_fraction=mean_or_nan(clipped))
     return stats, list(engine.accountant.history)
+
+
+def _dp_batch(private: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+              inputs: list[torch.Tensor], labels: torch.Tensor, dp: DPSettings,
+              token_budget: int) -> tuple[float, int]:
+    """One DP-SGD step on one Poisson batch, run as length-sorted pieces (common.batching):
+    every piece's per-sample gradients are clipped and summed, and only the last piece's
+    ``optimizer.step()`` adds the noise and steps (Opacus' skip-step, as its BatchMemoryManager
+    does), so the step, its noise and the accountant's count are those of the whole batch.
+    Returns the batch's summed loss and how many of its per-sample gradients were clipped."""
+    texts = len(inputs) == 2  # (input_ids, mask); one tensor = cached features, never split
+    pieces = micro_batches(inputs[1], token_budget) if texts and token_budget else []
+    runs = ([(inputs, labels)] if len(pieces) <= 1
+            else [([t[rows] for t in inputs], labels[rows]) for rows in pieces])
+    loss_sum, over = 0.0, 0
+    for index, (part, y) in enumerate(runs):
+        logits = model_logits(private, part)
+        y = y.to(logits.device)
+        loss = criterion(logits, y) if len(y) else logits.sum() * 0.0
+        loss.backward()
+        if len(y):
+            norms = (private.per_sample_gradient_norms if dp.clipping == "ghost" else torch.stack(
+                [g.reshape(len(g), -1).norm(2, dim=-1) for g in optimizer.grad_samples],
+                dim=1).norm(2, dim=1))
+            over += int((norms > dp.max_grad_norm).sum())
+            loss_sum += loss.item() * len(y)
+        if index < len(runs) - 1:
+            optimizer.signal_skip_step(do_skip=True)  # clip and keep the sum; no noise, no step
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss_sum, over
 
 
 def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) -> TrainStats:
@@ -297,17 +324,17 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
 def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> EvalStats:
     was_training = model.training
     model.eval()
-    losses, preds, labels_all = [], [], []
+    input_ids, mask, labels = data.tensors
+    loss_sum, preds = 0.0, torch.empty(len(labels), dtype=torch.long)
     try:
-        for input_ids, mask, labels in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask).cpu()
-            losses.append(nn.functional.cross_entropy(logits, labels, reduction="sum").item())
-            preds.append(logits.argmax(dim=-1).numpy())
-            labels_all.append(labels.numpy())
+        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
+            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
+            loss_sum += nn.functional.cross_entropy(logits, labels[rows], reduction="sum").item()
+            preds[rows] = logits.argmax(dim=-1)
     finally:
         model.train(was_training)
-    y_pred, y_true = np.concatenate(preds), np.concatenate(labels_all)
-    return EvalStats(loss=sum(losses) / len(y_true), accuracy=accuracy(y_true, y_pred),
+    y_pred, y_true = preds.numpy(), labels.numpy()
+    return EvalStats(loss=loss_sum / max(len(y_true), 1), accuracy=accuracy(y_true, y_pred),
                      macro_f1=macro_f1(y_true, y_pred), num_examples=len(y_true),
                      predictions=tuple(int(p) for p in y_pred))
 
@@ -325,16 +352,18 @@ def evaluate_tokens(model: nn.Module, data: TensorDataset, batch_size: int = 64)
     computed from them against the full gold sentences (common.metrics.entity_scores)."""
     was_training = model.training
     model.eval()
-    loss_sum, words, predictions = 0.0, 0, []
+    input_ids, mask, all_labels = data.tensors
+    loss_sum, words = 0.0, 0
+    predictions: list[tuple[int, ...]] = [()] * len(all_labels)
     try:
-        for input_ids, mask, labels in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask).cpu()
-            labels = labels[:, : logits.shape[1]]
+        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
+            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
+            labels = all_labels[rows, : logits.shape[1]]
             loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels,
                                                     ignore_index=-100, reduction="sum").item()
             words += int((labels != -100).sum())
-            for row, gold in zip(logits.argmax(dim=-1), labels):
-                predictions.append(tuple(int(p) for p in row[gold != -100]))
+            for row, tags, gold in zip(rows.tolist(), logits.argmax(dim=-1), labels):
+                predictions[row] = tuple(int(p) for p in tags[gold != -100])
     finally:
         model.train(was_training)
     return TokenEvalStats(loss=loss_sum / max(words, 1), num_examples=len(predictions),
@@ -347,14 +376,19 @@ def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 6
     are ignored, so one pass scores a text under every label (the privacy audit's use)."""
     was_training = model.training
     model.eval()
-    out = []
+    input_ids, mask = data.tensors[0], data.tensors[1]
+    out = None
     try:
-        for input_ids, mask, _ in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask).cpu()
-            out.append(torch.log_softmax(logits, dim=-1).numpy())
+        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
+            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
+            if out is None:
+                out = torch.empty(len(input_ids), logits.shape[-1])
+            out[rows] = torch.log_softmax(logits, dim=-1)
     finally:
         model.train(was_training)
-    return np.concatenate(out).astype(np.float64)
+    if out is None:  # no texts
+        return np.zeros((0, 0))
+    return out.numpy().astype(np.float64)
 
 
 def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
