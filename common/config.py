@@ -128,10 +128,11 @@ class RunConfig:
                                  "per-sample gradients), ghost (norms only, 2nd backward) or auto "
                                  "(the faster one for the finetune mode, as measured).",
                          choices=CLIPPINGS)
-    batch_tokens: int = _opt(1024, "Padded tokens per encoder pass in a DP step: each Poisson "
-                                   "batch runs as length-sorted pieces of at most this many "
-                                   "tokens (speed and memory; the step, its noise and ε are "
-                                   "the batch's). 0 = the whole batch in one pass.", min=0)
+    batch_tokens: int = _opt(1024, "Padded tokens per encoder pass in training: each batch "
+                                   "(under DP, each Poisson batch) runs as length-sorted "
+                                   "pieces of at most this many tokens, for speed and memory; "
+                                   "the step, and under DP its clipping, noise and ε, are the "
+                                   "whole batch's. 0 = each batch in one pass.", min=0)
     update_clip_norm: float = _opt(10.0, "L2 bound on each partner's update (new − old); "
                                          "0 = no bound. A DP partner notes when its plan's "
                                          "noise alone moves further (lr·√(d·T)).", ge=0.0)

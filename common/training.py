@@ -43,7 +43,7 @@ class TrainSettings:
     head_lr_scale: float = 1.0  # with LoRA adapters: the head's lr = learning_rate × this
     schedule: LRSchedule = LRSchedule()  # the lr over the run (common.schedule): constant
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
-    # padded tokens per encoder pass in a DP step (common.batching); 0 = the batch in one pass
+    # padded tokens per encoder pass (common.batching); 0 = each batch in one pass
     token_budget: int = TOKEN_BUDGET
     # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
     per_example_loss: PerExampleLoss | None = None
@@ -263,6 +263,17 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     return stats, list(engine.accountant.history)
 
 
+def _pieces(inputs: list[torch.Tensor], labels: torch.Tensor, token_budget: int
+            ) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """A batch's (inputs, labels) as length-sorted pieces of at most ``token_budget`` padded
+    tokens (common.batching); cached features (one input tensor) stay whole."""
+    texts = len(inputs) == 2  # (input_ids, mask)
+    pieces = micro_batches(inputs[1], token_budget) if texts and token_budget else []
+    if len(pieces) <= 1:
+        return [(inputs, labels)]
+    return [([t[rows] for t in inputs], labels[rows]) for rows in pieces]
+
+
 def _dp_batch(private: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
               inputs: list[torch.Tensor], labels: torch.Tensor, dp: DPSettings,
               token_budget: int) -> tuple[float, int]:
@@ -271,10 +282,7 @@ def _dp_batch(private: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     ``optimizer.step()`` adds the noise and steps (Opacus' skip-step, as its BatchMemoryManager
     does), so the step, its noise and the accountant's count are those of the whole batch.
     Returns the batch's summed loss and how many of its per-sample gradients were clipped."""
-    texts = len(inputs) == 2  # (input_ids, mask); one tensor = cached features, never split
-    pieces = micro_batches(inputs[1], token_budget) if texts and token_budget else []
-    runs = ([(inputs, labels)] if len(pieces) <= 1
-            else [([t[rows] for t in inputs], labels[rows]) for rows in pieces])
+    runs = _pieces(inputs, labels, token_budget)
     loss_sum, over = 0.0, 0
     for index, (part, y) in enumerate(runs):
         logits = model_logits(private, part)
@@ -295,7 +303,8 @@ def _dp_batch(private: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
 
 
 def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) -> TrainStats:
-    """The non-private baseline: shuffled mini-batches, no clipping, no noise."""
+    """The non-private baseline: shuffled mini-batches, no clipping, no noise; each batch's
+    gradient accumulated over its length-sorted pieces (``settings.token_budget``)."""
     generator = torch.Generator().manual_seed(training_seed(settings))
     loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, generator=generator)
     optimizer = make_optimizer(model, settings.learning_rate, settings.head_lr_scale)
@@ -306,13 +315,16 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
         for *inputs, labels in bar.over(loader):
-            logits = model_logits(model, inputs)
-            loss = per_example(logits, labels.to(logits.device)).mean()
-            loss.backward()
+            loss_sum = 0.0
+            for part, y in _pieces(inputs, labels, settings.token_budget):  # the batch mean,
+                logits = model_logits(model, part)  # accumulated piece by piece
+                loss = per_example(logits, y.to(logits.device)).sum() / len(labels)
+                loss.backward()
+                loss_sum += loss.item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
-            losses.append(loss.item())
+            losses.append(loss_sum)
             seen += len(labels)
             steps += 1
     bar.close()

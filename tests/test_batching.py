@@ -15,7 +15,7 @@ from common.config import RunConfig
 from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 from common.training import (DPSettings, TrainSettings, evaluate, evaluate_tokens,
-                             log_probabilities, train_dp)
+                             log_probabilities, train_dp, train_plain)
 
 
 def _mask(lengths: list[int], width: int = 16) -> torch.Tensor:
@@ -62,14 +62,18 @@ def _texts(n: int, vocab: int, seed: int) -> TensorDataset:
     return TensorDataset(ids, mask, torch.randint(0, len(LABELS), (n,), generator=g))
 
 
-def _dp_round(tiny_bert: str, token_budget: int) -> tuple[dict, object, list]:
+def _model(tiny_bert: str) -> nn.Module:
     config = RunConfig(base_model=tiny_bert, finetune="lora", max_length=16)
     torch.manual_seed(0)
     model = build_model(config, LABELS)
     for module in model.modules():  # no dropout: the two runs must draw the same random numbers
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-    model.train()
+    return model.train()
+
+
+def _dp_round(tiny_bert: str, token_budget: int) -> tuple[dict, object, list]:
+    model = _model(tiny_bert)
     data = _texts(60, model.config.vocab_size, seed=1)
     settings = TrainSettings(1e-2, 20, 2, 16, seed=5, token_budget=token_budget)
     stats, history = train_dp(model, data, settings, DPSettings(0.7, 0.5), [(0.1, 0.7, 4)])
@@ -93,6 +97,21 @@ def test_a_dp_round_in_pieces_is_the_same_dp_sgd(tiny_bert: str) -> None:
     assert split_stats.examples_seen == whole_stats.examples_seen
     assert split_stats.loss == pytest.approx(whole_stats.loss, rel=1e-5)
     assert split_stats.clipped_fraction == pytest.approx(whole_stats.clipped_fraction)
+
+
+def test_a_plain_round_in_pieces_takes_the_same_steps(tiny_bert: str) -> None:
+    """Without DP each batch's mean gradient is accumulated piece by piece: the same weights."""
+    def round_(token_budget: int) -> tuple[dict, float]:
+        model = _model(tiny_bert)
+        data = _texts(60, model.config.vocab_size, seed=1)
+        stats = train_plain(model, data, TrainSettings(1e-2, 20, 2, 16, seed=5,
+                                                       token_budget=token_budget))
+        return trainable_state(model), stats.loss
+
+    (whole, whole_loss), (split, split_loss) = round_(0), round_(24)
+    for k in whole:
+        np.testing.assert_allclose(split[k], whole[k], atol=1e-5, err_msg=k)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
 
 
 class _Echo(nn.Module):
