@@ -388,19 +388,14 @@ def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 6
     are ignored, so one pass scores a text under every label (the privacy audit's use)."""
     was_training = model.training
     model.eval()
-    input_ids, mask = data.tensors[0], data.tensors[1]
-    out = None
+    out = []
     try:
-        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
-            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
-            if out is None:
-                out = torch.empty(len(input_ids), logits.shape[-1])
-            out[rows] = torch.log_softmax(logits, dim=-1)
+        for input_ids, mask, _ in DataLoader(data, batch_size=batch_size):
+            logits = _forward(model, input_ids, mask).cpu()
+            out.append(torch.log_softmax(logits, dim=-1).numpy())
     finally:
         model.train(was_training)
-    if out is None:  # no texts
-        return np.zeros((0, 0))
-    return out.numpy().astype(np.float64)
+    return np.concatenate(out).astype(np.float64)
 
 
 def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,

@@ -15,7 +15,7 @@ from common.config import RunConfig
 from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 from common.training import (DPSettings, TrainSettings, evaluate, evaluate_tokens,
-                             log_probabilities, train_dp, train_plain)
+                             train_dp, train_plain)
 
 
 def _mask(lengths: list[int], width: int = 16) -> torch.Tensor:
@@ -137,8 +137,6 @@ def test_evaluation_keeps_each_text_at_its_place() -> None:
     alone = [int(model(data.tensors[0][i:i + 1], data.tensors[1][i:i + 1]).logits.argmax())
              for i in range(23)]
     assert list(evaluate(model, data, batch_size=4).predictions) == alone
-    logp = log_probabilities(model, data, batch_size=4)
-    assert logp.shape == (23, len(LABELS)) and list(logp.argmax(axis=1)) == alone
     model = _Echo(len(LABELS), token_level=True)
     tags = torch.randint(0, len(LABELS), (23, 16)) * data.tensors[1] - 100 * (1 - data.tensors[1])
     tokens = TensorDataset(data.tensors[0], data.tensors[1], tags)
