@@ -65,8 +65,8 @@ def load(dataset: str, root: Path, examples: int, folder: Path) -> tuple[Any, An
 
 def measure(arm: Arm, config: Any, data: TensorDataset) -> dict[str, Any]:
     from common.model import build_model
-    from common.training import (DPSettings, TrainSettings, _forward, evaluate,
-                                 evaluate_tokens, train_dp)
+    from common.evaluation import evaluate, evaluate_tokens
+    from common.training import DPSettings, TrainSettings, _forward, train_dp
 
     from common.tasks import get_task
 

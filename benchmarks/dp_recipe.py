@@ -5,13 +5,16 @@
         --out results/dp_recipe_sweep.json
     HF_HUB_OFFLINE=1 python -m benchmarks.dp_recipe --part schedule --seeds 3 \
         --out results/dp_recipe_schedule.json
+    HF_HUB_OFFLINE=1 python -m benchmarks.dp_recipe --part ema --seeds 3 \
+        --out results/dp_recipe_ema.json
 
 Frozen mean-pooled features are computed once (cached under results/), then every arm trains the
 linear head with the project's own DP-SGD path (common.training.train_dp: Opacus, Poisson
 sampling, RDP accountant) and is scored on the 872 GLUE dev sentences (../shared/datasets/sst2/
 test.tsv). Arms: batch × learning rate (raw and L2-normalised features), momentum SGD vs AdamW,
 non-DP, a sweep of n × ε with the planner's automatic batch that calibrates its threshold, and
-n × ε × the learning-rate schedule (constant, linear, cosine decay).
+n × ε × the learning-rate schedule (constant, linear, cosine decay), and n × ε × the EMA of the
+weights (common.averaging).
 Skips cleanly when the data set is absent.
 """
 
@@ -92,14 +95,16 @@ def momentum_sgd() -> Iterator[None]:
 
 
 def train_head(train: TensorDataset, dev: TensorDataset, batch: int, lr: float, seed: int,
-               epsilon: float | None, lr_schedule: str = "constant") -> dict[str, Any]:
+               epsilon: float | None, lr_schedule: str = "constant",
+               ema_decay: float = 0.0) -> dict[str, Any]:
     """One arm: a zero-initialised linear head, DP (epsilon) or not (None); dev accuracy."""
     head = nn.Linear(train.tensors[0].shape[1], 2)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     q, steps = poisson_schedule(len(train), batch, EPOCHS)
     schedule = LRSchedule.for_round(lr_schedule, 1, 1, steps)  # one round of EPOCHS epochs
-    settings = training.TrainSettings(lr, batch, EPOCHS, 0, seed=seed, schedule=schedule)
+    settings = training.TrainSettings(lr, batch, EPOCHS, 0, seed=seed, schedule=schedule,
+                                      ema_decay=ema_decay)
     row: dict[str, Any] = {"batch": batch, "lr": lr, "seed": seed, "epsilon": epsilon}
     if epsilon is None:
         training.train_plain(head, train, settings)
@@ -224,12 +229,37 @@ def schedules(train: TensorDataset, dev: TensorDataset, seeds: int,
     return _run(arms, measure, out)
 
 
+def averaging(train: TensorDataset, dev: TensorDataset, seeds: int,
+              out: Path) -> list[dict[str, Any]]:
+    """The EMA of the weights over the steps (common.averaging) at the planner's batch and lr,
+    against the last iterate (decay 0), where DP noise costs accuracy and where it does not."""
+    d = train.tensors[0].shape[1] * 2 + 2
+
+    def measure(arm: Arm) -> dict[str, Any]:
+        n, epsilon, decay = arm.settings["n"], arm.settings["epsilon"], arm.settings["decay"]
+        sub = TensorDataset(*(t[:n] for t in train.tensors))
+        plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
+        lr = plan.learning_rate * arm.settings["lr_scale"]
+        runs = [train_head(sub, dev, plan.batch_size, lr, s, epsilon, ema_decay=decay)
+                for s in range(seeds)]
+        return {"arm": "ema", "n": n, "epsilon": epsilon, "ema_decay": decay,
+                "batch": plan.batch_size, "lr": lr, "steps": runs[0]["steps"],
+                "run_ratio": plan.run_ratio, "accuracy": _mean_acc(runs), "runs": runs}
+
+    arms = [Arm(f"ema/n{n}/eps{e:g}/decay{decay:g}/lr-x{scale}",
+                {"n": n, "epsilon": e, "decay": decay, "lr_scale": scale})
+            for n in (400, 1600, len(train)) for e in (1.0, 8.0)
+            for decay in (0.0, 0.5, 0.8, 0.9, 0.95) for scale in (1, 2)]
+    return _run(arms, measure, out)
+
+
 def main() -> int:
     parser = harness.parser(__doc__)
     parser.add_argument("--train-examples", type=int, default=4000)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--part", choices=("grid", "sweep", "schedule", "all"), default="all")
+    parser.add_argument("--part", choices=("grid", "sweep", "schedule", "ema", "all"),
+                        default="all")
     parser.add_argument("--out", default="results/dp_recipe.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -255,6 +285,8 @@ def main() -> int:
         body["sweep"] = sweep(train, dev, args.seeds, Path(args.out))
     if args.part in ("schedule", "all"):
         body["schedule"] = schedules(train, dev, args.seeds, Path(args.out))
+    if args.part in ("ema", "all"):
+        body["ema"] = averaging(train, dev, args.seeds, Path(args.out))
     body["seconds"] = time.perf_counter() - started
     harness.write_json(args.out, body)
     print(f"wrote {args.out} ({body['seconds']:.0f} s)")

@@ -28,7 +28,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.dp_recipe import SST2, _read_tsv
-from common import planner, training
+from common import evaluation, planner, training
 from common.config import RunConfig
 from common.data import TextDataset
 from common.device import resolve_device
@@ -131,7 +131,7 @@ def run_arm(arm: dict[str, Any], train: TextDataset, dev: TextDataset, device: t
                                              check=False).run_ratio)
     row["train_seconds"] = round(time.perf_counter() - started, 1)
     model.eval()
-    row["accuracy"] = training.evaluate(model, dev_data).accuracy
+    row["accuracy"] = evaluation.evaluate(model, dev_data).accuracy
     return row
 
 

@@ -33,7 +33,7 @@ from common.model import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
 from common.tokens import (TokenDataset, encode_tokens, entity_types, load_token_dataset,
                            predicted_tags, read_sentences, tag_names)
-from common.training import evaluate_tokens
+from common.evaluation import evaluate_tokens
 from server.checkpoint import latest_checkpoint
 from simulations.simulate import Federation, run_simulation
 

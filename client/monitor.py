@@ -48,7 +48,7 @@ class MonitorRequest:
 
 def _probabilities(model: Any, encoded: Any) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, gold) per scored position: a text, or a tagged word (gold >= 0)."""
-    from common.training import log_probabilities
+    from common.evaluation import log_probabilities
 
     probs = np.exp(log_probabilities(model, encoded))
     gold = encoded.tensors[-1].numpy()

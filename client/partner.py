@@ -173,7 +173,7 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
                       len(persons) if persons else len(prep.train),  # (nothing spent)
                       "person" if persons else "example")
     batch, learning_rate = batch_and_learning_rate(config, plan)
-    fit_batch, per_sample = memory_batch(config, batch)
+    fit_batch, per_sample = memory_batch(config, batch, per_person=persons is not None)
     check_fits(prep.model, fit_batch, config.max_length, per_sample, partner.name, device)
     old = trainable_state(prep.model)
     started = time.perf_counter()
@@ -186,7 +186,7 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
                              seed=seed, desc=f"{partner.name} round {server_round}", plan=plan,
                              per_example_loss=prep.task.per_example_loss,
                              head_lr_scale=config.head_lr_scale,
-                             token_budget=config.batch_tokens,
+                             token_budget=config.batch_tokens, ema_decay=config.ema_decay,
                              schedule=lr_schedule(config, plan, server_round, len(data), batch))
     history: list[tuple[float, float, int]] = []
     if config.dp:

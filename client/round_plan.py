@@ -72,16 +72,19 @@ def lr_schedule(config: RunConfig, plan: DPPlan | None, server_round: int, examp
                                 config.lr_warmup)
 
 
-def memory_batch(config: RunConfig, batch: int) -> tuple[int, bool]:
+def memory_batch(config: RunConfig, batch: int, per_person: bool = False) -> tuple[int, bool]:
     """(batch, per-sample gradients?) whose memory the encoder must hold: pooled-head runs the
     encoder only in no-grad feature passes; head's encoder never needs gradients (its inputs
     are cached, or, past common.head_features.MAX_CACHED_BYTES, computed per step); the head's
     DP step is small. A DP step with per-sample hooks runs its batch in pieces of at most
     ``batch-tokens`` padded tokens (common.batching), so it holds at most that many texts of
-    ``max-length`` at once."""
+    ``max-length`` at once. A per-person step (common.person_dp; ``batch`` = expected persons)
+    runs whole: up to ``max-rows-per-person`` rows of each sampled person."""
     if config.finetune == "pooled-head":
         return FEATURE_BATCH, False
     per_sample = config.dp and config.finetune != "head"
+    if per_person and per_sample:
+        return batch * config.max_rows_per_person, True
     pieces = (per_sample and config.batch_tokens > 0
               and clipping_for(config.clipping, config.finetune) == "hooks")
     if pieces:

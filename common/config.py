@@ -108,6 +108,10 @@ class RunConfig:
     lr_warmup: float = _opt(0.0, "The share of the run's steps over which the learning rate "
                                  "rises linearly to learning-rate first (0 = none).",
                             ge=0.0, lt=1.0)
+    ema_decay: float = _opt(0.0, "Each round's weights become the exponential moving average of "
+                                 "its steps' iterates with this decay per step (0 = the last "
+                                 "iterate). Post-processing of what DP-SGD releases: costs no "
+                                 "ε.", ge=0.0, lt=1.0)
     dp_plan_check: bool = _opt(True, "Refuse, before any ε is spent, a DP plan predicted to "
                                      "learn nothing (noise-to-signal over the run above "
                                      "common.planner.MAX_RUN_RATIO); false = run it anyway.")

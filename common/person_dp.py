@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from common.averaging import WeightAverage
 from common.errors import PrivacyError
 from common.progress import RoundProgress
 from common.training import (DPSettings, TrainSettings, TrainStats, make_optimizer,
@@ -146,6 +147,7 @@ def train_dp_persons(model: nn.Module, data: TensorDataset, persons: Persons,
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=q))
     per_example = settings.loss_per_example()
     losses, clipped, seen, steps = [], [], 0, 0
+    average = WeightAverage(model, settings.ema_decay)
     bar = RoundProgress(settings.local_epochs * int(1 / q), settings.desc)
     try:
         for _ in range(settings.local_epochs):
@@ -164,11 +166,13 @@ def train_dp_persons(model: nn.Module, data: TensorDataset, persons: Persons,
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
+                average.update()
                 seen += len(rows)
                 steps += 1
     finally:
         bar.close()
         private._close()  # remove Opacus' hooks: the plain model is evaluated and exported
+    average.apply()  # post-processing of the released iterates: no ε
     stats = TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen,
                        sample_rate=q, clipped_fraction=mean_or_nan(clipped))
     return stats, list(accountant.history)

@@ -23,7 +23,7 @@ from common import protocol as P
 from common.data import parse_jsonl, read_text
 from common.errors import DataError, ModelError
 from common.metrics import entity_count_metrics, entity_scores
-from common.training import evaluate_tokens
+from common.evaluation import evaluate_tokens
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Local training and evaluation at a partner: DP-SGD with Opacus, or plain AdamW as a baseline.
+"""Local training at a partner: DP-SGD with Opacus, or plain AdamW as a baseline (evaluation:
+common.evaluation).
 
 Phases of a DP round: encode -> validate the model -> wrap with Opacus (Poisson sampling,
 per-sample clipping, Gaussian noise; the accountant restored from the ledger) -> train -> unwrap.
@@ -18,12 +19,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import PreTrainedTokenizerBase
 
-from common import protocol as P
+from common.averaging import WeightAverage
+from common.batching import TOKEN_BUDGET, micro_batches
 from common.data import TextDataset
-from common.batching import TOKEN_BUDGET, micro_batches, sorted_batches
 from common.errors import PrivacyError
-from common.groups import group_counts
-from common.metrics import accuracy, class_counts, macro_f1
 from common.planner import DPPlan
 from common.progress import RoundProgress
 from common.schedule import LRSchedule
@@ -45,6 +44,7 @@ class TrainSettings:
     plan: DPPlan | None = None  # DP-SGD's q, steps and σ (common.planner); None without DP
     # padded tokens per encoder pass (common.batching); 0 = each batch in one pass
     token_budget: int = TOKEN_BUDGET
+    ema_decay: float = 0.0  # the round's weights = the EMA of its iterates (common.averaging)
     # the task's loss per example, whose gradient DP-SGD clips; None = by the labels' shape
     per_example_loss: PerExampleLoss | None = None
 
@@ -73,15 +73,6 @@ class TrainStats:
     examples_seen: int
     sample_rate: float  # 0 without DP
     clipped_fraction: float  # share of per-sample gradients clipped (nan without DP)
-
-
-@dataclass(frozen=True)
-class EvalStats:
-    loss: float
-    accuracy: float
-    macro_f1: float
-    num_examples: int
-    predictions: tuple[int, ...]
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, data: TextDataset, max_length: int) -> TensorDataset:
@@ -242,6 +233,7 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
     private, optimizer, criterion, private_loader = (
         wrapped if ghost else (wrapped[0], wrapped[1], criterion, wrapped[2]))
     losses, clipped, seen, steps = [], [], 0, 0
+    average = WeightAverage(model, settings.ema_decay)
     bar = RoundProgress(settings.local_epochs * len(private_loader), settings.desc)
     try:
         for _ in range(settings.local_epochs):
@@ -252,11 +244,13 @@ def train_dp(model: nn.Module, data: TensorDataset, settings: TrainSettings, dp:
                     clipped.append(over / len(labels))
                     losses.append(loss_sum / len(labels))
                 schedule.step()
+                average.update()
                 seen += len(labels)
                 steps += 1
     finally:
         bar.close()
         private._close()  # remove Opacus hooks so the plain model can be evaluated and exported
+    average.apply()  # post-processing of the released iterates: no ε
     sample_rate = 1.0 / len(loader)
     stats = TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen,
                        sample_rate=sample_rate, clipped_fraction=mean_or_nan(clipped))
@@ -311,6 +305,7 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
     schedule = scheduled(optimizer, settings.schedule)
     per_example = settings.loss_per_example()
     losses, seen, steps = [], 0, 0
+    average = WeightAverage(model, settings.ema_decay)
     model.train()
     bar = RoundProgress(settings.local_epochs * len(loader), settings.desc)
     for _ in range(settings.local_epochs):
@@ -324,94 +319,14 @@ def train_plain(model: nn.Module, data: TensorDataset, settings: TrainSettings) 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
+            average.update()
             losses.append(loss_sum)
             seen += len(labels)
             steps += 1
     bar.close()
+    average.apply()
     return TrainStats(loss=mean_or_nan(losses), steps=steps, examples_seen=seen, sample_rate=0.0,
                       clipped_fraction=math.nan)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> EvalStats:
-    was_training = model.training
-    model.eval()
-    input_ids, mask, labels = data.tensors
-    loss_sum, preds = 0.0, torch.empty(len(labels), dtype=torch.long)
-    try:
-        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
-            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
-            loss_sum += nn.functional.cross_entropy(logits, labels[rows], reduction="sum").item()
-            preds[rows] = logits.argmax(dim=-1)
-    finally:
-        model.train(was_training)
-    y_pred, y_true = preds.numpy(), labels.numpy()
-    return EvalStats(loss=loss_sum / max(len(y_true), 1), accuracy=accuracy(y_true, y_pred),
-                     macro_f1=macro_f1(y_true, y_pred), num_examples=len(y_true),
-                     predictions=tuple(int(p) for p in y_pred))
-
-
-@dataclass(frozen=True)
-class TokenEvalStats:
-    loss: float  # mean cross-entropy per labelled word
-    num_examples: int  # sentences
-    predictions: tuple[tuple[int, ...], ...]  # per sentence: the tag id at each word kept
-
-
-@torch.no_grad()
-def evaluate_tokens(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> TokenEvalStats:
-    """Predicted tags at every labelled position (a word's first sub-token); entity scores are
-    computed from them against the full gold sentences (common.metrics.entity_scores)."""
-    was_training = model.training
-    model.eval()
-    input_ids, mask, all_labels = data.tensors
-    loss_sum, words = 0.0, 0
-    predictions: list[tuple[int, ...]] = [()] * len(all_labels)
-    try:
-        for rows in sorted_batches(mask, batch_size):  # similar lengths: little padding
-            logits = _forward(model, input_ids[rows], mask[rows]).cpu()
-            labels = all_labels[rows, : logits.shape[1]]
-            loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels,
-                                                    ignore_index=-100, reduction="sum").item()
-            words += int((labels != -100).sum())
-            for row, tags, gold in zip(rows.tolist(), logits.argmax(dim=-1), labels):
-                predictions[row] = tuple(int(p) for p in tags[gold != -100])
-    finally:
-        model.train(was_training)
-    return TokenEvalStats(loss=loss_sum / max(words, 1), num_examples=len(predictions),
-                          predictions=tuple(predictions))
-
-
-@torch.no_grad()
-def log_probabilities(model: nn.Module, data: TensorDataset, batch_size: int = 64) -> np.ndarray:
-    """Per-example log-softmax over the labels, shape (examples, labels); labels in ``data``
-    are ignored, so one pass scores a text under every label (the privacy audit's use)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for input_ids, mask, _ in DataLoader(data, batch_size=batch_size):
-            logits = _forward(model, input_ids, mask).cpu()
-            out.append(torch.log_softmax(logits, dim=-1).numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(out).astype(np.float64)
-
-
-def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
-                 max_length: int, min_group_size: int = 1) -> dict[str, float]:
-    """An evaluate reply for text-classification: loss, accuracy, macro-F1 and per-class counts
-    (``tp/<label>`` ...; counts, never examples, so they can be pooled across partners), and,
-    when the data has groups, the same counts per group of at least ``min_group_size``
-    examples (common.groups: smaller ones suppressed)."""
-    stats = evaluate(model, encode(tokenizer, data, max_length))
-    counts = class_counts(np.asarray(data.labels), np.asarray(stats.predictions),
-                          data.label_names)
-    if data.subgroups:
-        counts.update(group_counts(data.labels, stats.predictions, data.subgroups,
-                                   data.label_names, min_group_size))
-    return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
-            P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1, **counts}
 
 
 def training_seed(settings: TrainSettings) -> int:

@@ -150,7 +150,8 @@ def run_arm(config: RunConfig, settings: A.AuditSettings,
     from client.round_plan import trainable_view
     from common.model import build_model, load_tokenizer  # torch & co. only when auditing
     from common.person_dp import Persons
-    from common.training import encode, evaluate, log_probabilities
+    from common.evaluation import evaluate, log_probabilities
+    from common.training import encode
 
     started = time.time()
     train, test = partner_data(config)

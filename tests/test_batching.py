@@ -14,8 +14,8 @@ from common.batching import micro_batches, sorted_batches
 from common.config import RunConfig
 from common.model import build_model, trainable_state
 from common.synthetic import LABELS
-from common.training import (DPSettings, TrainSettings, evaluate, evaluate_tokens,
-                             train_dp, train_plain)
+from common.evaluation import evaluate, evaluate_tokens
+from common.training import DPSettings, TrainSettings, train_dp, train_plain
 
 
 def _mask(lengths: list[int], width: int = 16) -> torch.Tensor:
@@ -149,7 +149,8 @@ def test_evaluation_keeps_each_text_at_its_place() -> None:
 
 def test_memory_is_planned_for_one_piece() -> None:
     """The memory check sizes a DP step with per-sample hooks by its largest piece, not by the
-    expected batch; ghost clipping and a budget of 0 keep the whole batch."""
+    expected batch; ghost clipping and a budget of 0 keep the whole batch, and a per-person step
+    holds up to max-rows-per-person rows of each expected person."""
     from client.round_plan import memory_batch
 
     lora = RunConfig(finetune="lora", max_length=64, clipping="hooks")
@@ -158,3 +159,7 @@ def test_memory_is_planned_for_one_piece() -> None:
         256, True)
     assert memory_batch(RunConfig(finetune="full", clipping="ghost"), 256) == (256, True)
     assert memory_batch(RunConfig(finetune="lora", dp=False), 32) == (32, False)
+    people = RunConfig(finetune="lora", max_length=64, max_rows_per_person=4)
+    assert memory_batch(people, 50, per_person=True) == (200, True)
+    assert memory_batch(RunConfig(finetune="head", max_rows_per_person=4), 50,
+                        per_person=True) == (50, False)

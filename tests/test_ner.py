@@ -23,7 +23,8 @@ from common.model import build_model, load_tokenizer, load_trainable_state, trai
 from common.sources import run_labels
 from common.tokens import (IGNORE, TokenDataset, align_labels, encode_tokens,
                            load_token_dataset, predicted_tags, read_sentences, tag_names, to_iob2)
-from common.training import _loss, evaluate_tokens
+from common.evaluation import evaluate_tokens
+from common.training import _loss
 
 TOKEN_TASK = "token-classification"
 

@@ -20,7 +20,8 @@ from common.fingerprint import frozen_fingerprint
 from common.model import (build_model, load_tokenizer, load_trainable_state, save_model,
                           trainable_state)
 from common.synthetic import LABELS
-from common.training import _forward, encode, text_metrics
+from common.evaluation import text_metrics
+from common.training import _forward, encode
 
 
 def pooled_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:

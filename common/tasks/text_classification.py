@@ -66,7 +66,7 @@ class TextClassification(Task):
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
                  max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """Loss, accuracy, macro-F1 and per-class counts, per group too
-        (common.training.text_metrics)."""
-        from common.training import text_metrics
+        (common.evaluation.text_metrics)."""
+        from common.evaluation import text_metrics
 
         return text_metrics(model, tokenizer, data, max_length, min_group_size)
