@@ -2,7 +2,10 @@
 loopback) vs simulation engine, same App, same data, same model (the default recipe, DP ε = 8),
 at each data size; and where the gap goes, phase by phase, in a fresh ClientApp process.
 
-    python -m benchmarks.deploy [--partners 2] [--rounds 3] [--sizes 120,1000]
+    python -m benchmarks.deploy [--partners 2] [--rounds 3] [--sizes 120,1000] [--set KEY=VALUE]
+
+``--set`` changes the run config of both engines alike (e.g. ``--set finetune=pooled-lora --set
+lora-freeze-a=true``: a recipe that adapts the encoder, so a round trains for longer).
 
 Writes OUT/deploy.json (after every arm) and prints the tables. The partners' data is the
 embedded synthetic set written to CSV files, so it needs nothing outside the install. Round 1
@@ -23,12 +26,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from common.config import RunConfig
 from common.logs import configure_logging
 from common.synthetic import LABELS, synthetic_partner_data
+from simulations.cli import parse_set
 from simulations.simulate import Federation, run_simulation
 
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -41,7 +46,7 @@ t1 = time.time()
 from common.config import RunConfig; from common.model import build_model, load_tokenizer
 from common.synthetic import LABELS, synthetic_partner_data
 from common.tasks import get_task
-c = RunConfig(examples_per_partner=int(sys.argv[1])); tok = load_tokenizer(c)
+import json; c = RunConfig.from_mapping(json.loads(sys.argv[1])); tok = load_tokenizer(c)
 model = build_model(c, LABELS); t2 = time.time()
 get_task(c.task).encode(tok, synthetic_partner_data(0, c.examples_per_partner, c.seed),
                         c.max_length)
@@ -71,7 +76,8 @@ def _rounds(out: Path) -> list[dict]:
              "partner_train_seconds": line.get("partner_train_seconds", {})} for line in lines]
 
 
-def run_deployment(root: Path, config: RunConfig, partners: int) -> list[dict]:
+def run_deployment(root: Path, config: RunConfig, partners: int,
+                   sets: Sequence[str] = ()) -> list[dict]:
     procs: list[subprocess.Popen] = []
     port = _free_port()
 
@@ -104,7 +110,8 @@ def run_deployment(root: Path, config: RunConfig, partners: int) -> list[dict]:
                 "--out", str(out), "--rounds", str(config.num_rounds),
                 "--set", f"examples-per-partner={config.examples_per_partner}",
                 "--set", f"min-partners={partners}",
-                "--set", f"dp-plan-check={str(config.dp_plan_check).lower()}"]
+                "--set", f"dp-plan-check={str(config.dp_plan_check).lower()}",
+                *(arg for item in sets for arg in ("--set", item))]
         subprocess.run(args, check=True, env=ENV, capture_output=True, timeout=1800)
         return _rounds(out)
     finally:
@@ -114,8 +121,9 @@ def run_deployment(root: Path, config: RunConfig, partners: int) -> list[dict]:
                 proc.wait(timeout=30)
 
 
-def run_simulated(root: Path, config: RunConfig, partners: int) -> list[dict]:
-    """The same federation through Flower's simulation engine."""
+def run_simulated(root: Path, config: RunConfig, partners: int,
+                  sets: Sequence[str] = ()) -> list[dict]:
+    """The same federation through Flower's simulation engine (``sets`` are in ``config``)."""
     run_simulation(config.replace(out_dir=str(root)), Federation(partners))
     return _rounds(root)
 
@@ -126,10 +134,12 @@ def arms(sizes: list[int]) -> list[Arm]:
                                                ("deployment", run_deployment))]
 
 
-def startup_probe(examples: int) -> dict[str, float]:
-    """Seconds a fresh ClientApp process spends importing, building the model, and reading and
-    tokenizing ``examples`` texts: what every Message pays in deployment."""
-    probe = subprocess.run([sys.executable, "-c", STARTUP_PROBE, str(examples)],
+def startup_probe(examples: int, changes: dict[str, Any]) -> dict[str, float]:
+    """Seconds a fresh ClientApp process spends importing, building the model (the run config
+    with ``changes``), and reading and tokenizing ``examples`` texts: what every Message pays in
+    deployment."""
+    config = json.dumps({**changes, "examples-per-partner": examples})
+    probe = subprocess.run([sys.executable, "-c", STARTUP_PROBE, config],
                            capture_output=True, text=True, check=True, env=ENV).stdout.split()
     return dict(zip(("imports", "model_build", "data_and_tokenize"), map(float, probe)))
 
@@ -165,6 +175,8 @@ def main() -> int:
     parser.add_argument("--partners", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="120,1000", help="examples per partner, per arm pair")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config change for both engines (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("results/deploy"))
     args = parser.parse_args()
     configure_logging()
@@ -172,11 +184,14 @@ def main() -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     # the planner would refuse 120 examples at ε = 8 (it predicts no learning): timing only
-    base = RunConfig(num_rounds=args.rounds, labels=",".join(LABELS),
-                     min_partners=args.partners, dp_plan_check=False)
+    base = RunConfig.from_mapping({**RunConfig(num_rounds=args.rounds, labels=",".join(LABELS),
+                                               min_partners=args.partners,
+                                               dp_plan_check=False).to_mapping(),
+                                   **parse_set(args.set)})
     summary = {**harness.header("benchmarks.deploy"),
                "config": {"partners": args.partners, "rounds": args.rounds, "sizes": sizes,
-                          "finetune": base.finetune, "epsilon": base.epsilon},
+                          "finetune": base.finetune, "epsilon": base.epsilon,
+                          "set": args.set},
                "protocol": "one TRAIN Message per partner per round, one final EVALUATE"}
 
     def save(done: dict[str, list[dict]]) -> None:
@@ -186,10 +201,12 @@ def main() -> int:
 
     def measure(arm: Arm) -> list[dict]:
         config = base.replace(examples_per_partner=arm.settings["examples"])
-        return arm.settings["run"]((args.out / arm.name).resolve(), config, args.partners)
+        return arm.settings["run"]((args.out / arm.name).resolve(), config, args.partners,
+                                   args.set)
 
     results = harness.run_arms(arms(sizes), measure, save=save)
-    summary["fresh_clientapp_process"] = {n: startup_probe(n) for n in sizes}
+    summary["fresh_clientapp_process"] = {n: startup_probe(n, parse_set(args.set))
+                                          for n in sizes}
     save(results)
     print("\n" + harness.table(summary["summary"], [
         Column("examples/partner", "examples_per_partner"),

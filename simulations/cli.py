@@ -18,7 +18,7 @@ from simulations import audit, plan_cli
 logger = logging.getLogger(__name__)
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
     """``--set key=value`` pairs, values read as TOML scalars (int, float, bool, string)."""
     import tomllib
 
@@ -66,7 +66,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def simulate_config(args: argparse.Namespace) -> RunConfig:
-    values = _parse_set(args.set)
+    values = parse_set(args.set)
     flags = {"num-rounds": args.rounds, "data": args.data, "text-column": args.text_column,
              "label-column": args.label_column, "labels": args.labels,
              "partition": args.partition, "out-dir": args.out, "device": args.device,
@@ -100,13 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         if args.command in ("coordinator", "run"):
-            return server_cli.handle(args, _parse_set(getattr(args, "set", [])))
+            return server_cli.handle(args, parse_set(getattr(args, "set", [])))
         if args.command == "partner":
             return client_cli.handle(args)
         if args.command == "plan":
             return plan_cli.handle(args)
         if args.command == "audit":
-            return audit.handle(args, _parse_set(args.set))
+            return audit.handle(args, parse_set(args.set))
         if args.command == "report":
             from server.report import write_report
 

@@ -11,6 +11,8 @@ from torch.utils.data import TensorDataset
 
 from common import training
 from common.averaging import WeightAverage
+from common.config import RunConfig
+from common.errors import ConfigError
 from common.privacy import epsilon_of
 from common.training import DPSettings, TrainSettings, train_dp, train_plain
 
@@ -96,3 +98,10 @@ def test_a_round_with_the_ema_runs_the_same_steps_and_ends_at_their_average(
         accountant.history = list(ema_history)
         assert epsilon_of(ema_history, 1e-5) == pytest.approx(accountant.get_epsilon(1e-5),
                                                               rel=1e-12)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.5, "high"])
+def test_a_bad_ema_decay_in_the_run_config_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match="ema-decay"):
+        RunConfig.from_mapping({"ema-decay": value})
+    assert RunConfig.from_mapping({"ema-decay": 0.9}).ema_decay == 0.9
