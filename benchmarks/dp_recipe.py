@@ -204,23 +204,31 @@ def sweep(train: TensorDataset, dev: TensorDataset, seeds: int,
     return _run(arms, measure, out)
 
 
+def _at_plan(train: TensorDataset, dev: TensorDataset, seeds: int, arm: Arm,
+             **options: Any) -> dict[str, Any]:
+    """One arm at the planner's batch and lr × the arm's ``lr_scale`` on the arm's first n
+    rows, mean of ``seeds`` runs; ``options`` go to train_head (the schedule, the EMA)."""
+    n, epsilon = arm.settings["n"], arm.settings["epsilon"]
+    d = train.tensors[0].shape[1] * 2 + 2
+    sub = TensorDataset(*(t[:n] for t in train.tensors))
+    plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
+    lr = plan.learning_rate * arm.settings["lr_scale"]
+    runs = [train_head(sub, dev, plan.batch_size, lr, s, epsilon, **options)
+            for s in range(seeds)]
+    return {"n": n, "epsilon": epsilon, "batch": plan.batch_size, "lr": lr,
+            "steps": runs[0]["steps"], "run_ratio": plan.run_ratio,
+            "accuracy": _mean_acc(runs), "runs": runs}
+
+
 def schedules(train: TensorDataset, dev: TensorDataset, seeds: int,
               out: Path) -> list[dict[str, Any]]:
     """The lr schedule (common.schedule) at the planner's batch and 1 to 3 × its lr (a decay
     halves the lr's sum over the run), where DP noise costs accuracy (small n, small ε) and where
     it does not."""
-    d = train.tensors[0].shape[1] * 2 + 2
-
     def measure(arm: Arm) -> dict[str, Any]:
-        n, epsilon, kind = arm.settings["n"], arm.settings["epsilon"], arm.settings["schedule"]
-        sub = TensorDataset(*(t[:n] for t in train.tensors))
-        plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
-        lr = plan.learning_rate * arm.settings["lr_scale"]
-        runs = [train_head(sub, dev, plan.batch_size, lr, s, epsilon, kind)
-                for s in range(seeds)]
-        return {"arm": "schedule", "n": n, "epsilon": epsilon, "schedule": kind,
-                "batch": plan.batch_size, "lr": lr,
-                "run_ratio": plan.run_ratio, "accuracy": _mean_acc(runs), "runs": runs}
+        kind = arm.settings["schedule"]
+        return {"arm": "schedule", "schedule": kind,
+                **_at_plan(train, dev, seeds, arm, lr_schedule=kind)}
 
     arms = [Arm(f"schedule/n{n}/eps{e:g}/{kind}/lr-x{scale}",
                 {"n": n, "epsilon": e, "schedule": kind, "lr_scale": scale})
@@ -233,18 +241,10 @@ def averaging(train: TensorDataset, dev: TensorDataset, seeds: int,
               out: Path) -> list[dict[str, Any]]:
     """The EMA of the weights over the steps (common.averaging) at the planner's batch and lr,
     against the last iterate (decay 0), where DP noise costs accuracy and where it does not."""
-    d = train.tensors[0].shape[1] * 2 + 2
-
     def measure(arm: Arm) -> dict[str, Any]:
-        n, epsilon, decay = arm.settings["n"], arm.settings["epsilon"], arm.settings["decay"]
-        sub = TensorDataset(*(t[:n] for t in train.tensors))
-        plan = planner.plan_dp(n, epsilon, DELTA, 1, EPOCHS, d, C, check=False)
-        lr = plan.learning_rate * arm.settings["lr_scale"]
-        runs = [train_head(sub, dev, plan.batch_size, lr, s, epsilon, ema_decay=decay)
-                for s in range(seeds)]
-        return {"arm": "ema", "n": n, "epsilon": epsilon, "ema_decay": decay,
-                "batch": plan.batch_size, "lr": lr, "steps": runs[0]["steps"],
-                "run_ratio": plan.run_ratio, "accuracy": _mean_acc(runs), "runs": runs}
+        decay = arm.settings["decay"]
+        return {"arm": "ema", "ema_decay": decay,
+                **_at_plan(train, dev, seeds, arm, ema_decay=decay)}
 
     arms = [Arm(f"ema/n{n}/eps{e:g}/decay{decay:g}/lr-x{scale}",
                 {"n": n, "epsilon": e, "decay": decay, "lr_scale": scale})
