@@ -39,6 +39,11 @@ from simulations.simulate import Federation, run_simulation
 CLI = str(Path(sys.executable).with_name("consortium"))
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
        "HF_HUB_OFFLINE": "1"}
+# each partner's processes get one core's threads, as Ray gives each simulated partner
+# (client-resources-num-cpus = 1 sets OMP_NUM_THREADS = 1 in its actors): on one box, partners
+# that each take every core's threads oversubscribe it (measured: 4.5 x slower DP training with 2
+# partners on 2 cores), which is not what sites on their own machines pay
+PARTNER_ENV = {**ENV, "OMP_NUM_THREADS": "1"}
 STARTUP_PROBE = """
 import sys, time; t0 = time.time()
 import client.app  # what a fresh flwr-clientapp process imports
@@ -81,9 +86,9 @@ def run_deployment(root: Path, config: RunConfig, partners: int,
     procs: list[subprocess.Popen] = []
     port = _free_port()
 
-    def start(log: str, *args: str) -> None:
+    def start(log: str, *args: str, env: dict[str, str] = ENV) -> None:
         procs.append(subprocess.Popen([CLI, *args], stdout=open(root / log, "w"),
-                                      stderr=subprocess.STDOUT, env=ENV, start_new_session=True))
+                                      stderr=subprocess.STDOUT, env=env, start_new_session=True))
     try:
         subprocess.run([CLI, "coordinator", "init", str(root / "fed"), "--port", str(port)],
                        check=True, env=ENV, capture_output=True)
@@ -104,7 +109,8 @@ def run_deployment(root: Path, config: RunConfig, partners: int,
             start(f"{name}.log", "partner", "start", "--coordinator", f"127.0.0.1:{port}",
                   "--ca", str(root / "fed" / "ca.crt"), "--key", str(root / "keys" / name),
                   "--data", str(root / f"{name}.csv"), "--max-epsilon", "100",
-                  "--port", str(_free_port()), "--ledger-dir", str(root / "ledgers" / name))
+                  "--port", str(_free_port()), "--ledger-dir", str(root / "ledgers" / name),
+                  env=PARTNER_ENV)
         out = root / "out"
         args = [CLI, "run", "--coordinator", str(root / "fed"), "--labels", ",".join(LABELS),
                 "--out", str(out), "--rounds", str(config.num_rounds),
