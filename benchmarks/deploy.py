@@ -190,10 +190,10 @@ def main() -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     # the planner would refuse 120 examples at ε = 8 (it predicts no learning): timing only
+    changes = parse_set(args.set)
     base = RunConfig.from_mapping({**RunConfig(num_rounds=args.rounds, labels=",".join(LABELS),
                                                min_partners=args.partners,
-                                               dp_plan_check=False).to_mapping(),
-                                   **parse_set(args.set)})
+                                               dp_plan_check=False).to_mapping(), **changes})
     summary = {**harness.header("benchmarks.deploy"),
                "config": {"partners": args.partners, "rounds": args.rounds, "sizes": sizes,
                           "finetune": base.finetune, "epsilon": base.epsilon,
@@ -211,8 +211,7 @@ def main() -> int:
                                    args.set)
 
     results = harness.run_arms(arms(sizes), measure, save=save)
-    summary["fresh_clientapp_process"] = {n: startup_probe(n, parse_set(args.set))
-                                          for n in sizes}
+    summary["fresh_clientapp_process"] = {n: startup_probe(n, changes) for n in sizes}
     save(results)
     print("\n" + harness.table(summary["summary"], [
         Column("examples/partner", "examples_per_partner"),

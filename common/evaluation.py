@@ -1,7 +1,8 @@
 """Evaluation at a partner or the coordinator: accuracy and per-class counts of a text
 classifier, predicted tags of a token classifier, and log-probabilities for the privacy audit.
-Each runs in length-sorted batches (common.batching), so a batch is padded only to its own
-longest text, and puts every result back at its text's place.
+The two evaluations run in length-sorted batches (common.batching), so a batch is padded only to
+its own longest text, and put every result back at its text's place; log-probabilities run in
+data order (a token-level result has a length axis that such batches cannot share).
 """
 
 from __future__ import annotations
