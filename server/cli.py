@@ -14,7 +14,7 @@ from common.sources import run_labels
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
 from server import deploy
-from server.flwr_run import APP_DIR, check_finished, write_run_config
+from server.flwr_run import check_finished, staged_app, write_run_config
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -127,7 +127,8 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_config = Path(tmp) / "run_config.toml"
         write_run_config(config, run_config)
-        command = deploy.run_command(args.coordinator.resolve(), APP_DIR, run_config)
+        command = deploy.run_command(args.coordinator.resolve(),
+                                     staged_app(Path(tmp) / "app"), run_config)
         returncode = run_tagged(
             command, deploy.flwr_env(args.coordinator.resolve()), "`flwr run` on this machine",
             lambda: "the ServerApp may still run on the coordinator (`flwr ls`, `flwr stop "

@@ -1,16 +1,58 @@
-"""Handing the App to `flwr run`: the run-config file it reads, and the check that the run
-finished (`flwr run` exits 0 even when the ServerApp failed)."""
+"""Handing the App to `flwr run`: the App's files (staged, so the FAB build skips the virtual
+environment), the run-config file it reads, and the check that the run finished (`flwr run`
+exits 0 even when the ServerApp failed)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import warnings
 from pathlib import Path
+
+import pathspec
 
 from common.config import RunConfig
 from common.errors import ConsortiumError
 from server.monitoring_report import SUMMARY_JSON
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: pyproject.toml is here
+# folders `flwr build` leaves out of every FAB whatever .gitignore says (flwr/supercore/constant.py
+# APP_PUBLISH_EXCLUDE_PATTERNS: .flwr/** and .venv/** at the top, __pycache__ anywhere)
+NEVER_PUBLISHED = {".flwr", ".venv"}
+
+
+def staged_app(into: Path, app_dir: Path = APP_DIR) -> Path:
+    """A copy of ``app_dir`` for `flwr run` to build its FAB from: the same FAB, built in about
+    a second instead of ten. Flower 1.41's `flwr build` resolves every file under the App before
+    it filters them (flwr/cli/utils.py ``collect_files``), the 60,000 files of a virtual
+    environment in the checkout included. This copy leaves out only folders whose every file
+    Flower would leave out too (``NEVER_PUBLISHED``, ``__pycache__``, and folders .gitignore
+    ignores whole, unless it has a ``!`` pattern) and, like Flower, symbolic links; Flower then
+    filters the copy with its own rules, so the FAB and its hash are what `flwr run app_dir`
+    builds (tests/test_flwr_run.py builds both)."""
+    ignore_file = app_dir / ".gitignore"
+    lines = [line.strip() for line in (ignore_file.read_text(encoding="utf-8").splitlines()
+                                       if ignore_file.is_file() else [])]
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    with warnings.catch_warnings():  # pathspec 1.x deprecates the kind Flower 1.41 matches with
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ignored = (pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+                   if not any(p.startswith("!") for p in patterns) else None)
+    into.mkdir(parents=True, exist_ok=True)
+    for folder, subfolders, files in os.walk(app_dir, followlinks=False):
+        relative = Path(folder).relative_to(app_dir)
+        subfolders[:] = [
+            name for name in subfolders
+            if name != "__pycache__" and not (relative == Path(".") and name in NEVER_PUBLISHED)
+            and not (ignored and ignored.match_file(f"{(relative / name).as_posix()}/"))]
+        for name in files:
+            source = Path(folder) / name
+            if source.is_symlink():
+                continue
+            (into / relative).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, into / relative / name)
+    return into
 
 
 def _toml_value(value: object) -> str:

@@ -27,7 +27,8 @@ from server.tracking import check_tracking
 from common.partition import partition_indices
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
-from server.flwr_run import APP_DIR, check_finished, resume_hint, write_run_config
+from server.flwr_run import (APP_DIR, check_finished, resume_hint, staged_app,
+                             write_run_config)
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ def run_simulation(config: RunConfig, federation: Federation, verbose: bool = Fa
         run_config = flwr_home / "run_config.toml"
         write_run_config(config, run_config)
         command = [
-            str(Path(sys.executable).with_name("flwr")), "run", str(APP_DIR), "--stream",
+            str(Path(sys.executable).with_name("flwr")), "run",
+            str(staged_app(flwr_home / "app")), "--stream",
             "--run-config", str(run_config),
             "--federation-config",
             f"num-supernodes={federation.partners} "
