@@ -60,3 +60,25 @@ def test_conll_rows_sample_both_files_and_round_trip(tmp_path: Path) -> None:
 def test_an_arm_is_scored_by_its_main_metric() -> None:
     assert final_score({"final_score": 0.7, "final_accuracy": 0.9}) == 0.7  # entity F1
     assert final_score({"final_accuracy": 0.8}) == 0.8  # results written before entity F1
+
+
+def test_layer_feature_views_train_a_dp_head_that_learns() -> None:
+    """benchmarks.layer_features: each view's width, and its DP and non-private arms learn a
+    separable toy task (the label is in layer 3 only: the last-layer view cannot see it)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from benchmarks.harness import Arm
+    from benchmarks.layer_features import VIEWS, measure
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (600,), generator=generator)
+    x = torch.randn(600, 7, 4, generator=generator) * 0.1
+    x[:, 3, 0] += (labels * 2 - 1).float()
+    train, dev = TensorDataset(x[:400], labels[:400]), TensorDataset(x[400:], labels[400:])
+    assert [VIEWS[v](x).shape[1] for v in ("last", "average", "concat")] == [4, 4, 24]
+    rows = {(v, e): measure(train, dev, 1, Arm(v, {"view": v, "n": 400, "epsilon": e}))
+            for v, e in (("last", 8.0), ("concat", 8.0), ("concat", None))}
+    assert rows[("concat", 8.0)]["trainable"] == 24 * 2 + 2 and "batch" in rows[("concat", 8.0)]
+    assert rows[("concat", 8.0)]["accuracy"] > 0.9 and rows[("concat", None)]["accuracy"] > 0.9
+    assert rows[("last", 8.0)]["accuracy"] < 0.7
