@@ -47,6 +47,15 @@ SST2 = Path(os.environ.get("SST2_DIR",
 EPOCHS, DELTA, C = 3, 1e-5, 1.0
 
 
+def sst2_missing() -> bool:
+    """Set up logging; True, with the skip printed, when the SST-2 files are absent."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    if (SST2 / "train.tsv").exists():
+        return False
+    print(f"skipped: no SST-2 at {SST2} (set SST2_DIR)")
+    return True
+
+
 def _read_tsv(path: Path) -> tuple[list[str], list[int]]:
     rows = [ln.split("\t") for ln in path.read_text().splitlines()[1:] if ln.strip()]
     return [r[0].strip() for r in rows], [int(r[1]) for r in rows]
@@ -262,9 +271,7 @@ def main() -> int:
                         default="all")
     parser.add_argument("--out", default="results/dp_recipe.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    if not (SST2 / "train.tsv").exists():
-        print(f"skipped: no SST-2 at {SST2} (set SST2_DIR)")
+    if sst2_missing():
         return 0
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks import harness
-from benchmarks.dp_recipe import C, DELTA, EPOCHS, SST2, _mean_acc, _read_tsv, _run, train_head
+from benchmarks.dp_recipe import (C, DELTA, EPOCHS, SST2, _mean_acc, _read_tsv, _run,
+                                  sst2_missing, train_head)
 from benchmarks.harness import Arm
 from common import planner, training
 from common.data import TextDataset
@@ -99,9 +100,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="results/layer_features.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    if not (SST2 / "train.tsv").exists():
-        print(f"skipped: no SST-2 at {SST2} (set SST2_DIR)")
+    if sst2_missing():
         return 0
     torch.set_num_threads(2)
     started, out = time.perf_counter(), Path(args.out)
