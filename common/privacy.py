@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import math
 import os
 from contextlib import contextmanager
@@ -16,8 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from common.errors import BudgetExceededError, CheckpointError, PrivacyError
 from common.storage import read_sealed_json, write_sealed_json
+
+logger = logging.getLogger(__name__)
 
 LEDGER_VERSION = 2  # 1: one ledger per training split (see _legacy_releases)
 
@@ -42,29 +47,61 @@ def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> flo
     return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), float(delta))
 
 
-# Opacus' RDP at its fractional orders costs ~0.15 s per ε and a calibration ~30 of them; both
-# are pure functions of their arguments, so a process computes each only once
+# Opacus' RDP at its fractional orders costs 0.2-0.5 s per (σ, q) and a calibration ~15 of them;
+# both are pure functions of their arguments, so a process computes each only once
 @functools.lru_cache(maxsize=4096)
 def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Exactly ``RDPAccountant.get_privacy_spent``: the sum over the history of Opacus'
+    ``compute_rdp(q, σ, steps)`` (= its one-step RDP × steps, the same floating-point product),
+    then Opacus' RDP → (ε, δ) conversion, at the accountant's default orders."""
     if not history:
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in history):
         return math.inf
     from opacus.accountants import RDPAccountant  # opacus costs ~1 s: imported when used
+    from opacus.accountants.analysis.rdp import get_privacy_spent
 
-    accountant = RDPAccountant()
-    accountant.history = list(history)
-    return float(accountant.get_epsilon(delta))
+    rdp = sum([_step_rdp(sigma, q) * steps for sigma, q, steps in history])
+    return float(get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_rdp(sigma: float, sample_rate: float) -> np.ndarray:
+    """Opacus' RDP of one sampled-Gaussian step at the accountant's default orders."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    rdp = np.asarray(compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=1,
+                                 orders=RDPAccountant.DEFAULT_ALPHAS))
+    rdp.flags.writeable = False
+    return rdp
+
+
+CALIBRATION_TOLERANCE = 0.005  # Opacus' bisection stops within this much ε below the target
 
 
 @functools.lru_cache(maxsize=1024)
 def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The σ that spends ``epsilon`` over ``steps`` DP-SGD steps at rate ``sample_rate``."""
+    """The σ that spends ``epsilon`` over ``steps`` DP-SGD steps at rate ``sample_rate``:
+    Opacus' ``get_noise_multiplier``, or the σ it gave before (``common.sigma_cache``) once
+    Opacus' accountant confirms it spends between ``epsilon`` − tolerance and ``epsilon``."""
+    from common import sigma_cache
+
+    entry = sigma_cache.key(epsilon, delta, sample_rate, steps, CALIBRATION_TOLERANCE)
+    kept = sigma_cache.lookup(entry)
+    if kept is not None and kept > 0:
+        spent = _epsilon(((kept, float(sample_rate), int(steps)),), float(delta))
+        if epsilon - CALIBRATION_TOLERANCE <= spent <= epsilon:
+            return kept
+        logger.warning("the kept σ %r for %s spends ε = %.4f, outside [%.4f, %g]: calibrating "
+                       "again", kept, entry, spent, epsilon - CALIBRATION_TOLERANCE, epsilon)
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, steps=steps, accountant="rdp",
-                                      epsilon_tolerance=0.005))
+    sigma = float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                       sample_rate=sample_rate, steps=steps, accountant="rdp",
+                                       epsilon_tolerance=CALIBRATION_TOLERANCE))
+    sigma_cache.store(entry, sigma)
+    return sigma
 
 
 def poisson_schedule(num_examples: int, batch_size: int, local_epochs: int) -> tuple[float, int]:

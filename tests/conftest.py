@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# σ calibrations (common.sigma_cache) kept for every test process and the Flower processes they
+# start, outside the user's own cache; a kept σ is re-checked with Opacus before any use
+os.environ.setdefault("CONSORTIUM_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"consortium-test-cache-{os.getuid()}"))
 
 
 def make_tiny_bert(directory: Path) -> Path:
