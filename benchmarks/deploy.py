@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,7 +56,11 @@ import json; c = RunConfig.from_mapping(json.loads(sys.argv[1])); tok = load_tok
 model = build_model(c, LABELS); t2 = time.time()
 get_task(c.task).encode(tok, synthetic_partner_data(0, c.examples_per_partner, c.seed),
                         c.max_length)
-print(t1 - t0, t2 - t1, time.time() - t2)
+t3 = time.time()
+from common.model import trainable_size; from common.planner import plan_dp
+plan_dp(int(c.examples_per_partner * (1 - c.test_fraction)), c.epsilon, c.delta, c.num_rounds,
+        c.local_epochs, trainable_size(model), c.max_grad_norm, finetune=c.finetune, check=False)
+print(t1 - t0, t2 - t1, t3 - t2, time.time() - t3)
 """
 
 
@@ -142,12 +147,19 @@ def arms(sizes: list[int]) -> list[Arm]:
 
 def startup_probe(examples: int, changes: dict[str, Any]) -> dict[str, float]:
     """Seconds a fresh ClientApp process spends importing, building the model (the run config
-    with ``changes``), and reading and tokenizing ``examples`` texts: what every Message pays in
-    deployment."""
+    with ``changes``), reading and tokenizing ``examples`` texts, and planning DP (σ): what
+    every Message pays in deployment. Run twice on an empty σ cache: the first process pays
+    Opacus' search (``plan_search``), the second reads the kept σ (``plan``, the steady cost;
+    the other phases are the second run's too)."""
     config = json.dumps({**changes, "examples-per-partner": examples})
-    probe = subprocess.run([sys.executable, "-c", STARTUP_PROBE, config],
-                           capture_output=True, text=True, check=True, env=ENV).stdout.split()
-    return dict(zip(("imports", "model_build", "data_and_tokenize"), map(float, probe)))
+    with tempfile.TemporaryDirectory() as cache:
+        runs = [subprocess.run([sys.executable, "-c", STARTUP_PROBE, config],
+                               capture_output=True, text=True, check=True,
+                               env={**ENV, "CONSORTIUM_CACHE_DIR": cache}).stdout.split()
+                for _ in range(2)]
+    phases = dict(zip(("imports", "model_build", "data_and_tokenize", "plan"),
+                      map(float, runs[1])))
+    return {**phases, "plan_search": float(runs[0][3])}
 
 
 def steady(rounds: list[dict]) -> float:
@@ -189,6 +201,11 @@ def main() -> int:
     sizes = [int(n) for n in args.sizes.split(",")]
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
+    # σ calibrations (common.sigma_cache) start empty and are shared by both engines, so round 1
+    # pays Opacus' search in each and later rounds read it, whatever this machine kept before
+    cache = str((args.out / "sigma-cache").resolve())
+    for env in (os.environ, ENV, PARTNER_ENV):
+        env["CONSORTIUM_CACHE_DIR"] = cache
     # the planner would refuse 120 examples at ε = 8 (it predicts no learning): timing only
     changes = parse_set(args.set)
     base = RunConfig.from_mapping({**RunConfig(num_rounds=args.rounds, labels=",".join(LABELS),
@@ -226,7 +243,9 @@ def main() -> int:
                                 summary["fresh_clientapp_process"].items()], [
         Column("examples/partner", "examples_per_partner"), Column("imports s", "imports", ".2f"),
         Column("model build s", "model_build", ".2f"),
-        Column("data + tokenize s", "data_and_tokenize", ".2f")], markdown=True))
+        Column("data + tokenize s", "data_and_tokenize", ".2f"),
+        Column("DP plan, σ searched s", "plan_search", ".2f"),
+        Column("DP plan, σ kept s", "plan", ".2f")], markdown=True))
     print(f"written: {args.out / 'deploy.json'}")
     return 0
 
