@@ -63,17 +63,26 @@ def _read_tsv(path: Path) -> tuple[list[str], list[int]]:
 
 def features(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset, TensorDataset]:
     """Mean-pooled MiniLM features of n_train seeded SST-2 training sentences and the dev set."""
+    from common.features import PooledHeadClassifier, pooled_features
+
+    return encoded_sst2(n_train, max_length, cache, "features", lambda encoder, enc: (
+        pooled_features(PooledHeadClassifier(encoder, 2).train(), enc)))
+
+
+def encoded_sst2(n_train: int, max_length: int, cache: Path, what: str,
+                 compute: Callable[[nn.Module, TensorDataset], TensorDataset]
+                 ) -> tuple[TensorDataset, TensorDataset]:
+    """``compute(frozen MiniLM, encoded split)`` for n_train seeded SST-2 training sentences
+    and for the dev set, kept in ``cache`` (read back when it exists)."""
     if cache.exists():
         blob = torch.load(cache)
         return TensorDataset(*blob["train"]), TensorDataset(*blob["dev"])
     from transformers import AutoModel, AutoTokenizer
 
-    from common.features import PooledHeadClassifier, pooled_features
     from common.model import resolve_base_model
 
     path = resolve_base_model("")
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
-    clf = PooledHeadClassifier(model, 2).train()
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     texts, labels = _read_tsv(SST2 / "train.tsv")
     pick = np.random.default_rng(0).permutation(len(texts))[:n_train]
     out = []
@@ -81,8 +90,8 @@ def features(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset,
                  _read_tsv(SST2 / "test.tsv")):
         enc = training.encode(tokenizer, TextDataset(tuple(t), tuple(y), ("0", "1")), max_length)
         started = time.perf_counter()
-        out.append(pooled_features(clf, enc))
-        logger.info("features of %d sentences: %.1f s", len(t), time.perf_counter() - started)
+        out.append(compute(model, enc))
+        logger.info("%s of %d sentences: %.1f s", what, len(t), time.perf_counter() - started)
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"train": out[0].tensors, "dev": out[1].tensors}, cache)
     return out[0], out[1]

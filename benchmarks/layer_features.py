@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from benchmarks import harness
-from benchmarks.dp_recipe import (C, DELTA, EPOCHS, SST2, _mean_acc, _read_tsv, _run,
+from benchmarks.dp_recipe import (C, DELTA, EPOCHS, _mean_acc, _run, encoded_sst2,
                                   sst2_missing, train_head)
 from benchmarks.harness import Arm
-from common import planner, training
-from common.data import TextDataset
+from common import planner
 from common.features import mean_pool
 
 logger = logging.getLogger(__name__)
@@ -38,42 +37,25 @@ VIEWS = {"last": lambda x: x[:, -1], "average": lambda x: x.mean(dim=1),
          "concat": lambda x: x[:, 1:].flatten(1)}
 
 
-@torch.no_grad()
 def layer_means(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset, ...]:
     """(texts, layers, hidden) mean-pooled hidden states of every layer, for n_train seeded
     training sentences (the same pick as benchmarks.dp_recipe) and the dev set."""
-    if cache.exists():
-        blob = torch.load(cache)
-        return TensorDataset(*blob["train"]), TensorDataset(*blob["dev"])
-    from transformers import AutoModel, AutoTokenizer
+    return encoded_sst2(n_train, max_length, cache, "every layer's features", _every_layer)
 
-    from common.model import resolve_base_model
 
-    path = resolve_base_model("")
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    texts, labels = _read_tsv(SST2 / "train.tsv")
-    pick = np.random.default_rng(0).permutation(len(texts))[:n_train]
-    out = []
-    for t, y in (([texts[i] for i in pick], [labels[i] for i in pick]),
-                 _read_tsv(SST2 / "test.tsv")):
-        ids, mask, labels_t = training.encode(
-            tokenizer, TextDataset(tuple(t), tuple(y), ("0", "1")), max_length).tensors
-        started, rows = time.perf_counter(), torch.empty(len(t), model.config.num_hidden_layers
-                                                         + 1, model.config.hidden_size)
-        order = torch.argsort(mask.sum(dim=1), stable=True)
-        for start in range(0, len(order), 128):
-            pick_rows = order[start:start + 128]
-            length = int(mask[pick_rows].sum(dim=1).max())
-            m = mask[pick_rows, :length]
-            hidden = model(input_ids=ids[pick_rows, :length], attention_mask=m,
-                           output_hidden_states=True).hidden_states
-            rows[pick_rows] = torch.stack([mean_pool(h, m) for h in hidden], dim=1)
-        logger.info("every layer's features of %d sentences: %.1f s", len(t),
-                    time.perf_counter() - started)
-        out.append(TensorDataset(rows, labels_t))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"train": out[0].tensors, "dev": out[1].tensors}, cache)
-    return out[0], out[1]
+@torch.no_grad()
+def _every_layer(model: nn.Module, encoded: TensorDataset) -> TensorDataset:
+    ids, mask, labels = encoded.tensors
+    rows = torch.empty(len(ids), model.config.num_hidden_layers + 1, model.config.hidden_size)
+    order = torch.argsort(mask.sum(dim=1), stable=True)
+    for start in range(0, len(order), 128):
+        pick = order[start:start + 128]
+        length = int(mask[pick].sum(dim=1).max())
+        m = mask[pick, :length]
+        hidden = model(input_ids=ids[pick, :length], attention_mask=m,
+                       output_hidden_states=True).hidden_states
+        rows[pick] = torch.stack([mean_pool(h, m) for h in hidden], dim=1)
+    return TensorDataset(rows, labels)
 
 
 def measure(train: TensorDataset, dev: TensorDataset, seeds: int, arm: Arm) -> dict[str, Any]:
