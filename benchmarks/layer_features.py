@@ -2,16 +2,18 @@
 
     HF_HUB_OFFLINE=1 python -m benchmarks.layer_features --out results/layer_features.json
 
-Three views of one frozen pass over each sentence (the bundled MiniLM, mean pooling per layer):
-``last``, the last layer's mean (what finetune = "pooled-head" trains on); ``average``, the mean
-of the 7 layers' means (embeddings + 6 layers; exportable as sentence-transformers'
-WeightedLayerPooling with equal weights); ``concat``, layers 1-6's means side by side (2,304
-numbers; no standard sentence-transformers or transformers module computes it, so a model
-trained on it would not load in one line). Each view trains a zero-initialised linear head
-centrally with the project's own DP-SGD (benchmarks.dp_recipe.train_head: Opacus, Poisson
-sampling, RDP accountant, the planner's batch and learning rate, 3 epochs) at ε = 8 and without
-DP, on the first n of the 20,000 seeded training sentences, and is scored on the 872 GLUE dev
-sentences. Skips cleanly when the data set is absent.
+Views of one frozen pass over each sentence (the bundled MiniLM): ``last``, the last layer's
+mean (what finetune = "pooled-head" trains on); ``average``, the mean of the 7 layers' means
+(embeddings + 6 layers; exportable as sentence-transformers' WeightedLayerPooling with equal
+weights); ``concat``, layers 1-6's means side by side (2,304 numbers; no standard
+sentence-transformers or transformers module computes it, so a model trained on it would not
+load in one line); and other poolings of the last layer that sentence-transformers' Pooling
+computes (it concatenates the modes it is given): ``max``, ``mean+max``, ``mean+cls``. Each
+view trains a zero-initialised linear head centrally with the project's own DP-SGD
+(benchmarks.dp_recipe.train_head: Opacus, Poisson sampling, RDP accountant, the planner's batch
+and learning rate, 3 epochs) at ε = 8 and without DP, on the first n of the 20,000 seeded
+training sentences, and is scored on the 872 GLUE dev sentences. Skips cleanly when the data
+set is absent.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from common import planner
 from common.features import mean_pool
 
 logger = logging.getLogger(__name__)
-VIEWS = {"last": lambda x: x[:, -1], "average": lambda x: x.mean(dim=1),
-         "concat": lambda x: x[:, 1:].flatten(1)}
+# a sentence's features: every layer's mean (embeddings first), then the last layer's max and
+# its first ([CLS]) token, as sentence-transformers' Pooling computes them
+VIEWS = {"last": lambda x: x[:, -3], "average": lambda x: x[:, :-2].mean(dim=1),
+         "concat": lambda x: x[:, 1:-2].flatten(1), "max": lambda x: x[:, -2],
+         "mean+max": lambda x: x[:, -3:-1].flatten(1),
+         "mean+cls": lambda x: torch.cat([x[:, -3], x[:, -1]], dim=1)}
 
 
 def layer_means(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset, ...]:
-    """(texts, layers, hidden) mean-pooled hidden states of every layer, for n_train seeded
+    """(texts, layers + 2, hidden) pooled hidden states (see VIEWS), for n_train seeded
     training sentences (the same pick as benchmarks.dp_recipe) and the dev set."""
     return encoded_sst2(n_train, max_length, cache, "every layer's features", _every_layer)
 
@@ -46,7 +52,7 @@ def layer_means(n_train: int, max_length: int, cache: Path) -> tuple[TensorDatas
 @torch.no_grad()
 def _every_layer(model: nn.Module, encoded: TensorDataset) -> TensorDataset:
     ids, mask, labels = encoded.tensors
-    rows = torch.empty(len(ids), model.config.num_hidden_layers + 1, model.config.hidden_size)
+    rows = torch.empty(len(ids), model.config.num_hidden_layers + 3, model.config.hidden_size)
     order = torch.argsort(mask.sum(dim=1), stable=True)
     for start in range(0, len(order), 128):
         pick = order[start:start + 128]
@@ -54,7 +60,9 @@ def _every_layer(model: nn.Module, encoded: TensorDataset) -> TensorDataset:
         m = mask[pick, :length]
         hidden = model(input_ids=ids[pick, :length], attention_mask=m,
                        output_hidden_states=True).hidden_states
-        rows[pick] = torch.stack([mean_pool(h, m) for h in hidden], dim=1)
+        last = hidden[-1].masked_fill(m.unsqueeze(-1) == 0, -1e9)  # Pooling(max)'s padding
+        rows[pick] = torch.stack([*(mean_pool(h, m) for h in hidden), last.max(dim=1).values,
+                                  hidden[-1][:, 0]], dim=1)
     return TensorDataset(rows, labels)
 
 
@@ -86,7 +94,7 @@ def main() -> int:
         return 0
     torch.set_num_threads(2)
     started, out = time.perf_counter(), Path(args.out)
-    cache = out.with_name(f"sst2_minilm_layers_{args.train_examples}_{args.max_length}.pt")
+    cache = out.with_name(f"sst2_minilm_views_{args.train_examples}_{args.max_length}.pt")
     train, dev = layer_means(args.train_examples, args.max_length, cache)
     arms = [Arm(f"{view}/n{n}/eps{e}", {"view": view, "n": n, "epsilon": e})
             for n in (int(s) for s in args.sizes.split(",")) for e in (8.0, None)

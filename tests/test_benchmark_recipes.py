@@ -73,10 +73,13 @@ def test_layer_feature_views_train_a_dp_head_that_learns() -> None:
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (600,), generator=generator)
-    x = torch.randn(600, 7, 4, generator=generator) * 0.1
+    x = torch.randn(600, 9, 4, generator=generator) * 0.1  # 7 layers' means, max, [CLS]
     x[:, 3, 0] += (labels * 2 - 1).float()
     train, dev = TensorDataset(x[:400], labels[:400]), TensorDataset(x[400:], labels[400:])
-    assert [VIEWS[v](x).shape[1] for v in ("last", "average", "concat")] == [4, 4, 24]
+    assert {v: VIEWS[v](x).shape[1] for v in VIEWS} == {
+        "last": 4, "average": 4, "concat": 24, "max": 4, "mean+max": 8, "mean+cls": 8}
+    assert torch.equal(VIEWS["mean+max"](x), torch.cat([x[:, 6], x[:, 7]], dim=1))
+    assert torch.equal(VIEWS["mean+cls"](x), torch.cat([x[:, 6], x[:, 8]], dim=1))
     rows = {(v, e): measure(train, dev, 1, Arm(v, {"view": v, "n": 400, "epsilon": e}))
             for v, e in (("last", 8.0), ("concat", 8.0), ("concat", None))}
     assert rows[("concat", 8.0)]["trainable"] == 24 * 2 + 2 and "batch" in rows[("concat", 8.0)]
