@@ -1,7 +1,7 @@
 """Noise multipliers calibrated before, kept on disk so a fresh process does not repeat the search.
 
 Opacus' ``get_noise_multiplier`` bisects σ with about 15 evaluations of its RDP accountant, each
-0.2-0.5 s of pure Python at the fractional orders: 3-7 s of CPU per partner. Flower starts a
+0.2-0.5 s of pure Python at the fractional orders: 2-7 s of CPU per partner. Flower starts a
 fresh process per Message in deployment, and a simulated partner may land on another Ray actor
 each round, so an in-process cache alone pays this again and again.
 
@@ -77,5 +77,5 @@ def store(entry: str, sigma: float) -> None:
         if str(path) not in _warned:
             _warned.add(str(path))
             logger.warning("cannot keep noise calibrations in %s (%s): each fresh process "
-                           "searches σ again (3-7 s); set CONSORTIUM_CACHE_DIR to a writable "
+                           "searches σ again (2-7 s); set CONSORTIUM_CACHE_DIR to a writable "
                            "folder", path, exc)
