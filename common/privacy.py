@@ -90,7 +90,7 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
     entry = sigma_cache.key(epsilon, delta, sample_rate, steps, CALIBRATION_TOLERANCE)
     kept = sigma_cache.lookup(entry)
     if kept is not None and kept > 0:
-        spent = _epsilon(((kept, float(sample_rate), int(steps)),), float(delta))
+        spent = epsilon_of([(kept, sample_rate, steps)], delta)
         if epsilon - CALIBRATION_TOLERANCE <= spent <= epsilon:
             return kept
         logger.warning("the kept σ %r for %s spends ε = %.4f, outside [%.4f, %g]: calibrating "
