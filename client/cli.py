@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from client.deploy import PartnerPolicy, check_partner_data, supernode_command
+from client.deploy import (PartnerPolicy, check_partner_data, supernode_command,
+                           supernode_env)
 from common.keys import generate_node_keys
 from common.code_hash import code_hash
 from common.processes import run_tagged
@@ -148,7 +149,7 @@ def handle(args: argparse.Namespace) -> int:
               flush=True)
     print(f"{name}: {rows} rows in {args.data}; budget ε ≤ {args.max_epsilon:g} at "
           f"δ = {args.delta:g}; ledger in {policy.ledger_dir}", flush=True)
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env = supernode_env(os.environ)
     return run_tagged(command, env, f"{name}'s SuperNode and its ClientApps",
                       lambda: "its ledger holds every round it trained; start it again with the "
                               "same command and it rejoins the run")

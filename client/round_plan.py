@@ -19,6 +19,7 @@ from common.config import AUTO, RunConfig
 from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
 from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
+from common.top_layers import cached_top_inputs
 from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
                              update_clip_note)
 from common.schedule import LRSchedule
@@ -95,13 +96,18 @@ def memory_batch(config: RunConfig, batch: int, per_person: bool = False) -> tup
 def trainable_view(model: nn.Module, data: TensorDataset,
                    cache: Path | None = None) -> tuple[nn.Module, TensorDataset]:
     """What DP-SGD runs on: the model and encoded texts; for pooled-head, its head and the
-    frozen features; for head, the classifier and its inputs. Both are computed once per text
-    and kept in ``cache`` (the partner's own disk)."""
+    frozen features; for head, the classifier and its inputs; for pooled-lora with adapters in
+    the top layers only, those layers and their inputs. Each is computed once per text and
+    kept in ``cache`` (the partner's own disk)."""
     started = time.perf_counter()
     if isinstance(model, PooledHeadClassifier):
         if model.adapters:
-            return model, data
-        trained, inputs = model.head, cached_pooled_features(model, data, cache)
+            top = cached_top_inputs(model, data, cache)
+            if top is None:
+                return model, data
+            trained, inputs = top
+        else:
+            trained, inputs = model.head, cached_pooled_features(model, data, cache)
     else:
         head = trainable_head(model)
         cached = cached_head_inputs(model, head, data, cache) if head is not None else None

@@ -28,6 +28,7 @@ from torch.utils.data import TensorDataset
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from common.encoder_layout import frozen_below
 from common.fingerprint import frozen_fingerprint
 from common.storage import atomic_write_bytes
 
@@ -62,10 +63,14 @@ class PooledHeadClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> PooledHeadClassifier:
         """A frozen encoder stays in eval mode (no dropout): features are fixed per text, the
-        same in training, evaluation and the exported model."""
+        same in training, evaluation and the exported model. So do the embeddings and layers
+        below the lowest adapter (common.top_layers caches their output)."""
         super().train(mode)
         if not self.adapters:
             self.encoder.eval()
+        else:  # adapters in the top layers only (lora-layers): the layers below are frozen too
+            for module in frozen_below(self.encoder):
+                module.eval()
         return self
 
     @torch.no_grad()

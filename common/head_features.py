@@ -43,21 +43,22 @@ def trainable_head(model: nn.Module) -> nn.Module | None:
 
 
 def cached_head_inputs(model: nn.Module, head: nn.Module, data: TensorDataset,
-                       cache: Path | None) -> TensorDataset | None:
-    """(the head's inputs, labels), kept in ``cache`` (the partner's own disk, 0600) and keyed
-    by the frozen weights and the encoded texts; None when they would exceed
-    ``MAX_CACHED_BYTES`` (logged: the encoder then runs in every step)."""
+                       cache: Path | None, kind: str = "head-inputs") -> TensorDataset | None:
+    """(the head's inputs, labels), kept in ``cache`` (the partner's own disk, 0600) as
+    ``kind-KEY.pt``, keyed by the frozen weights and the encoded texts; None when they would
+    exceed ``MAX_CACHED_BYTES`` (logged: the encoder then runs in every step). ``head`` may be
+    any frozen-below module: common.top_layers caches the first adapted layer's inputs."""
     first = head_inputs(model, head, data[:1])  # one row: the shape of the whole set's inputs
     longest = max(1, int(data.tensors[1].sum(dim=1).max()))
     shape = ((len(data), longest, *first.shape[2:]) if first.dim() >= 3  # per token, padded
              else (len(data), *first.shape[1:]))
     size = math.prod(shape) * 4  # float32
     if size > MAX_CACHED_BYTES:
-        logger.info("the head's inputs for %d texts would take %.1f GiB (over %.0f): the frozen "
-                    "encoder runs in every step instead", len(data), size / 2**30,
+        logger.info("the %s for %d texts would take %.1f GiB (over %.0f): the frozen "
+                    "encoder runs in every step instead", kind, len(data), size / 2**30,
                     MAX_CACHED_BYTES / 2**30)
         return None
-    inputs = cached_tensor(cache, "head-inputs", feature_key(model, data), shape,
+    inputs = cached_tensor(cache, kind, feature_key(model, data), shape,
                            lambda: head_inputs(model, head, data))
     return TensorDataset(inputs, data.tensors[2])
 

@@ -104,10 +104,11 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def model_logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
-    """Logits of a training batch: (input_ids, mask) texts through ``_forward``, or one tensor
-    of precomputed features (finetune = pooled-head) through a head that returns logits."""
-    if len(inputs) == 1:
-        return model(inputs[0].to(device_of(model)))
+    """Logits of a training batch: (input_ids, mask) texts through ``_forward``; one tensor of
+    precomputed features (finetune = pooled-head) through a head that returns logits; or
+    cached hidden states and their mask (common.top_layers) through the top layers."""
+    if len(inputs) == 1 or inputs[0].is_floating_point():
+        return model(*(t.to(device_of(model)) for t in inputs))
     return _forward(model, *inputs)
 
 

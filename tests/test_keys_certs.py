@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.deploy import PartnerPolicy
+from client.deploy import PartnerPolicy, supernode_env
 from common.keys import check_partner_name, generate_node_keys, load_node_public_key
 from common.errors import ConfigError
 from server.certificates import create_ca_and_server_cert
@@ -68,3 +68,11 @@ def test_partner_policy_is_validated_and_goes_into_the_node_config(tmp_path: Pat
         with pytest.raises(ConfigError):
             PartnerPolicy(**{**dict(name="org-a", data=tmp_path / "d.csv", max_epsilon=8.0,
                                     delta=1e-5, ledger_dir=tmp_path), **bad})
+
+
+def test_the_supernode_polls_for_tasks_faster_unless_the_partner_chose() -> None:
+    env = supernode_env({"PATH": "/bin", "FLWR_TELEMETRY_ENABLED": "1"})
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.2" and env["PATH"] == "/bin"
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    mine = supernode_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "2"})
+    assert mine["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2"
