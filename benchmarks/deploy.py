@@ -199,8 +199,12 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging()
     sizes = [int(n) for n in args.sizes.split(",")]
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    # what an earlier run of this benchmark left (its arms' folders, σ cache, JSON) goes; nothing
+    # else in OUT is touched (it may be a folder the user keeps other files in)
+    for name in [arm.name for arm in arms(sizes)] + ["sigma-cache"]:
+        shutil.rmtree(args.out / name, ignore_errors=True)
+    (args.out / "deploy.json").unlink(missing_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     # σ calibrations (common.sigma_cache) start empty and are shared by both engines, so round 1
     # pays Opacus' search in each and later rounds read it, whatever this machine kept before
     cache = str((args.out / "sigma-cache").resolve())

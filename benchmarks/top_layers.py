@@ -88,10 +88,10 @@ def main() -> int:
     for name, r in results.items():
         whole = results[f"top {r['layers']}, whole encoder"]["seconds"]
         rows.append({"arm": name, **r, "speed-up": whole / r["seconds"]})
-    print(harness.table(rows, [Column("arm", "arm"), Column("seconds", "round s", ".1f"),
-                               Column("keep_seconds", "keep s", ".1f", missing=""),
+    print(harness.table(rows, [Column("arm", "arm"), Column("round s", "seconds", ".1f"),
+                               Column("keep s", "keep_seconds", ".1f"),
                                Column("speed-up", "speed-up", ".2f"),
-                               Column("max_weight_difference", "max |Δw|", ".1e", missing=""),
+                               Column("max |Δw|", "max_weight_difference", ".1e"),
                                Column("loss", "loss", ".4f")], markdown=True))
     return 0
 

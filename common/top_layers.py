@@ -79,6 +79,6 @@ def cached_top_inputs(model: PooledHeadClassifier, data: TensorDataset, cache: P
     if kept is None:
         return None
     hidden = kept.tensors[0]
-    logger.info("layers below %d frozen: their output for %d texts computed once and kept",
-                top.first, len(hidden))
+    logger.info("layers below %d frozen: DP-SGD runs the top %d on their kept output for %d "
+                "texts", top.first, len(top.layers), len(hidden))
     return top, TensorDataset(hidden, data.tensors[1][:, :hidden.shape[1]], data.tensors[2])
