@@ -16,6 +16,7 @@ tokens differ between the train arms, so their loss differs only by dropout's dr
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
@@ -63,6 +64,15 @@ def load(dataset: str, root: Path, examples: int, folder: Path) -> tuple[Any, An
     return config, task.encode(load_tokenizer(config), train, config.max_length)
 
 
+def partner_arguments(p: argparse.ArgumentParser, out: str) -> argparse.ArgumentParser:
+    """The options of a one-partner benchmark: its texts, where the data sets are, OUT."""
+    p.add_argument("--examples", type=int, default=2048, help="training texts of the partner")
+    p.add_argument("--datasets-dir", type=Path,
+                   default=Path(__file__).resolve().parents[2] / "shared/datasets")
+    p.add_argument("--out", type=Path, default=Path(out))
+    return p
+
+
 def measure(arm: Arm, config: Any, data: TensorDataset) -> dict[str, Any]:
     from common.model import build_model
     from common.evaluation import evaluate, evaluate_tokens
@@ -93,11 +103,7 @@ def measure(arm: Arm, config: Any, data: TensorDataset) -> dict[str, Any]:
 def main() -> int:
     p = harness.parser(__doc__)
     p.add_argument("--dataset", default="sst2", choices=("sst2", "conll2003", "demo"))
-    p.add_argument("--examples", type=int, default=2048, help="training texts of the partner")
-    p.add_argument("--datasets-dir", type=Path,
-                   default=Path(__file__).resolve().parents[2] / "shared/datasets")
-    p.add_argument("--out", type=Path, default=Path("results/batching"))
-    args = p.parse_args()
+    args = partner_arguments(p, "results/batching").parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as folder:
         loaded = load(args.dataset, args.datasets_dir, args.examples, Path(folder))

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks import harness
-from benchmarks.batching import BATCH, LEARNING_RATE, SIGMA, load
+from benchmarks.batching import BATCH, LEARNING_RATE, SIGMA, load, partner_arguments
 from benchmarks.harness import Arm, Column
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,7 @@ def measure(arm: Arm, config: Any, data: TensorDataset, cache: Path,
 
 
 def main() -> int:
-    p = harness.parser(__doc__)
-    p.add_argument("--examples", type=int, default=2048, help="SST-2 texts of the partner")
-    p.add_argument("--datasets-dir", type=Path,
-                   default=Path(__file__).resolve().parents[2] / "shared/datasets")
-    p.add_argument("--out", type=Path, default=Path("results/top_layers"))
-    args = p.parse_args()
+    args = partner_arguments(harness.parser(__doc__), "results/top_layers").parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as folder:
         loaded = load("sst2", args.datasets_dir, args.examples, Path(folder))
