@@ -119,3 +119,21 @@ def test_the_same_seeded_dp_round_with_and_without_kept_inputs(tiny_bert: str,
     assert history == again
     for name, value in trainable_state(whole).items():
         np.testing.assert_allclose(trainable_state(viewed)[name], value, atol=1e-5)
+
+
+def test_an_encoder_of_another_layout_runs_whole_and_the_log_says_so(caplog) -> None:
+    import logging
+
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from common.features import PooledHeadClassifier
+
+    encoder = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=2,
+                                               n_heads=2, max_position_embeddings=16))
+    model = PooledHeadClassifier(encoder, 2, adapters=True)  # DistilBERT: transformer.layer
+    data = TensorDataset(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long),
+                         torch.zeros(2, dtype=torch.long))
+    with caplog.at_level(logging.INFO, logger="common.top_layers"):
+        assert trainable_view(model, data)[0] is model
+    assert "no BERT-style encoder.layer list" in caplog.text
+    assert not frozen_below(encoder) and not can_cache(model)
