@@ -72,14 +72,12 @@ def cached_top_inputs(model: PooledHeadClassifier, data: TensorDataset, cache: P
     own disk, 0600) and keyed by the frozen weights and the encoded texts; None when the model
     has no frozen layer below its adapters, or when the inputs would not fit the cache (logged:
     the whole encoder then runs in every step)."""
-    if not isinstance(model, PooledHeadClassifier) or not model.adapters:
-        return None
-    if encoder_layers(model.encoder) is None:
+    if (isinstance(model, PooledHeadClassifier) and model.adapters
+            and encoder_layers(model.encoder) is None):
         logger.info("%s has no BERT-style encoder.layer list: the layers below the adapters "
                     "run in every step", type(model.encoder).__name__)
-        return None
-    if not first_adapted_layer(model.encoder):
-        return None  # adapters in every layer: nothing below them to keep
+    if not can_cache(model):
+        return None  # no adapters, an unknown layout, or adapters in every layer
     top = TopLayers(model)
     kept = cached_head_inputs(model, top.layers[0], data, cache, kind=f"layer{top.first}-inputs")
     if kept is None:
