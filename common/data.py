@@ -132,7 +132,7 @@ def parse_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _column(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
+def column_value(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
     if column not in row:
         raise DataError(f"{path}:{number}: no {role} column {column!r}; columns are "
                         f"{sorted(row)}; set --{role}-column")
@@ -146,7 +146,7 @@ def _column(path: Path, number: int, row: dict[str, Any], column: str, role: str
 def infer_labels(path: str | Path, label_column: str) -> tuple[str, ...]:
     """The sorted set of labels in a file (for simulation, where one file is the whole data)."""
     rows = read_rows(path)
-    return tuple(sorted({_column(Path(path), n, r, label_column, "label") for n, r in rows}))
+    return tuple(sorted({column_value(Path(path), n, r, label_column, "label") for n, r in rows}))
 
 
 def load_text_dataset(path: str | Path, text_column: str, label_column: str,
@@ -161,17 +161,17 @@ def load_text_dataset(path: str | Path, text_column: str, label_column: str,
     ids = {name: i for i, name in enumerate(label_names)}
     texts, labels, groups, persons, subgroups = [], [], [], [], []
     for number, row in read_rows(path):
-        text = _column(path, number, row, text_column, "text")
+        text = column_value(path, number, row, text_column, "text")
         if not text:
             raise DataError(f"{path}:{number}: the text is empty; drop the row or fill it in")
-        label = _column(path, number, row, label_column, "label")
+        label = column_value(path, number, row, label_column, "label")
         if label not in ids:
             raise DataError(f"{path}:{number}: label {label!r} is not in the run's label set "
                             f"{list(label_names)}; fix the row or declare the label in `labels`")
         texts.append(text)
         labels.append(ids[label])
         if group_column:
-            groups.append(_column(path, number, row, group_column, "group"))
+            groups.append(column_value(path, number, row, group_column, "group"))
         if person_column:
             persons.append(filled_value(path, number, row, person_column, "person"))
         if subgroup_column:
@@ -183,7 +183,7 @@ def load_text_dataset(path: str | Path, text_column: str, label_column: str,
 
 def filled_value(path: Path, number: int, row: dict[str, Any], column: str, role: str) -> str:
     """A person id or group value: present and not empty (an empty one would pool strangers)."""
-    value = _column(path, number, row, column, role)
+    value = column_value(path, number, row, column, role)
     if not value:
         raise DataError(f"{path}:{number}: the {role} column {column!r} is empty; every row "
                         f"needs its {role}")

@@ -130,20 +130,25 @@ def freeze_lora_a(model: nn.Module, config: RunConfig) -> None:
                 param.requires_grad_(False)
 
 
-def save_model(model: nn.Module, config: RunConfig, directory: Path) -> None:
-    """The shared model as a directory that loads in one line with a standard library:
+def save_model(model: nn.Module, config: RunConfig, directory: Path,
+               labels: tuple[str, ...]) -> None:
+    """The shared model as a directory that the loaders of ``common.export`` reproduce:
     transformers ``save_pretrained`` (LoRA merged) + tokenizer, or, for pooled-head / -lora, a
-    sentence-transformers model whose ``encode`` returns the logits."""
+    sentence-transformers model whose ``encode`` returns the logits, with its text-classification
+    pipeline registered (``trust_remote_code=True``)."""
+    from common.export import finish_export
+
     if config.finetune in POOLED_MODES:
         from common.features import save_sentence_transformer
 
         save_sentence_transformer(model, resolve_base_model(config.base_model),  # type: ignore
                                   directory, config.max_length)
-        return
-    plain = exportable_model(model)
-    plain.eval()
-    plain.save_pretrained(directory)
-    load_tokenizer(config).save_pretrained(directory)
+    else:
+        plain = exportable_model(model)
+        plain.eval()
+        plain.save_pretrained(directory)
+        load_tokenizer(config).save_pretrained(directory)
+    finish_export(directory, config.finetune, labels, config.max_length)
 
 
 def trainable_size(model: nn.Module) -> int:

@@ -3,10 +3,12 @@ final evaluation. Counts only (partners, examples) — never a partner's data.""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
 from common.config import RunConfig
+from common.export import POOLED_MODES, loaders
 from common.tasks import get_task
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (bundled copy)"
@@ -155,12 +157,12 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
                                "encoder, merged into its weights, and a linear head on its "
                                "mean-pooled output (sentence-transformers layout: Transformer, "
                                "mean Pooling, Dense to the label logits)"}[config.finetune]
-    pooled = config.finetune in ("pooled-head", "pooled-lora")
+    pooled = config.finetune in POOLED_MODES
     library = "sentence-transformers" if pooled else "transformers"
-    load = ('`SentenceTransformer(DIR).encode(texts)` (sentence-transformers) returns the '
-            "label logits; `argmax` is the label id above" if pooled else
-            f'`transformers.pipeline("{tag}", model=DIR)`')
-    lines = ["---", f"library_name: {library}", f"pipeline_tag: {tag}",
+    ways = loaders(config.finetune, task)
+    # the hub's widget runs the standard pipeline only, never a directory's own code
+    widget = [] if pooled else ["widget:", f"- text: {json.dumps(get_task(task).widget_text)}"]
+    lines = ["---", f"library_name: {library}", f"pipeline_tag: {tag}", *widget,
              "tags: [federated-learning, differential-privacy, consortium]", "---", "",
              f"# Federated{' DP' if config.dp else ''} fine-tune for {task}", "",
              "Trained with Consortium: Flower carried the shared weights between a coordinator "
@@ -171,7 +173,14 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
              f"- Labels (id = position): {', '.join(labels)}",
              f"- Fine-tuning: {finetune}; aggregation {config.aggregation}; "
              f"{config.num_rounds} rounds × {config.local_epochs} local epoch(s)",
-             f"- Load it in one line: {load}",
+             "- Load it (each of these gives the coordinator's own predictions, with the label "
+             "names; texts are cut at the run's max-length):",
+             *[f"  - {way.name}: `{way.code}`" for way in ways],
+             *(["  - Not `AutoModelForSequenceClassification`: BERT's [CLS] pooler is not the "
+                "mean pooling this model was trained with, so it would load a random "
+                "classifier. The plain pipeline refuses the directory without "
+                "`trust_remote_code=True`."] if pooled else []),
+             "  - Check a release from the command line: `consortium predict DIR --data FILE`",
              "", "## Training data", "",
              f"- Partners: {len(partners)}",
              f"- Training examples, all partners together: {examples or 'n/a'}",

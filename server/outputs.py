@@ -117,7 +117,7 @@ def export_model(out_dir: Path, config: RunConfig, labels: tuple[str, ...],
     fingerprint = frozen_fingerprint(model)
     final, tmp = out_dir / MODEL_DIR, out_dir / f".{MODEL_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, config, tmp)  # save_pretrained + tokenizer, or sentence-transformers
+    save_model(model, config, tmp, labels)  # save_pretrained + tokenizer, or sentence-transformers
     atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
     atomic_write_json(tmp / "run_config.json", config.to_mapping())
     atomic_write_json(tmp / PRIVACY_REPORT, report)

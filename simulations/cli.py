@@ -13,7 +13,7 @@ from common.config import RunConfig
 from common.errors import ConsortiumError
 from common.logs import configure_logging
 from server import cli as server_cli
-from simulations import audit, plan_cli
+from simulations import audit, plan_cli, predict_cli
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client_cli.add_parsers(sub)
     audit.add_parser(sub)
     plan_cli.add_parser(sub)
+    predict_cli.add_parser(sub)
     _report_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
@@ -105,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return client_cli.handle(args)
         if args.command == "plan":
             return plan_cli.handle(args)
+        if args.command == "predict":
+            return predict_cli.handle(args)
         if args.command == "audit":
             return audit.handle(args, parse_set(args.set))
         if args.command == "report":

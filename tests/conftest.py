@@ -58,6 +58,31 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
+def make_ner_bert(directory: Path) -> Path:
+    """A 2-layer random BERT whose vocabulary covers the NER demo, plus pieces that split
+    'johnson' into 'john ##son'."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    from common import synthetic_ner
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+             *sorted(synthetic_ner.vocabulary() | {"john", "##son", "visited"})]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForTokenClassification(config).bert.save_pretrained(directory)
+    BertTokenizerFast(vocab=str(directory / "vocab.txt")).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ner_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_ner_bert(tmp_path_factory.mktemp("ner-bert")))
+
+
 @pytest.fixture
 def sentiment_csv(tmp_path: Path) -> Path:
     """A 40-row, two-domain sentiment CSV."""

@@ -27,7 +27,11 @@ def test_model_card_content():
     config = RunConfig(num_rounds=3, labels="neg,pos", epsilon=8.0, finetune="lora")
     card = model_card(config, ("neg", "pos"), REPORT, FINAL)
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification")
-    assert 'transformers.pipeline("text-classification", model=DIR)' in card
+    assert 'transformers-pipeline: `pipeline("text-classification", model=DIR)(texts, ' \
+        'truncation=True)`' in card
+    assert "AutoModelForSequenceClassification: `AutoModelForSequenceClassification." \
+        "from_pretrained(DIR)`" in card
+    assert 'widget:\n- text: "The striker' in card  # the hub's widget runs this pipeline
     assert "- Base model: sentence-transformers/all-MiniLM-L6-v2 (bundled copy)" in card
     assert "- Task: text-classification" in card
     assert "- Labels (id = position): neg, pos" in card
@@ -76,4 +80,6 @@ def test_pooled_head_card_says_how_to_load_it():
     card = model_card(RunConfig(labels="neg,pos"), ("neg", "pos"), report, FINAL)
     assert "| hospital-a | 256.0 | 0.0100 | 0.110 |" in card
     assert card.startswith("---\nlibrary_name: sentence-transformers\n")
-    assert "`SentenceTransformer(DIR).encode(texts)`" in card and "mean Pooling" in card
+    assert "`SentenceTransformer(DIR).encode(texts).argmax(1)" in card and "mean Pooling" in card
+    assert 'pipeline("text-classification", model=DIR, trust_remote_code=True)' in card
+    assert "widget:" not in card  # the hub's widget would not run the directory's pipeline

@@ -110,28 +110,6 @@ def test_label_convention_and_config_checks() -> None:
         run_labels(RunConfig(task=TOKEN_TASK), partner_has_own_data=True)
 
 
-def make_ner_bert(directory: Path) -> Path:
-    """A 2-layer random BERT whose vocabulary covers the NER demo, plus pieces that split
-    'johnson' into 'john ##son'."""
-    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-             *sorted(synthetic_ner.vocabulary() | {"john", "##son", "visited"})]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertForTokenClassification(config).bert.save_pretrained(directory)
-    BertTokenizerFast(vocab=str(directory / "vocab.txt")).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def ner_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_ner_bert(tmp_path_factory.mktemp("ner-bert")))
-
-
 def ner_config(base: str, tmp_path: Path, **changes) -> RunConfig:
     values = dict(task=TOKEN_TASK, base_model=base, examples_per_partner=60, max_length=16,
                   batch_size=8, dp_plan_check=False, local_epochs=1, num_rounds=2,

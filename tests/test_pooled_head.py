@@ -118,7 +118,7 @@ def test_export_reloads_in_one_line_with_the_same_logits(tiny_bert: str, tmp_pat
     with torch.no_grad():
         model.head.weight.normal_()
         model.head.bias.normal_()
-    save_model(model, config, tmp_path / "model")
+    save_model(model, config, tmp_path / "model", LABELS)
     texts = ("the market shares rise", "doctors", "the striker scores a goal in the match")
     loaded = SentenceTransformer(str(tmp_path / "model"), device="cpu")
     logits = loaded.encode(list(texts), convert_to_numpy=True)

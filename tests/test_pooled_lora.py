@@ -108,7 +108,7 @@ def test_export_merges_the_adapters_and_reloads_with_the_same_logits(tiny_bert: 
             if param.requires_grad:
                 param.normal_(std=0.5)
     before = trainable_state(model)
-    save_model(model, config, tmp_path / "model")
+    save_model(model, config, tmp_path / "model", LABELS)
     assert all(np.array_equal(v, trainable_state(model)[k]) for k, v in before.items())
     texts = ["the market shares rise", "doctors", "the striker scores a goal in the match"]
     logits = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(

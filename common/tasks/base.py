@@ -90,6 +90,7 @@ class Task(ABC):
     main_metric: ClassVar[str]  # protocol key the worst partner and the gap are read on
     declares: ClassVar[tuple[str, str]]  # what `labels` lists, and an example of it
     demo_name: ClassVar[str]  # the embedded demo data, in messages
+    widget_text: ClassVar[str]  # the model card's example input: public, never a partner's
     label_kind: ClassVar[str]  # what the demo data's labels are called, in messages
     one_label_per_text: ClassVar[bool] = False  # the privacy audit's canaries need one
     # de-identification replaces spans of whole texts (``texts`` of str); tagged words cannot

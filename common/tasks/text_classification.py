@@ -27,6 +27,7 @@ class TextClassification(Task):
     main_metric = P.ACCURACY
     declares = ("the label set", "negative,positive")
     demo_name, label_kind = "data set", "labels"
+    widget_text = "The striker scored twice as the home team won the cup final."
     one_label_per_text = True
     maskable_text = True
 

@@ -38,6 +38,7 @@ class TokenClassification(Task):
     main_metric = P.ENTITY_F1
     declares = ("the entity types", "PER,ORG,LOC")
     demo_name, label_kind = "NER data set", "entity types"
+    widget_text = "Anna Schmidt joined Siemens in Munich last spring."
 
     def check_config(self, config: TaskConfig) -> None:
         tags = [t for t in config.label_list if t == "O" or t[:2] in ("B-", "I-")]
