@@ -13,6 +13,8 @@ RAY_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+(?:, ip=[\d.]+)?\)\s*")
 RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 OURS = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR|CRITICAL) "
                   r"(server|client|common|simulations)[\w.]*: (.*)$")
+STOP_MARK = "run stopped: "  # server.app's one line for an expected stop (simulate reads it)
+STOPPED = re.compile(r"^\d\d:\d\d:\d\d ERROR server\.app: " + STOP_MARK + r"(.*)$")
 ERROR = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback |^\w+(Error|Exception)\b|Exit Code: \d+")
 
 
@@ -26,15 +28,21 @@ class ConsoleFilter:
 
     def __init__(self) -> None:
         self._in_traceback = False
+        self._stopped = False  # after an expected stop's line: Flower's echo of it is noise
 
     def __call__(self, raw: str) -> str | None:
         line = clean(raw)
         if self._in_traceback:  # a traceback shows whole: its indented frames, then the error
             self._in_traceback = line.startswith(" ") or not line.strip()
-            return line
+            return None if self._stopped else line
         if line.startswith("Traceback "):
             self._in_traceback = True
+            return None if self._stopped else line
+        if STOPPED.match(line):
+            self._stopped = True
             return line
+        if self._stopped and not OURS.match(line):
+            return None
         ours = OURS.match(line)
         if ours:
             level, package, message = ours.groups()
@@ -42,3 +50,9 @@ class ConsoleFilter:
                 return line
             return line if package == "client" and " round " in message else None
         return line if ERROR.search(line) else None
+
+
+def stop_reason(log: str) -> str | None:
+    """The last expected stop the ServerApp logged (server.app), or None."""
+    found = [m.group(1) for m in map(STOPPED.match, map(clean, log.splitlines())) if m]
+    return found[-1] if found else None

@@ -40,6 +40,11 @@ class CheckpointError(ConsortiumError):
     """A checkpoint or ledger file is missing, truncated or fails its content hash."""
 
 
+class RunStopped(ConsortiumError):
+    """An expected stop of a run (every partner refused, too few usable updates, a budget
+    spent, a bad config): one line of what happened and what fixes it, no traceback."""
+
+
 class SimulatedDropout(ConsortiumError):
     """A simulated partner left the round on purpose (run config ``dropout-rate``)."""
 

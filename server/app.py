@@ -8,6 +8,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.console import STOP_MARK
+from common.errors import ConsortiumError
 from common.logs import configure_logging
 from server.coordinator import run_federation
 
@@ -18,6 +20,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     configure_logging()
-    config = RunConfig.from_mapping(context.run_config)
-    out = run_federation(grid, config)
+    try:
+        config = RunConfig.from_mapping(context.run_config)
+        out = run_federation(grid, config)
+    except ConsortiumError as exc:  # an expected stop: one line; Flower records the failure
+        logger.error("%s%s", STOP_MARK, " ".join(str(exc).split()))
+        raise
     logger.info("done: outputs in %s", out)

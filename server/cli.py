@@ -14,7 +14,7 @@ from common.sources import run_labels
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
 from server import deploy
-from server.flwr_run import check_finished, staged_app, write_run_config
+from server.flwr_run import check_finished, log_size, staged_app, write_run_config
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -123,7 +123,7 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
     if model.exists() and not config.resume and not config.monitor:
         raise ConsortiumError(f"{config.out_dir} already holds a finished run; choose another "
                               "--out")
-    started = time.time()
+    started, log_from = time.time(), log_size(Path(config.out_dir))
     with tempfile.TemporaryDirectory() as tmp:
         run_config = Path(tmp) / "run_config.toml"
         write_run_config(config, run_config)
@@ -135,7 +135,7 @@ def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
                     "RUN_ID`); after it stops, `consortium run ... --resume` finishes the run",
             console=None if args.verbose else ConsoleFilter(),
             log=Path(config.out_dir) / LOG_FILE)
-    check_finished(Path(config.out_dir), returncode, bool(config.monitor), started)
+    check_finished(Path(config.out_dir), returncode, bool(config.monitor), started, log_from)
     print(f"done: {config.out_dir}/" + ("monitoring.md, monitoring.json" if config.monitor else
                                         "model, metrics.jsonl, privacy_report.json"))
     return 0

@@ -7,6 +7,7 @@ server.aggregation and the files in server.outputs / server.checkpoint.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from flwr.serverapp import Grid
 from common.wire.records import from_array_record
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import ConsortiumError
+from common.errors import ConsortiumError, RunStopped
 from common.fingerprint import frozen_fingerprint
 from common.model import build_model, trainable_state
 from common.sources import run_labels
+from common.warm_start import check_public_disjoint
 from common.weights import fixed_batch_size
 from server.aggregation import RoundFold
 from server.central_dp import CentralDP, coordinator_rng, record_round
@@ -33,7 +35,7 @@ from server.release import initial_weights
 from server.outputs import (METRICS_FILE, append_metrics, export_model, json_safe,
                             privacy_report, record_partner, truncate_metrics,
                             write_privacy_report)
-from server.report import write_report
+from server.report import write_live_report, write_report
 from server.monitoring import run_monitoring
 from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
                               stream_replies)
@@ -42,6 +44,11 @@ from server.tracking import Tracker, open_tracker
 from server.secagg_phase import secure_train_phase
 
 logger = logging.getLogger(__name__)
+
+
+def brief(reason: str) -> str:
+    """A partner's reason without its long parenthesised detail (the log above keeps it)."""
+    return re.sub(r" \((?:[^()]|\([^()]*\)){40,}\)", "", reason)
 
 
 def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, fingerprint: str,
@@ -84,9 +91,12 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
     for failure in failures:
         logger.warning("round %d: %s", rnd, failure)
     if len(fold.accepted) < config.min_partners:
-        raise ConsortiumError(f"round {rnd}: {len(fold.accepted)} usable update(s), min-partners "
-                              f"is {config.min_partners}; stopping. Failures: {failures}. The "
-                              "last checkpoint is kept: fix the partners and resume")
+        said = "; ".join(f"{f.get('partner')}: {brief(str(f.get('reason')))}" for f in failures)
+        kept = ("the last checkpoint is kept: fix the partners, then resume" if rnd > 1 else
+                "no round finished, so there is nothing to resume: fix the partners, then start "
+                "again")
+        raise RunStopped(f"round {rnd}: {len(fold.accepted)} usable update(s), min-partners is "
+                         f"{config.min_partners}. {said}. {kept}")
     state.arrays = fold.result()
     central = record_round(state.partners, fold.accepted, [n for _, n in fold.losses],
                            fold.central, fold.noise_std)
@@ -190,6 +200,7 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
         return run_monitoring(grid, config)
     out = Path(config.out_dir).resolve()
     labels = run_labels(config)
+    check_public_disjoint(config, labels)
     model = build_model(config, labels)
     fingerprint = frozen_fingerprint(model)
     initial = initial_weights(config, labels, trainable_state(model), fingerprint)
@@ -237,6 +248,7 @@ def _run_rounds(grid: Grid, config: RunConfig, out: Path, labels: tuple[str, ...
             PENDING_LINE: json_safe(line)}))
         _own_evaluation(line, held_out, state, started)
         pending = line
+        write_live_report(out, config, json_safe(line), privacy_report(config, state.partners))
     if pending is not None:  # the final model: the only one no TRAIN Message carries
         started = time.time()
         evals = evaluate_phase(grid, config, state, fingerprint)

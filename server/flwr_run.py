@@ -13,7 +13,8 @@ from pathlib import Path
 import pathspec
 
 from common.config import RunConfig
-from common.errors import ConsortiumError
+from common.console import LOG_FILE, stop_reason
+from common.errors import ConsortiumError, RunStopped
 from server.monitoring_report import SUMMARY_JSON
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: pyproject.toml is here
@@ -73,12 +74,28 @@ def resume_hint(out: Path) -> str:
     return "no round had finished; rerun the command to start again"
 
 
+def log_size(out: Path) -> int:
+    """Where this run's part of OUT/flwr.log starts (the file is appended to by every run)."""
+    log = out / LOG_FILE
+    return log.stat().st_size if log.is_file() else 0
+
+
 def check_finished(out: Path, returncode: int, monitor: bool = False,
-                   since: float = 0.0) -> None:
+                   since: float = 0.0, log_from: int = 0) -> None:
     """`flwr run` exits 0 even when the ServerApp failed: the exported model is the proof; a
-    monitoring run's is its monitoring.json, written after ``since`` (a time.time())."""
+    monitoring run's is its monitoring.json, written after ``since`` (a time.time()). An
+    expected stop that the ServerApp logged (server.app) is raised as RunStopped, in its own
+    words; anything else points at the log."""
     proof = out / SUMMARY_JSON if monitor else out / "model" / "config.json"
     if returncode != 0 or not proof.exists() or proof.stat().st_mtime < since:
+        log = out / LOG_FILE
+        reason = None
+        if log.is_file():
+            with open(log, "rb") as handle:
+                handle.seek(log_from)
+                reason = stop_reason(handle.read().decode(errors="replace"))
+        if reason:
+            raise RunStopped(reason)
         hint = f"; {resume_hint(out)}" if (out / "checkpoints").is_dir() else ""
         raise ConsortiumError(f"the run did not finish (flwr exit code {returncode}); see the "
-                              f"log above{hint}")
+                              f"log above or {log}{hint}")

@@ -18,7 +18,7 @@ from common.config import RunConfig
 from common.storage import atomic_write_bytes
 from server.evaluation import extremes, megabytes
 from server.report_text import budget_of, privacy_summary, table
-from server.run_data import RunData, RunSeries, load_run, series
+from server.run_data import METRICS_FILE, RunData, RunSeries, load_run, series
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
@@ -141,7 +141,27 @@ def render_html(data: RunData, s: RunSeries, images: Mapping[str, bytes]) -> str
 
 def write_report(run_dir: str | Path, config: RunConfig | None = None) -> Path:
     """Read the run, render every figure and the page, then write them; returns report.html."""
-    data = load_run(Path(run_dir), config.to_mapping() if config is not None else None)
+    return _write(load_run(Path(run_dir), config.to_mapping() if config is not None else None))
+
+
+def write_live_report(run_dir: Path, config: RunConfig, pending: Mapping[str, Any],
+                      privacy: Mapping[str, Any]) -> Path | None:
+    """The report so far, rewritten after every round: the lines written, plus the round just
+    checkpointed (``pending``: its partners' evaluations arrive with the next round, so its
+    held-out figures are the coordinator's own set only). Best effort: a failure is logged and
+    the last good report stays; None then."""
+    try:
+        written = load_run(run_dir, config.to_mapping()).lines \
+            if (run_dir / METRICS_FILE).exists() else []
+        return _write(RunData(run_dir, [*written, dict(pending)], dict(privacy),
+                              config.to_mapping()))
+    except Exception:  # noqa: BLE001 - the run goes on; the next round tries again
+        logger.warning("the live report of %s could not be written (the last good one stays)",
+                       run_dir, exc_info=True)
+        return None
+
+
+def _write(data: RunData) -> Path:
     from server.plots import render_all  # matplotlib: imported when a report is drawn
 
     s = series(data.lines)

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 from client import cli as client_cli
 from common.config import RunConfig
-from common.errors import ConsortiumError
+from common.errors import ConsortiumError, RunStopped
 from common.logs import configure_logging
 from server import cli as server_cli
+from server import warm_start_cli
 from simulations import audit, plan_cli, predict_cli
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit.add_parser(sub)
     plan_cli.add_parser(sub)
     predict_cli.add_parser(sub)
+    warm_start_cli.add_parser(sub)
     _report_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return plan_cli.handle(args)
         if args.command == "predict":
             return predict_cli.handle(args)
+        if args.command == "warm-start":
+            return warm_start_cli.handle(args)
         if args.command == "audit":
             return audit.handle(args, parse_set(args.set))
         if args.command == "report":
@@ -122,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  verbose=args.verbose)
             print(f"done: {out}/monitoring.md, {out}/monitoring.json" if args.monitor else
                   f"done: {out}/model, {out}/metrics.jsonl, {out}/privacy_report.json")
+    except RunStopped as exc:  # expected: what happened and what fixes it, in one line
+        print(f"consortium: run stopped: {exc}", file=sys.stderr)
+        return 1
     except ConsortiumError as exc:
         print(f"consortium: error: {exc}", file=sys.stderr)
         return 2

@@ -119,3 +119,33 @@ def test_a_stop_between_checkpoint_and_line_resumes_to_every_round_once(
     [refused] = line["eval_failures"]
     assert refused["partner"] == "partner-0" and "already evaluated" in refused["reason"]
     assert all(not other["eval_failures"] for other in lines if other is not line)
+
+
+def test_report_html_is_there_after_round_1_and_a_stopped_run_keeps_it(
+        tiny_bert: str, tmp_path: Path) -> None:
+    """The live report: written after round 1's checkpoint (the coordinator's own set scores
+    that round's model; the partners' evaluation of it comes with round 2), kept when the run
+    then stops in round 2, and rewritten with every round after."""
+    config = _config(tiny_bert, tmp_path, server_eval_data=str(_eval_csv(tmp_path)))
+    with pytest.raises(RuntimeError, match="coordinator stopped"):
+        coordinator.run_federation(
+            StoppingGrid(config, PARTNERS, stop_at=(MessageType.TRAIN, 2)), config)
+    out = Path(config.out_dir)
+    assert not (out / "metrics.jsonl").exists()  # line 1 waits for round 2's evaluations
+    page = (out / "report.html").read_text()
+    assert "Consortium run report" in page and "own set (eval.csv, 30 examples" in page
+    assert (out / "report_epsilon.png").stat().st_size > 0
+    first = (out / "report.html").stat().st_mtime_ns
+    resumed = config.replace(resume=True)
+    coordinator.run_federation(LocalGrid(resumed, PARTNERS), resumed)
+    assert (out / "report.html").stat().st_mtime_ns > first
+
+
+def _eval_csv(tmp_path: Path) -> Path:
+    from common.synthetic import synthetic_partner_data
+
+    data = synthetic_partner_data(40, 30, seed=3)
+    path = tmp_path / "eval.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
+                                             for t, y in zip(data.texts, data.labels)))
+    return path

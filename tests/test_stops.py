@@ -1,0 +1,82 @@
+"""Expected stops read as one line: what happened and what fixes it, a non-zero exit and no
+traceback (``--verbose`` and OUT/flwr.log keep everything). Real bugs keep their tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import server.coordinator as coordinator
+from common.config import RunConfig
+from common.console import ConsoleFilter, LOG_FILE
+from common.errors import ConsortiumError, RunStopped
+from server.flwr_run import check_finished, log_size
+from simulations.local_grid import LocalGrid
+
+CLI = str(Path(sys.executable).with_name("consortium"))
+FLOWER_ECHO = """\
+15:27:33 ERROR server.app: run stopped: round 1: 0 usable update(s), min-partners is 2. \
+partner-0: refused: the budget. no round finished, so there is nothing to resume
+ERROR :     Simulation raised an exception
+Traceback (most recent call last):
+  File "flwr/simulation/app.py", line 337, in run_simulation_process
+    simulation_result = _run_simulation(
+common.errors.RunStopped: round 1: 0 usable update(s)
+ERROR :     Exit Code: 700
+"""
+
+
+def test_the_console_shows_the_stop_once_and_hides_flowers_echo(tmp_path: Path) -> None:
+    show = ConsoleFilter()
+    shown = [line for line in map(show, FLOWER_ECHO.splitlines()) if line is not None]
+    assert shown == [FLOWER_ECHO.splitlines()[0]]
+    bug = ConsoleFilter()  # without a stop line a traceback is a bug: shown whole
+    assert [bug(x) for x in FLOWER_ECHO.splitlines()[2:5]] == FLOWER_ECHO.splitlines()[2:5]
+
+
+def test_check_finished_raises_this_runs_stop_in_its_own_words(tmp_path: Path) -> None:
+    (tmp_path / LOG_FILE).write_text(FLOWER_ECHO)  # an earlier run's stop, in the same out-dir
+    start = log_size(tmp_path)
+    with pytest.raises(ConsortiumError, match="did not finish") as plain:
+        check_finished(tmp_path, 0, log_from=start)
+    assert not isinstance(plain.value, RunStopped)
+    with open(tmp_path / LOG_FILE, "a") as handle:
+        handle.write(FLOWER_ECHO.replace("the budget", "not approved"))
+    with pytest.raises(RunStopped, match="^round 1: .*partner-0: refused: not approved"):
+        check_finished(tmp_path, 0, log_from=start)
+
+
+def test_every_partner_over_budget_stops_in_one_line_and_nothing_is_spent(
+        tiny_bert: str, tmp_path: Path) -> None:
+    config = RunConfig(base_model=tiny_bert, examples_per_partner=60, max_length=16,
+                       batch_size=8, finetune="lora", dp_plan_check=False, local_epochs=1,
+                       num_rounds=3, epsilon=8.0, out_dir=str(tmp_path / "out"),
+                       ledger_dir=str(tmp_path / "ledgers"))
+    grid = LocalGrid(config, 2, node_config={"max-epsilon": 1.0})
+    with pytest.raises(RunStopped) as stop:
+        coordinator.run_federation(grid, config)
+    message = str(stop.value)
+    assert "\n" not in message and message.startswith("round 1: 0 usable update(s)")
+    assert "partner-0: refused" in message and "partner-1: refused" in message
+    assert "max-epsilon" in message or "budget" in message
+    assert message.endswith("nothing to resume: fix the partners, then start again")
+    assert not list((tmp_path / "ledgers").rglob("*.json"))  # refused before any ε
+
+
+@pytest.mark.slow
+def test_a_60_row_file_at_the_default_epsilon_ends_in_one_line(tmp_path: Path) -> None:
+    rows = Path(__file__).resolve().parents[1] / "docs/examples/news_eval.csv"
+    data = tmp_path / "rows60.csv"
+    data.write_text("".join(rows.read_text().splitlines(keepends=True)[:61]))
+    proc = subprocess.run([CLI, "simulate", "--partners", "2", "--rounds", "3", "--data",
+                           str(data), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("consortium: run stopped: round 1: 0 usable update(s)")
+    assert "expect no learning" in last and "would pass" in last  # the refusal and its fix
+    assert "Traceback" in (tmp_path / "run" / LOG_FILE).read_text()  # the log keeps it all
