@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from common.config import RunConfig
 from common.export import POOLED_MODES, loaders
 from common.tasks import get_task
+from common.warm_start import lineage_of
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (bundled copy)"
 
@@ -122,6 +123,18 @@ def _evaluation(final: Mapping[str, Any] | None) -> list[str]:
     return lines + _groups(final)
 
 
+def _warm_start(config: RunConfig) -> list[str]:
+    """The public data a warm-started base model was adapted on (common.warm_start)."""
+    lineage = lineage_of(config.base_model)
+    if lineage is None:
+        return []
+    files = "; ".join(f"`{_cell(f['path'])}` ({f['rows']} rows, SHA-256 {f['sha256']})"
+                      for f in lineage["public_data"])
+    return [f"- Warm-started on public data before federation ({lineage['objective']}, "
+            f"{lineage['epochs']} epoch(s), {lineage['seconds']:g} s, from "
+            f"{lineage['base_model']}): {files}. {lineage['privacy']}"]
+
+
 def _release(release: Mapping[str, Any] | None) -> list[str]:
     """The release's id and its parent (server.release; the lineage is in release.json)."""
     if not release:
@@ -169,6 +182,7 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
              "and the partners; each partner trained next to its own data, which never left it.",
              "", "## Model", "",
              f"- Base model: {config.base_model or BUNDLED_MODEL}",
+             *_warm_start(config),
              f"- Task: {task}",
              f"- Labels (id = position): {', '.join(labels)}",
              f"- Fine-tuning: {finetune}; aggregation {config.aggregation}; "

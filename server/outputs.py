@@ -17,6 +17,7 @@ from common.config import RunConfig
 from common.fingerprint import frozen_fingerprint
 from common.model import build_model, load_trainable_state, save_model
 from common.privacy import epsilon_of
+from common.warm_start import PRIVACY_NOTE, lineage_of
 from common.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
                             finite_or_none, json_safe)
 from server.model_card import model_card
@@ -64,7 +65,17 @@ def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]])
             "delta": config.delta if config.central_dp else None,
         },
         "partners": {name: dict(rec) for name, rec in sorted(partners.items())},
+        **public_data_note(config),
     }
+
+
+def public_data_note(config: RunConfig) -> dict[str, Any]:
+    """With a warm-started base model: its public files and why ε does not cover them."""
+    lineage = lineage_of(config.base_model)
+    if lineage is None:
+        return {}
+    return {"public_data": {"files": lineage["public_data"], "objective": lineage["objective"],
+                            "epsilon_covers_it": False, "why": PRIVACY_NOTE}}
 
 
 def record_partner(partners: dict[str, dict[str, Any]], name: str, metrics: Mapping[str, float],

@@ -20,6 +20,7 @@ from common.errors import ConsortiumError
 from common.release import (FORMAT, RELEASE_FILE, WEIGHTS_FILE, check_continues, check_layout,
                             layout_of, read_release, release_weights, weights_bytes)
 from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none, json_safe
+from common.warm_start import lineage_of
 
 logger = logging.getLogger(__name__)
 LIBRARIES = ("flwr", "opacus", "torch", "transformers", "peft")
@@ -100,6 +101,8 @@ def release_record(config: RunConfig, labels: tuple[str, ...],
         "epsilon_note": "each partner's ε over every release from its data source (its own "
                         "ledger), so cumulative over this release and its ancestors",
         "partners": partners, "code": code_version(), "evaluation": _evaluation(final),
+        "base_model": {"name": config.base_model or None,  # None: the bundled MiniLM
+                       "warm_start": lineage_of(config.base_model)},
         "frozen_fingerprint": fingerprint, "trainable_layout": layout_of(arrays),
         "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha256,
     }

@@ -21,13 +21,14 @@ from common.errors import ConfigError, ConsortiumError
 from common.release import Release, check_against_model, monitoring_config, read_release
 from common.sources import run_labels
 from common.tasks import get_task
+from common.warm_start import check_disjoint
 from server.checkpoint import check_same_config, latest_checkpoint
 from server.held_out import read_held_out
 from server.tracking import check_tracking
 from common.partition import partition_indices
 from common.console import LOG_FILE, ConsoleFilter
 from common.processes import run_tagged
-from server.flwr_run import (APP_DIR, check_finished, resume_hint, staged_app,
+from server.flwr_run import (APP_DIR, check_finished, log_size, resume_hint, staged_app,
                              write_run_config)
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
                          subgroup_column=config.group_column or None)
         partition_indices(full, federation.partners, config.partition,  # type: ignore[arg-type]
                           config.seed)
+        check_disjoint(config.base_model, str(data_path), full.texts)  # public ≠ private
     else:
         task.check_demo_labels(config)
         if config.person_column or config.group_column:
@@ -167,6 +169,7 @@ def run_simulation(config: RunConfig, federation: Federation, verbose: bool = Fa
                 "process (`kill PID`), or set "
                 f"{name} to a free port")
     out, started = Path(config.out_dir), time.time()
+    log_from = log_size(out)
     with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
         flwr_home = Path(home)
         run_config = flwr_home / "run_config.toml"
@@ -187,5 +190,5 @@ def run_simulation(config: RunConfig, federation: Federation, verbose: bool = Fa
                                 "this run started", lambda: resume_hint(out), cwd=APP_DIR,
                                 console=None if verbose else ConsoleFilter(),
                                 log=out / LOG_FILE)
-    check_finished(out, returncode, bool(config.monitor), started)
+    check_finished(out, returncode, bool(config.monitor), started, log_from)
     return out
