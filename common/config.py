@@ -371,3 +371,11 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
 
 def _article(type_name: str) -> str:
     return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
+
+
+def epsilon_keys(epsilon: float) -> dict[str, Any]:
+    """``--epsilon`` on a command line: the target ε per partner, or ``inf`` for a run without
+    DP (a non-private baseline)."""
+    if math.isinf(epsilon) and epsilon > 0:
+        return {"dp": False}
+    return {"epsilon": epsilon}

@@ -171,19 +171,21 @@ class PrivacyLedger:
                 "adding). Give per-person DP its own ledger: a new data-id. Nothing was trained")
         step = (release.noise_multiplier, release.sample_rate, release.steps)
         after = epsilon_of(self.history + [step], delta)
+        plan = [step, *rest_of_run]
         if after > max_epsilon:
             raise BudgetExceededError(
                 f"round {release.round} would bring ε to {after:.3f} > this partner's budget "
                 f"{max_epsilon:g} (spent so far: {self.epsilon(delta):.3f}); the round is refused "
-                "and nothing was trained")
-        planned = epsilon_of(self.history + [step, *rest_of_run], delta) if rest_of_run else after
+                f"and nothing was trained. {fits_note(self.history, plan, delta, max_epsilon)}")
+        planned = epsilon_of(self.history + plan, delta) if rest_of_run else after
         if planned > max_epsilon:
             raise BudgetExceededError(
-                f"the run's plan from round {release.round} on ({1 + len(rest_of_run)} more "
+                f"the run's plan from round {release.round} on ({len(plan)} more "
                 f"round(s)) would bring ε to {planned:.3f} > this partner's budget "
                 f"{max_epsilon:g} (spent so far over all runs on this data: "
                 f"{self.epsilon(delta):.3f}); refused now rather than part-way, and nothing was "
-                "trained. Plan fewer rounds or a smaller epsilon, or raise max-epsilon")
+                f"trained. {fits_note(self.history, plan, delta, max_epsilon)}, or raise "
+                "max-epsilon")
         return after
 
     def record(self, release: Release) -> None:
@@ -212,6 +214,44 @@ def ledger_lock(path: str | Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def what_fits(history: Sequence[tuple[float, float, int]],
+              plan: Sequence[tuple[float, float, int]], delta: float,
+              max_epsilon: float) -> tuple[int, float]:
+    """What of a refused plan still fits a partner's budget after ``history``: how many of the
+    plan's rounds, as planned, and the largest ε a run of the same rounds could target (its
+    rounds' σ raised together until the composition stays within ``max_epsilon``; ε of that run
+    alone, as the run's ``epsilon`` means it). (0, 0.0) when nothing is left."""
+    rounds = 0
+    while rounds < len(plan) and epsilon_of([*history, *plan[:rounds + 1]], delta) <= max_epsilon:
+        rounds += 1
+    if epsilon_of(history, delta) >= max_epsilon or not plan:
+        return rounds, 0.0
+
+    def run(sigma: float) -> list[tuple[float, float, int]]:
+        return [(sigma, q, steps) for _, q, steps in plan]
+
+    low, high = max(s for s, _, _ in plan), max(s for s, _, _ in plan) * 2
+    while epsilon_of([*history, *run(high)], delta) > max_epsilon:  # σ large enough to fit
+        low, high = high, high * 2
+        if high > 1e4:
+            return rounds, 0.0
+    for _ in range(12):  # σ within 0.02 % of the smallest that fits: ε slightly under, never over
+        middle = (low + high) / 2
+        low, high = (low, middle) if epsilon_of([*history, *run(middle)], delta) <= max_epsilon \
+            else (middle, high)
+    return rounds, math.floor(epsilon_of(run(high), delta) * 1000) / 1000
+
+
+def fits_note(history: Sequence[tuple[float, float, int]], plan: Sequence[tuple[float, float, int]],
+              delta: float, max_epsilon: float) -> str:
+    """A refusal's advice: the rounds and the run ε that still fit (``what_fits``)."""
+    rounds, epsilon = what_fits(history, plan, delta, max_epsilon)
+    if epsilon <= 0:
+        return "Nothing is left of this partner's budget for this data"
+    return (f"What still fits: {rounds} of these {len(plan)} round(s) as planned, or all of them "
+            f"at epsilon <= {epsilon:.3f} for the run")
 
 
 def spend(path: str | Path, source: str, release: Release, delta: float, max_epsilon: float,

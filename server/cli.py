@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import RunConfig, epsilon_keys
 from common.errors import ConsortiumError
 from common.release import check_against_model, monitoring_config, read_release
 from common.sources import run_labels
@@ -40,6 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="submit a training run to the coordinator and stream it")
     run.add_argument("--coordinator", type=Path, required=True, help="federation directory")
     run.add_argument("--rounds", type=int)
+    run.add_argument("--epsilon", type=float, help="target ε per partner over the run; inf = "
+                     "no DP (default: the run config's epsilon)")
     run.add_argument("--labels", help="comma-separated label set every partner maps to")
     run.add_argument("--out", type=Path, help="output directory on the coordinator")
     run.add_argument("--resume", action="store_true",
@@ -106,29 +108,36 @@ def monitor_release(config: RunConfig) -> RunConfig:
     return config
 
 
-def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
+def run_config(args: argparse.Namespace, overrides: dict) -> RunConfig:
+    """The run config `consortium run` submits: --set values, then the flags."""
     flags = {"num-rounds": args.rounds, "labels": args.labels,
              "out-dir": str(args.out.resolve()) if args.out else None,
              "init-from": str(args.init_from) if args.init_from else None,
              "monitor": str(args.monitor) if args.monitor else None}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.epsilon is not None:
+        overrides.update(epsilon_keys(args.epsilon))
     if args.resume:
         overrides["resume"] = True
     config = monitor_release(continue_release(RunConfig.from_mapping(overrides)))
     if not config.label_list:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")
-    config = config.replace(out_dir=str(Path(config.out_dir).resolve()))
+    return config.replace(out_dir=str(Path(config.out_dir).resolve()))
+
+
+def _submit_run(args: argparse.Namespace, overrides: dict) -> int:
+    config = run_config(args, overrides)
     model = Path(config.out_dir) / "model" / "config.json"
     if model.exists() and not config.resume and not config.monitor:
         raise ConsortiumError(f"{config.out_dir} already holds a finished run; choose another "
                               "--out")
     started, log_from = time.time(), log_size(Path(config.out_dir))
     with tempfile.TemporaryDirectory() as tmp:
-        run_config = Path(tmp) / "run_config.toml"
-        write_run_config(config, run_config)
+        toml = Path(tmp) / "run_config.toml"
+        write_run_config(config, toml)
         command = deploy.run_command(args.coordinator.resolve(),
-                                     staged_app(Path(tmp) / "app"), run_config)
+                                     staged_app(Path(tmp) / "app"), toml)
         returncode = run_tagged(
             command, deploy.flwr_env(args.coordinator.resolve()), "`flwr run` on this machine",
             lambda: "the ServerApp may still run on the coordinator (`flwr ls`, `flwr stop "

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from typing import Any, Sequence
 
 from client import cli as client_cli
-from common.config import RunConfig
+from common.config import RunConfig, epsilon_keys
 from common.errors import ConsortiumError, RunStopped
 from common.logs import configure_logging
 from server import cli as server_cli
@@ -76,10 +75,7 @@ def simulate_config(args: argparse.Namespace) -> RunConfig:
     if args.resume:
         values["resume"] = True
     if args.epsilon is not None:
-        if math.isinf(args.epsilon) and args.epsilon > 0:
-            values["dp"] = False
-        else:
-            values["epsilon"] = args.epsilon
+        values.update(epsilon_keys(args.epsilon))
     return RunConfig.from_mapping(values)
 
 

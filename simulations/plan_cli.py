@@ -13,7 +13,10 @@ from common.config import AUTO, RunConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="print the DP plan (batch, steps, sigma, lr) of a partner "
                                     "and whether it is predicted to learn; trains nothing")
-    p.add_argument("--examples", type=int, required=True, help="the partner's training examples")
+    p.add_argument("--examples", type=int, required=True,
+                   help="the partner's TRAINING examples: its rows after the held-out split "
+                        "(test-fraction 0.2 by a hash of each text, so about 0.8 × rows, give or "
+                        "take a few)")
     p.add_argument("--epsilon", type=float, required=True, help="target ε over all rounds")
     p.add_argument("--rounds", type=int, required=True, help="planned federated rounds")
     p.add_argument("--delta", type=float, help="δ (default: the run config's, 1e-5)")
@@ -32,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--update-clip-norm", type=float,
                    help="the run's update bound, checked against the plan's update (default: "
                         "the run config's)")
+    p.add_argument("--ledger", metavar="FILE", help="a partner's ledger: plan against what it "
+                   "has spent on this data (composed exactly, as the partner will)")
+    p.add_argument("--spent", type=float, metavar="EPS", help="without the ledger: ε already "
+                   "spent, composed by adding (an upper bound; --ledger is exact)")
+    p.add_argument("--max-epsilon", type=float, help="the partner's budget: exit 2 with what "
+                   "still fits when the plan would pass it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -77,4 +86,37 @@ def handle(args: argparse.Namespace) -> int:
         print(f"finetune = {config.finetune!r}: {plan.describe()}")
         if advice:
             print(f"note: {advice}", file=sys.stderr)
+    print("note: --examples counts training rows; a file of N rows trains on about 0.8 × N "
+          "(the partner's held-out split, by a hash of each text)", file=sys.stderr)
+    return _against_budget(args, plan)
+
+
+def _against_budget(args: argparse.Namespace, plan) -> int:
+    """With --ledger / --spent: ε after the run, composed with what was spent; with
+    --max-epsilon, exit 2 and say what still fits when the plan would pass the budget."""
+    from common.privacy import epsilon_of, fits_note
+
+    if args.ledger is None and args.spent is None:
+        return 0
+    run = [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)] * plan.rounds
+    if args.ledger is not None:
+        from common.storage import read_sealed_json
+
+        releases = read_sealed_json(args.ledger)["releases"]
+        history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]
+        spent, after = epsilon_of(history, plan.delta), epsilon_of(history + run, plan.delta)
+        how = f"{len(history)} release(s) in {args.ledger}, composed with Opacus' accountant"
+    else:
+        history, spent = [], float(args.spent)
+        after, how = spent + epsilon_of(run, plan.delta), "added (an upper bound)"
+    print(f"spent so far: epsilon = {spent:.3f}; after this run: {after:.3f} ({how})")
+    if args.max_epsilon is not None and after > args.max_epsilon:
+        if args.ledger is None:
+            note = (f"at most epsilon = {max(args.max_epsilon - spent, 0):.3f} for the run "
+                    "(by adding; --ledger gives the exact figure)")
+        else:
+            note = fits_note(history, run, plan.delta, args.max_epsilon)
+        print(f"the plan would bring epsilon to {after:.3f} > max-epsilon "
+              f"{args.max_epsilon:g}. {note}", file=sys.stderr)
+        return 2
     return 0

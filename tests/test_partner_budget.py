@@ -156,3 +156,38 @@ def test_version_one_ledgers_are_folded_in(tmp_path: Path, tiny_bert: str,
     assert np.isfinite(PrivacyLedger.open(
         next((tmp_path / "ledgers").glob("org-a@*.json")), _ledger(tmp_path)["source"]
     ).epsilon(DELTA))
+
+
+def test_a_refusal_states_the_rounds_and_the_run_epsilon_that_still_fit(tmp_path: Path) -> None:
+    """What a refused plan could still do, checked against Opacus' own accountant: that many
+    rounds fit and one more does not; a run targeting the stated ε (σ calibrated by Opacus) fits,
+    and one a little above does not."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from common.privacy import what_fits
+
+    def composed(history) -> float:
+        accountant = RDPAccountant()
+        accountant.history = list(history)
+        return accountant.get_epsilon(DELTA)
+
+    spent = [(0.9, 0.1, 20)]  # an earlier run on this data: ε 5.23
+    plan = [(0.8, 0.125, 16)] * 3  # ε 8.23, 10.12, 11.68 after 1, 2, 3 rounds
+    budget = 10.0
+    assert composed(spent + plan) > budget  # the plan is refused
+    rounds, epsilon = what_fits(spent, plan, DELTA, budget)
+    assert composed(spent + plan[:rounds]) <= budget < composed(spent + plan[:rounds + 1])
+    steps = sum(n for _, _, n in plan)
+    sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=DELTA, sample_rate=0.125,
+                                 steps=steps, accountant="rdp")
+    assert composed(spent + [(sigma, 0.125, n) for _, _, n in plan]) <= budget
+    above = get_noise_multiplier(target_epsilon=epsilon + 0.05, target_delta=DELTA,
+                                 sample_rate=0.125, steps=steps, accountant="rdp")
+    assert composed(spent + [(above, 0.125, n) for _, _, n in plan]) > budget
+    ledger = PrivacyLedger(tmp_path / "l.json", "src",
+                           [Release("old", 1, *spent[0])])
+    with pytest.raises(BudgetExceededError, match=f"What still fits: {rounds} of these 3 round"
+                       rf"\(s\) as planned, or all of them at epsilon <= {epsilon:.3f}"):
+        ledger.check_budget(Release("new", 1, *plan[0]), DELTA, budget, plan[1:])
+    assert ledger.releases == [Release("old", 1, *spent[0])]  # nothing recorded

@@ -222,3 +222,40 @@ def test_a_partner_logs_the_update_clip_advice_with_its_plan(caplog) -> None:
     with caplog.at_level("INFO", logger="client.round_plan"):
         round_plan(config.replace(update_clip_norm=40.0), "partner-7", model, 3709)
     assert [r.message for r in caplog.records if "update-clip-norm" in r.message] == []
+
+
+def test_plan_against_a_ledger_says_what_still_fits(capsys, tmp_path) -> None:
+    """`consortium plan --ledger`: the run composed with the partner's spent ε (Opacus'
+    accountant over both), and with --max-epsilon the rounds and run ε that still fit."""
+    from common.privacy import PrivacyLedger, Release, epsilon_of
+
+    ledger = PrivacyLedger(tmp_path / "org-a.json", "src")
+    ledger.record(Release("earlier", 1, 0.9, 0.1, 40))
+    spent = epsilon_of(ledger.history, 1e-5)
+    common = ["plan", "--epsilon", "8", "--rounds", "3", "--finetune", "pooled-head",
+              "--trainable-dims", str(POOLED_DIMS), "--examples", "4000"]
+    assert main([*common, "--ledger", str(ledger.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"spent so far: epsilon = {spent:.3f}; after this run: " in out
+    after = float(out.split("after this run: ")[1].split()[0])
+    assert spent < 8 < after  # composed, not the run's 8 alone
+    assert main([*common, "--ledger", str(ledger.path), "--max-epsilon", f"{after - 0.5}"]) == 2
+    err = capsys.readouterr().err
+    assert f"max-epsilon {after - 0.5:g}" in err and "What still fits:" in err and "epsilon <=" in err
+    assert main([*common, "--spent", "3", "--max-epsilon", "10"]) == 2
+    assert "at most epsilon = 7.000 for the run (by adding" in capsys.readouterr().err
+    assert main([*common, "--spent", "1", "--max-epsilon", "10"]) == 0
+
+
+def test_run_takes_epsilon_like_simulate() -> None:
+    import argparse
+
+    from server.cli import run_config
+
+    def args(epsilon):
+        return argparse.Namespace(rounds=None, labels="neg,pos", out=None, init_from=None,
+                                  monitor=None, epsilon=epsilon, resume=False)
+
+    assert run_config(args(3.0), {}).epsilon == 3.0
+    assert run_config(args(float("inf")), {}).dp is False
+    assert run_config(args(None), {}).epsilon == 8.0
