@@ -45,6 +45,15 @@ class RunStopped(ConsortiumError):
     spent, a bad config): one line of what happened and what fixes it, no traceback."""
 
 
+class StoppedBySignal(ConsortiumError):
+    """A stop that was asked for (SIGINT, SIGTERM): not an error; the command line ends with
+    a "stopped" line and the shell's exit code for the signal (128 + its number)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class SimulatedDropout(ConsortiumError):
     """A simulated partner left the round on purpose (run config ``dropout-rate``)."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Mapping
 
-from common.errors import ConsortiumError
+from common.errors import StoppedBySignal
 
 RUN_TAG = "CONSORTIUM_PROCESS_TAG"
 
@@ -163,7 +163,7 @@ def run_tagged(command: list[str], env: Mapping[str, str], what: str,
 
     On SIGINT or SIGTERM the command gets SIGTERM first and ``grace`` seconds to stop what it
     runs itself (a SuperNode tells the SuperLink it leaves, so it may rejoin at once); then
-    everything still carrying the tag is stopped by PID, and ConsortiumError says in one line
+    everything still carrying the tag is stopped by PID, and StoppedBySignal says in one line
     the signal, ``what`` was stopped, and ``hint()`` (how to go on, as of now)."""
     tag = new_tag()
     # Flower starts its own executables (flower-superexec, flwr-clientapp) by name: from this
@@ -189,8 +189,8 @@ def run_tagged(command: list[str], env: Mapping[str, str], what: str,
             except subprocess.TimeoutExpired:
                 pass
         stopped = stop_tagged(tag, grace=2.0)
-        raise ConsortiumError(f"stopped by {stop}: {what} ({len(stopped) + 1} process(es)) "
-                              f"stopped; {hint()}") from None
+        raise StoppedBySignal(f"stopped by {stop}: {what} ({len(stopped) + 1} process(es)) "
+                              f"stopped; {hint()}", stop.signum) from None
     finally:
         stop_tagged(tag, grace=2.0)
         if proc is not None and proc.poll() is None:

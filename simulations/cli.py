@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from client import cli as client_cli
 from common.config import RunConfig, epsilon_keys
-from common.errors import ConsortiumError, RunStopped
+from common.errors import ConsortiumError, RunStopped, StoppedBySignal
 from common.logs import configure_logging
 from server import cli as server_cli
 from server import warm_start_cli
@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  verbose=args.verbose)
             print(f"done: {out}/monitoring.md, {out}/monitoring.json" if args.monitor else
                   f"done: {out}/model, {out}/metrics.jsonl, {out}/privacy_report.json")
+    except StoppedBySignal as exc:  # asked for: not an error; the shell's 128 + signal
+        print(f"consortium: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except RunStopped as exc:  # expected: what happened and what fixes it, in one line
         print(f"consortium: run stopped: {exc}", file=sys.stderr)
         return 1

@@ -74,7 +74,8 @@ class Processes:
                 os.kill(pid, signal.SIGKILL)
         elif running:
             last = self.log(name).strip().splitlines()[-1:]
-            if proc.returncode != 2 or not last or "stopped by SIGTERM" not in last[0]:
+            if proc.returncode != 128 + signal.SIGTERM or not last \
+                    or not last[0].startswith("consortium: stopped by SIGTERM"):
                 self.unclean.append(f"{name}: exit {proc.returncode}, last line {last}")
 
     def stop_all(self) -> None:

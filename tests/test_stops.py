@@ -80,3 +80,34 @@ def test_a_60_row_file_at_the_default_epsilon_ends_in_one_line(tmp_path: Path) -
     assert last.startswith("consortium: run stopped: round 1: 0 usable update(s)")
     assert "expect no learning" in last and "would pass" in last  # the refusal and its fix
     assert "Traceback" in (tmp_path / "run" / LOG_FILE).read_text()  # the log keeps it all
+
+
+def test_a_requested_stop_is_not_an_error_and_exits_as_the_shell_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import os
+    import signal
+    import threading
+
+    from common.processes import run_tagged
+    from simulations import cli
+
+    def stopped_run(*_args, **_kwargs):
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        run_tagged(["sleep", "30"], dict(os.environ), "the test's sleep",
+                   lambda: "no round had finished; rerun the command to start again")
+
+    monkeypatch.setattr("simulations.simulate.run_simulation", stopped_run)
+    assert cli.main(["simulate", "--out", str(tmp_path / "run")]) == 128 + signal.SIGTERM
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("consortium: stopped by SIGTERM: the test's sleep") and \
+        "error" not in last
+
+
+def test_resume_is_suggested_only_when_a_checkpoint_exists(tmp_path: Path) -> None:
+    from server.flwr_run import resume_hint
+
+    assert "--resume" not in resume_hint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    assert "--resume" not in resume_hint(tmp_path)
+    (tmp_path / "checkpoints" / "round-00001.json").write_text("{}")
+    assert "--resume" in resume_hint(tmp_path)
