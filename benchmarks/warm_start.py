@@ -76,13 +76,19 @@ def newsgroups(root: Path) -> list[tuple[str, str]]:
                 for r in map(json.loads, handle)]
 
 
-def public_files(row: str, root: Path, out: Path) -> tuple[list[Path], dict]:
-    """The row's public files, written under OUT, and the warm start's task settings."""
+def public_files(row: str, root: Path, out: Path, limit: int) -> tuple[list[Path], dict]:
+    """The row's public files (at most ``limit`` rows, a seeded sample), written under OUT, and
+    the warm start's task settings."""
     if row == "conll2003":
         wnut, ncbi = root / "wnut17" / "train.conll", root / "ncbi_disease" / "train.tsv"
         return [wnut, ncbi], dict(task="token-classification")
     rows = {"sst2": lambda: mds(root) + sls(root), "mds": lambda: sst2(root) + sls(root),
             "agnews": lambda: newsgroups(root)}[row]()
+    if len(rows) > limit:
+        import numpy as np
+
+        keep = sorted(np.random.default_rng(0).permutation(len(rows))[:limit])
+        rows = [rows[i] for i in keep]
     return [_write_csv(rows, out / f"public-{row}.csv")], dict(task="text-classification")
 
 
@@ -97,18 +103,23 @@ def main() -> int:
     parser.add_argument("--ws-max-length", type=int, default=64)
     parser.add_argument("--ws-learning-rate", type=float, default=5e-5)
     parser.add_argument("--warm-start-only", action="store_true")
+    parser.add_argument("--base", type=Path, help="the warm-started directory to use or write "
+                        "(default OUT/base-ROW; another seed's run can reuse one)")
+    parser.add_argument("--public-limit", type=int, default=12000,
+                        help="at most this many public rows, a seeded sample (default 12,000: "
+                             "about 8 minutes of warm start on 2 cores)")
     args, utility_args = parser.parse_known_args()
     configure_logging()
     if not args.datasets_dir.is_dir():
         print(f"skipped: {args.datasets_dir} not found")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    base = args.out / f"base-{args.row}"
+    base = args.base or args.out / f"base-{args.row}"
     if not base.is_dir():
         from common.warm_start_train import TrainSettings
         from server.warm_start_cli import write_warm_start
 
-        files, spec = public_files(args.row, args.datasets_dir, args.out)
+        files, spec = public_files(args.row, args.datasets_dir, args.out, args.public_limit)
         config = RunConfig(**spec, max_length=args.ws_max_length)
         write_warm_start(config, [str(f) for f in files], base, args.objective,
                          TrainSettings(epochs=args.ws_epochs, max_length=args.ws_max_length,

@@ -1,173 +1,33 @@
-"""The partner's Flower ClientApp: Messages in, typed calls to client.partner, Messages out.
+"""The partner's Flower ClientApp: the module Flower loads for every Message.
 
-One TRAIN Message per round: the partner evaluates the weights it brings (the aggregate of the
-round before, when the coordinator asks) on one build of the model, then trains from them, and
-answers both in one reply. EVALUATE serves the final model, or in a monitoring run a
-release (client.monitor_request)."""
+It imports Flower and the partner's code check (client.pinning) and nothing else of the App, so
+the check runs before any other module of the App can: only an approved App (or any App, at a
+partner that pins no code) goes on to client.handlers, which answers the Message."""
 
 from __future__ import annotations
 
-import logging
-
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client import secagg
-from client.policy import PartnerSettings
-from client.partner import (AUDIT_LOG, append_audit, drops_out, evaluate_received,
-                            evaluate_round, train_round)
-from client.sent import keep_sent
-from client.received import ReceivedModel
-from common.wire.records import (from_array_record, history_from_json, history_to_json,
-                            to_array_record)
-from common import protocol as P
-from common.code_hash import running_code_hash
-from common.config import RunConfig
-from common.errors import PrivacyError, ResourceError
-from common.logs import configure_logging
-from common.secagg_params import check_setup
+from client import pinning
 
-logger = logging.getLogger(__name__)
 app = ClientApp()
-
-_STATE = "consortium"  # ConfigRecord in context.state that remembers this partner's spending
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    configure_logging()
-    config = RunConfig.from_mapping(context.run_config)
-    partner = PartnerSettings.from_node_config(context.node_config)
-    content = msg.content
-    server_round = int(content.config_records[P.CONFIG][P.ROUND])
-    stage = secagg.stage_of(msg)  # '' = plain round; setup trains like a plain round
-    if stage and stage != P.SECAGG_SETUP:
-        return secagg.handle(msg, context, partner,
-                             drops_out(config, partner, server_round))
-    try:
-        check_code(partner)
-    except PrivacyError as exc:
-        return _refusal(msg, context, config, partner, server_round, exc)
-    received = ReceivedModel(from_array_record(content.array_records[P.ARRAYS]),
-                             str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")))
-    evaluation = _evaluate_first(msg, context, config, partner, received)
-    state = context.state.config_records.get(_STATE, ConfigRecord())
-    known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
-    shared = received.shared
-    try:
-        if stage:  # every setup parameter the run config fixes, before any ε is spent
-            check_setup(content.config_records[P.SECAGG], config)
-        reply = train_round(config, partner, shared, received.fingerprint, server_round,
-                            str(context.run_id), known, received)
-    except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about
-        refused = _refusal(msg, context, config, partner, server_round, exc)
-        _attach(refused.content, evaluation)
-        return refused
-    context.state.config_records[_STATE] = ConfigRecord(
-        {P.PRIVACY_HISTORY: history_to_json(reply.history)})
-    out = RecordDict({
-        P.ARRAYS: to_array_record(reply.arrays),
-        P.METRICS: MetricRecord(reply.metrics),
-        P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
-                                 P.PRIVACY_HISTORY: history_to_json(reply.history)}),
-    })
-    _attach(out, evaluation)  # counts, not secret-shared: beside the masked vector under SecAgg
-    if partner.keep_sent and not stage:  # under SecAgg it is kept when masked (client.secagg)
-        keep_sent(partner.ledger_root(config), str(context.run_id), server_round, reply.arrays)
-    if stage:  # secure aggregation: the update stays here; public keys go instead
-        out = secagg.start(msg, context, out, shared, reply.arrays)
-    return Message(out, reply_to=msg)
+    return _answer(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    configure_logging()
-    config = RunConfig.from_mapping(context.run_config)
-    partner = PartnerSettings.from_node_config(context.node_config)
-    server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
-    if msg.content.config_records[P.CONFIG].get(P.MONITOR_RELEASE):
-        return _monitor(msg, context, config, partner)
-    try:
-        check_code(partner)
-        metrics = evaluate_round(
-            config, partner,
-            shared=from_array_record(msg.content.array_records[P.ARRAYS]),
-            fingerprint=str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
-            server_round=server_round, run_id=str(context.run_id))
-    except PrivacyError as exc:
-        return _refusal(msg, context, config, partner, server_round, exc, "evaluation")
-    return Message(
-        RecordDict({P.METRICS: MetricRecord(metrics),
-                    P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
-        reply_to=msg,
-    )
+    return _answer(msg, context)
 
 
-def _monitor(msg: Message, context: Context, config: RunConfig,
-             partner: PartnerSettings) -> Message:
-    """A monitoring run's request: the release's counts on the monitoring data, or a refusal."""
-    from client.monitor_request import answer_monitoring
+def _answer(msg: Message, context: Context) -> Message:
+    refused = pinning.refusal(msg, context)
+    if refused is not None:
+        return refused
+    from client import handlers  # only now: the rest of the App is approved, or not pinned
 
-    asked = msg.content.config_records[P.CONFIG]
-    try:
-        check_code(partner)
-        metrics = answer_monitoring(
-            config, partner, from_array_record(msg.content.array_records[P.ARRAYS]),
-            str(asked.get(P.MODEL_FINGERPRINT, "")), str(asked[P.MONITOR_RELEASE]),
-            str(context.run_id))
-    except PrivacyError as exc:
-        return _refusal(msg, context, config, partner, 0, exc, "monitoring")
-    return Message(RecordDict({P.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
-                               P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
-                   reply_to=msg)
-
-
-def _evaluate_first(msg: Message, context: Context, config: RunConfig,
-                    partner: PartnerSettings, received: ReceivedModel) -> dict[str, float] | str:
-    """The evaluation a TRAIN message asks for (P.EVALUATE_ROUND) of the weights it brings,
-    under the same policy as ``evaluate``: its metrics, the refusal reason (audited), or ''
-    when it asks for none."""
-    asked = int(msg.content.config_records[P.CONFIG].get(P.EVALUATE_ROUND, 0))
-    if not asked:
-        return ""
-    try:
-        return evaluate_received(config, partner, received, asked,
-                                 int(msg.content.config_records[P.CONFIG][P.ROUND]),
-                                 str(context.run_id))
-    except PrivacyError as exc:
-        _audit_refusal(context, config, partner, asked, exc, "evaluation")
-        return str(exc)
-
-
-def _attach(content: RecordDict, evaluation: dict[str, float] | str) -> None:
-    """Put a TRAIN reply's evaluation, or the reason it has none, beside the round's reply."""
-    if isinstance(evaluation, dict):
-        content[P.EVALUATION] = MetricRecord(evaluation)  # type: ignore[arg-type]
-    elif evaluation:
-        content.config_records[P.PARTNER][P.EVAL_REFUSAL] = evaluation
-
-
-def check_code(partner: PartnerSettings) -> None:
-    """Refuse a run whose code the partner has not approved (node-config allowed-code)."""
-    if not partner.allowed_code:
-        return
-    running = running_code_hash()
-    if running not in partner.allowed_code:
-        raise PrivacyError(f"the run's code {running[:16]}… is not in {partner.name}'s "
-                           "allowed-code list; review it and run `consortium partner approve`")
-
-
-def _refusal(msg: Message, context: Context, config: RunConfig, partner: PartnerSettings,
-             server_round: int, exc: Exception, what: str = "round") -> Message:
-    """Log a refusal in the partner's audit log and tell the coordinator why."""
-    _audit_refusal(context, config, partner, server_round, exc, what)
-    return Message(RecordDict({P.PARTNER: ConfigRecord(
-        {P.PARTNER_NAME: partner.name, P.REFUSAL: str(exc)})}), reply_to=msg)
-
-
-def _audit_refusal(context: Context, config: RunConfig, partner: PartnerSettings,
-                   server_round: int, exc: Exception, what: str) -> None:
-    logger.error("%s refuses %s %d: %s", partner.name, what, server_round, exc)
-    append_audit(partner.ledger_root(config) / AUDIT_LOG, {
-        "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
-        "refused": str(exc), "message": what, "bytes_sent": 0})
+    return handlers.answer(msg, context)

@@ -9,8 +9,9 @@ from typing import Any
 
 from client.deploy import (PartnerPolicy, check_partner_data, supernode_command,
                            supernode_env)
-from common.keys import generate_node_keys
+from common.keys import generate_node_keys, load_node_public_key
 from common.code_hash import code_hash
+from common.console import node_console
 from common.processes import run_tagged
 
 
@@ -40,6 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-time", type=float, help="give up after this many seconds "
                    "without the coordinator (default: keep retrying with back-off)")
     p.add_argument("--insecure", action="store_true", help="no TLS: local trials only")
+    p.add_argument("--verbose", action="store_true", help="show Flower's own lines too "
+                   "(always in LEDGER-DIR/supernode.log)")
     _policy_arguments(p)
     p = psub.add_parser("approve", help="print the code hash of an App checkout you reviewed, "
                         "for --allowed-code")
@@ -83,7 +86,8 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-column", default="", help="column (e.g. sex, age band) to score "
                    "the shared model per group of; counts only leave, never the column")
     p.add_argument("--min-group-size", type=int, default=0, help="fewest held-out examples "
-                   "a group's counts need to leave (default: the run's, 10)")
+                   "(distinct persons, with --person-column) a group's counts need to leave "
+                   "(default 10); a run can raise it, never lower it")
     p.add_argument("--corrections", default="", help="reviewed corrections (text, corrected "
                    "label; the data's columns) folded into its data for the next rounds; only "
                    "their count is reported")
@@ -129,6 +133,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.action == "keygen":
         private, public = generate_node_keys(args.dir, args.name)
         print(f"private key {private} (keep it here, 0600); send {public} to the coordinator")
+        print(f"key fingerprint {load_node_public_key(public)}: read it to the coordinator's "
+              "operator by phone; `consortium coordinator enroll` prints the one it received")
         return 0
     name = args.name or (args.key.name if args.key else None)
     if not name:
@@ -147,12 +153,18 @@ def handle(args: argparse.Namespace) -> int:
     if args.insecure:
         print("WARNING: --insecure: the connection is not encrypted. Local trials only.",
               flush=True)
+    code = (f"{len(args.allowed_code.split(','))} approved hash(es)" if args.allowed_code
+            else "any (no --allowed-code)")
     print(f"{name}: {rows} rows in {args.data}; budget ε ≤ {args.max_epsilon:g} at "
-          f"δ = {args.delta:g}; ledger in {policy.ledger_dir}", flush=True)
+          f"δ = {args.delta:g}; code: {code}; evaluation: {args.evaluation}; ledger in "
+          f"{policy.ledger_dir}; Flower's log in {policy.ledger_dir}/supernode.log", flush=True)
     env = supernode_env(os.environ)
     return run_tagged(command, env, f"{name}'s SuperNode and its ClientApps",
                       lambda: "its ledger holds every round it trained; start it again with the "
-                              "same command and it rejoins the run")
+                              "same command; a run that stopped meanwhile goes on when the "
+                              "coordinator resumes it (`consortium run ... --resume`)",
+                      console=node_console(args.verbose),
+                      log=Path(policy.ledger_dir) / "supernode.log")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

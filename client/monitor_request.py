@@ -33,18 +33,21 @@ logger = logging.getLogger(__name__)
 def monitoring_data(config: RunConfig, partner: PartnerSettings,
                     labels: tuple[str, ...]) -> LabelledData:
     """The examples a monitoring request is scored on: ``monitor-data``, else a simulated
-    partner's whole slice of ``data`` (or of the embedded demo data); with its group column."""
+    partner's whole slice of ``data`` (or of the embedded demo data); with its group column,
+    and its person column beside it (a group's floor then counts distinct persons)."""
     task = get_task(config.task)
     subgroup = partner.group_key(config) or None
+    columns = {"subgroup_column": subgroup,
+               "person_column": (partner.person_key(config) or None) if subgroup else None}
     if partner.monitor_data:
         return task.read(partner.monitor_data, config, labels, partner.text_column,
-                         partner.label_column, subgroup_column=subgroup)
+                         partner.label_column, **columns)
     if partner.has_own_data:
         raise PrivacyError(f"{partner.name} has monitoring = counts but no monitor-data: set "
                            "node-config monitor-data to a labelled file of new data")
     if not config.data:
         return task.demo_data(partner.partition_id, config, labels)
-    return simulated_slice(config, partner, labels, subgroup_column=subgroup)
+    return simulated_slice(config, partner, labels, **columns)
 
 
 def answer_monitoring(config: RunConfig, partner: PartnerSettings,

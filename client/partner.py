@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from client.policy import PartnerSettings
 from client.received import Prepared, ReceivedModel
+from client.pinning import AUDIT_LOG
 from client.run_log import claim_evaluation, note_trained
 from common import protocol as P
 from client.round_plan import (batch_and_learning_rate, lr_schedule, memory_batch, round_plan,
@@ -42,7 +43,6 @@ from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for
 from common.updates import clip_update
 
 logger = logging.getLogger(__name__)
-AUDIT_LOG = "audit.jsonl"
 _ANNOUNCED: set[tuple[str, torch.device]] = set()  # (partner, device) pairs already logged
 
 

@@ -19,6 +19,7 @@ BATCH_METRICS = (P.TRAIN_LOSS, P.CLIPPED_FRACTION)
 EVALUATION_MODES = ("counts", "full", "off")  # full = counts + the exact held-out loss
 MONITORING_MODES = ("off", "counts")  # whether a monitoring request's counts may leave
 DEFAULT_TEST_FRACTION = 0.2  # a real partner's held-out share unless its node config sets one
+DEFAULT_MIN_GROUP_SIZE = 10  # a partner's floor on per-group counts unless its node config sets one
 _DATA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-column",
           "ledger-dir", "max-epsilon", "partner-name", "delta", "allowed-base-models", "device",
@@ -69,7 +70,7 @@ class PartnerSettings:
     allowed_code: tuple[str, ...] = ()  # code hashes it approved (`consortium partner approve`)
     person_column: str = ""  # whose row it is: DP protects persons, not rows (own data only)
     group_column: str = ""  # scores per value of this column (own data only); never sent
-    min_group_size: int = 0  # fewer held-out examples: a group is left out (0 = the run's)
+    min_group_size: int = 0  # a group with fewer held-out examples (persons) is left out; 0 = 10
     deidentify: bool = False  # mask personal data in the text before it is tokenized
     keep_sent: bool = False  # keep a copy of every update sent (client/sent.py)
     monitor_data: str = ""  # a labelled file of new data that monitoring requests score
@@ -150,9 +151,10 @@ class PartnerSettings:
         return self.group_column if self.has_own_data else config.group_column
 
     def smallest_group(self, config: RunConfig) -> int:
-        """Fewest held-out examples a group's counts need to leave: the larger of the
-        partner's and the run's (a coordinator can raise it, never lower it)."""
-        return max(self.min_group_size, config.min_group_size)
+        """Fewest held-out examples (distinct persons, with a person column) a group's counts
+        need to leave: the partner's floor, its own ``min-group-size`` or else 10, which the
+        run's ``min-group-size`` can raise, never lower."""
+        return max(self.min_group_size or DEFAULT_MIN_GROUP_SIZE, config.min_group_size)
 
     def masks_text(self, config: RunConfig) -> bool:
         """De-identify before tokenizing: when the partner or the run asks (either suffices)."""
@@ -170,6 +172,15 @@ class PartnerSettings:
         origin = str(Path(where).resolve()) if where else f"embedded:{config.task}"
         kind = "file" if self.data_path else "sim"
         return f"{kind}-{hashlib.sha256(origin.encode()).hexdigest()[:16]}"
+
+    def without_paths(self, text: str, config: RunConfig) -> str:
+        """``text`` as the coordinator may read it (a refusal's words): this partner's ledger
+        directory and files named by what they are, not where they are."""
+        places = {str(self.ledger_root(config)): "LEDGER-DIR", self.data_path: "DATA-FILE",
+                  self.monitor_data: "MONITOR-DATA", self.corrections: "CORRECTIONS-FILE"}
+        for path in sorted((p for p in places if p), key=len, reverse=True):
+            text = text.replace(path, places[path])
+        return text
 
     def ledger_path(self, config: RunConfig) -> Path:
         return self.ledger_root(config) / f"{self.name}@{self.data_source(config)}.json"

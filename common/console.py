@@ -56,3 +56,15 @@ def stop_reason(log: str) -> str | None:
     """The last expected stop the ServerApp logged (server.app), or None."""
     found = [m.group(1) for m in map(STOPPED.match, map(clean, log.splitlines())) if m]
     return found[-1] if found else None
+
+
+def node_console(verbose: bool):
+    """What a long-running node (`coordinator start`, `partner start`) shows: the filter above,
+    or with ``verbose`` every line, without colour codes when the output is not a terminal."""
+    import sys
+
+    if not verbose:
+        return ConsoleFilter()
+    if sys.stderr.isatty():
+        return lambda raw: raw.rstrip("\r\n")
+    return clean

@@ -103,12 +103,12 @@ def text_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: Tex
     """An evaluate reply for text-classification: loss, accuracy, macro-F1 and per-class counts
     (``tp/<label>`` ...; counts, never examples, so they can be pooled across partners), and,
     when the data has groups, the same counts per group of at least ``min_group_size``
-    examples (common.groups: smaller ones suppressed)."""
+    examples, or persons when the data names them (common.groups: smaller ones suppressed)."""
     stats = evaluate(model, encode(tokenizer, data, max_length))
     counts = class_counts(np.asarray(data.labels), np.asarray(stats.predictions),
                           data.label_names)
     if data.subgroups:
         counts.update(group_counts(data.labels, stats.predictions, data.subgroups,
-                                   data.label_names, min_group_size))
+                                   data.label_names, min_group_size, data.persons))
     return {P.NUM_EXAMPLES: float(stats.num_examples), P.EVAL_LOSS: stats.loss,
             P.ACCURACY: stats.accuracy, P.MACRO_F1: stats.macro_f1, **counts}

@@ -53,23 +53,26 @@ def loaders(finetune: str, task: str) -> tuple[Loader, ...]:
                 Loader("transformers-pipeline",
                        f'pipeline("{task}", model=DIR, trust_remote_code=True)'
                        "  # runs consortium_pipeline.py from DIR: read it first"))
-    auto = get_task(task).auto_class
-    extra = ', aggregation_strategy="first"' if task == "token-classification" else ""
-    return (Loader("transformers-pipeline",
-                   f'pipeline("{task}", model=DIR{extra})(texts, truncation=True)'),
-            Loader(auto, f"{auto}.from_pretrained(DIR)"))
+    kind = get_task(task)
+    return (Loader("transformers-pipeline", f'pipeline("{kind.pipeline_tag}", model=DIR'
+                                            f'{kind.pipeline_options})(texts, truncation=True)'),
+            Loader(kind.auto_class, f"{kind.auto_class}.from_pretrained(DIR)"))
 
 
-def finish_export(directory: Path, finetune: str, labels: Sequence[str], max_length: int) -> None:
+def finish_export(directory: Path, finetune: str, task: str, labels: Sequence[str],
+                  max_length: int) -> None:
     """What the loaders need beyond the library's own save: the label names and the pooled
     pipeline's registration, or the tokenizer's length limit."""
+    from common.tasks import get_task
+
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     if finetune in POOLED_MODES:
         config["id2label"] = {str(i): name for i, name in enumerate(labels)}
         config["label2id"] = {name: i for i, name in enumerate(labels)}
-        config["custom_pipelines"] = {"text-classification": {
-            "impl": PIPELINE_CLASS, "pt": ["AutoModel"], "tf": [], "type": "text"}}
+        tag = get_task(task).pipeline_tag
+        config["custom_pipelines"] = {tag: {"impl": PIPELINE_CLASS, "pt": ["AutoModel"],
+                                            "tf": [], "type": "text"}}
         shutil.copyfile(pooled_pipeline.__file__, directory / PIPELINE_FILE)
         atomic_write_json(config_path, config)
         return
@@ -100,6 +103,9 @@ class Predictor:
         self.max_length = int(settings.get("max-length", 512))
         config = json.loads((self.directory / "config.json").read_text())
         self.labels = tuple(config["id2label"][str(i)] for i in range(len(config["id2label"])))
+        from common.tasks import get_task
+
+        self.kind = get_task(self.task)
         self._model: Any = None
 
     def predict(self, texts: Sequence[Any], batch_size: int = 64) -> list[Prediction]:
@@ -107,8 +113,7 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start:start + batch_size])
-            out += (self._token_batch(batch) if self.task == "token-classification"
-                    else self._text_batch(batch))
+            out += self._token_batch(batch) if self.kind.tags_words else self._text_batch(batch)
         return out
 
     def _text_batch(self, batch: list[str]) -> list[Prediction]:
@@ -163,9 +168,7 @@ class Predictor:
             import transformers
             from transformers import AutoTokenizer
 
-            from common.tasks import get_task
-
-            auto = getattr(transformers, get_task(self.task).auto_class)
+            auto = getattr(transformers, self.kind.auto_class)
             self._model = (auto.from_pretrained(self.directory).eval(),
                            AutoTokenizer.from_pretrained(self.directory))
         return self._model

@@ -7,16 +7,17 @@ values are URL-quoted so any text is a safe key. The column itself and any row's
 leave the partner.
 
 Suppression (k-anonymity of the counts, k = ``min-group-size``): a group with fewer than k
-held-out examples is left out of everything sent. Because the partner's totals are also sent,
-one left-out group could be recovered as total − the others; so while the groups left out hold
-between 1 and k − 1 examples together, the next smallest group is left out too (secondary
-suppression, as statistical offices do for tables with margins).
+held-out examples is left out of everything sent; with a person column, fewer than k distinct
+persons (one person's twelve notes are one person, not twelve examples). Because the partner's
+totals are also sent, one left-out group could be recovered as total − the others; so while the
+groups left out hold between 1 and k − 1 examples (persons) together, the next smallest group is
+left out too (secondary suppression, as statistical offices do for tables with margins).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet, Any, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -26,22 +27,37 @@ from common.metrics import class_counts, per_class_scores, sum_counts
 PREFIX = "group/"
 
 
-def reported_groups(sizes: Mapping[str, int], min_size: int) -> set[str]:
+def reported_groups(sizes: Mapping[str, int | AbstractSet[str]], min_size: int) -> set[str]:
     """The groups whose counts may leave: each has ≥ ``min_size`` examples, and those left out
-    together hold 0 or ≥ ``min_size`` (else the margins would give them away)."""
-    order = sorted(sizes, key=lambda g: (sizes[g], g))
-    left_out = [g for g in order if sizes[g] < min_size]
-    kept = [g for g in order if sizes[g] >= min_size]
-    while kept and 0 < sum(sizes[g] for g in left_out) < min_size:
+    together hold 0 or ≥ ``min_size`` (else the margins would give them away). A group's size
+    is its examples, or the set of its persons: then both count distinct persons."""
+    def size(groups: Sequence[str]) -> int:
+        members = [sizes[g] for g in groups]
+        if all(isinstance(m, int) for m in members):
+            return sum(members)  # type: ignore[arg-type]
+        return len(set().union(*members))  # a person in two groups is one person
+
+    order = sorted(sizes, key=lambda g: (size([g]), g))
+    left_out = [g for g in order if size([g]) < min_size]
+    kept = [g for g in order if size([g]) >= min_size]
+    while kept and 0 < size(left_out) < min_size:
         left_out.append(kept.pop(0))
     return set(kept)
 
 
 def group_counts(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str],
-                 labels: tuple[str, ...], min_size: int) -> dict[str, float]:
-    """The ``group/...`` count keys of one partner's evaluation, small groups suppressed."""
+                 labels: tuple[str, ...], min_size: int,
+                 persons: Sequence[str] = ()) -> dict[str, float]:
+    """The ``group/...`` count keys of one partner's evaluation, small groups suppressed; with
+    ``persons`` (whose row each is), a group's size is its number of distinct persons."""
     y_true, y_pred, groups_a = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
-    sizes = {str(g): int(n) for g, n in zip(*np.unique(groups_a, return_counts=True))}
+    sizes: dict[str, int | AbstractSet[str]]
+    if len(persons):
+        sizes = {}
+        for group, person in zip(groups, persons):
+            sizes.setdefault(str(group), set()).add(str(person))  # type: ignore[union-attr]
+    else:
+        sizes = {str(g): int(n) for g, n in zip(*np.unique(groups_a, return_counts=True))}
     out: dict[str, float] = {}
     for group in sorted(reported_groups(sizes, min_size)):
         mine = groups_a == group

@@ -148,7 +148,7 @@ def save_model(model: nn.Module, config: RunConfig, directory: Path,
         plain.eval()
         plain.save_pretrained(directory)
         load_tokenizer(config).save_pretrained(directory)
-    finish_export(directory, config.finetune, labels, config.max_length)
+    finish_export(directory, config.finetune, config.task, labels, config.max_length)
 
 
 def trainable_size(model: nn.Module) -> int:

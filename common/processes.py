@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -179,7 +180,13 @@ def run_tagged(command: list[str], env: Mapping[str, str], what: str,
                 proc = subprocess.Popen(command, env={**env, RUN_TAG: tag}, cwd=cwd,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, errors="replace")
-                _show(proc, console, log)
+                # read in a thread: a child the command leaves behind may hold the pipe open
+                # after the command exits; the command's own exit ends the wait
+                reader = threading.Thread(target=_show, args=(proc, console, log), daemon=True)
+                reader.start()
+                code = proc.wait()
+                reader.join(timeout=2.0)
+                return code
             return proc.wait()
     except Stopped as stop:
         if proc is not None and proc.poll() is None:

@@ -63,6 +63,17 @@ PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
 REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained
 EVAL_REFUSAL = "evaluation-refusal"  # in a TRAIN reply: why it did not evaluate the received model
 
+# Error replies, partner -> coordinator: Error.reason is one of these codes, never an exception's
+# text (it can quote a row of the partner's data or a path); the details stay in the partner's log
+ERROR_DATA = "partner-data-error"  # its data, corrections or monitoring file could not be read
+ERROR_CONFIG = "partner-config-error"  # the run config or the partner's node config is invalid
+ERROR_MODEL = "partner-model-error"  # the base model cannot be loaded or does not match the run's
+ERROR_LEDGER = "partner-ledger-error"  # its privacy ledger or a checkpoint cannot be read
+ERROR_UPDATE = "partner-update-error"  # the weights it received do not fit the model
+ERROR_INTERNAL = "partner-internal-error"  # anything else
+ERROR_REASONS = (ERROR_DATA, ERROR_CONFIG, ERROR_MODEL, ERROR_LEDGER, ERROR_UPDATE,
+                 ERROR_INTERNAL)
+
 # Secure aggregation (server/secagg.py <-> client/secagg.py): one ConfigRecord SECAGG in both
 # directions; SECAGG_STAGE in the coordinator's record says which step a TRAIN message asks for
 SECAGG = "secagg"

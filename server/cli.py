@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from common.config import RunConfig, epsilon_keys
+from common.keys import load_node_public_key
 from common.errors import ConsortiumError
 from common.release import check_against_model, monitoring_config, read_release
 from common.sources import run_labels
-from common.console import LOG_FILE, ConsoleFilter
+from common.console import LOG_FILE, ConsoleFilter, node_console
 from common.processes import run_tagged
 from server import deploy
 from server.flwr_run import check_finished, log_size, staged_app, write_run_config
@@ -30,6 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--insecure", action="store_true",
                    help="plain HTTP, no node authentication: for a local trial only")
+    p.add_argument("--verbose", action="store_true", help="show Flower's own lines too "
+                   "(always in DIR/superlink.log)")
     p = csub.add_parser("enroll", help="register a partner's node public key")
     p.add_argument("public_key", type=Path)
     p.add_argument("--name", required=True)
@@ -39,6 +42,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", type=Path, default=Path("."))
     run = sub.add_parser("run", help="submit a training run to the coordinator and stream it")
     run.add_argument("--coordinator", type=Path, required=True, help="federation directory")
+    runs = sub.add_parser("runs", help="list the runs of the coordinator's SuperLink (`flwr ls` "
+                                       "for this federation)")
+    runs.add_argument("--coordinator", type=Path, required=True, help="federation directory")
+    runs.add_argument("--run-id", type=int, help="only this run")
     run.add_argument("--rounds", type=int)
     run.add_argument("--epsilon", type=float, help="target ε per partner over the run; inf = "
                      "no DP (default: the run config's epsilon)")
@@ -61,6 +68,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace, overrides: dict) -> int:
     if args.command == "run":
         return _submit_run(args, overrides)
+    if args.command == "runs":
+        return _list_runs(args)
     if args.action == "init":
         directory = deploy.init_federation(args.dir, args.host, args.port)
         print(f"federation created in {directory}; give partners {directory / 'ca.crt'} and the "
@@ -70,14 +79,21 @@ def handle(args: argparse.Namespace, overrides: dict) -> int:
             print("WARNING: --insecure: no TLS, no node authentication; anyone who can reach "
                   "this port can join and read the model. Never use it across sites.")
         command = deploy.superlink_command(args.dir.resolve(), args.bind, args.insecure)
+        print(f"coordinator {args.dir}: SuperLink on {args.bind}, "
+              f"{'NO TLS (--insecure)' if args.insecure else 'TLS + enrolled partners only'}; "
+              f"Flower's log in {args.dir / 'superlink.log'}", flush=True)
         return run_tagged(command, deploy.flwr_env(args.dir.resolve()),
                           "the SuperLink and the ServerApps it ran",
                           lambda: f"start it again with `consortium coordinator start {args.dir}`;"
                                   " a stopped run continues from its last checkpoint with "
-                                  "`consortium run ... --resume`")
+                                  "`consortium run ... --resume`",
+                          console=node_console(args.verbose),
+                          log=args.dir / "superlink.log")
     elif args.action == "enroll":
         node_id = deploy.enroll(args.dir.resolve(), args.public_key, args.name)
-        print(f"enrolled {args.name} as node {node_id}")
+        print(f"enrolled {args.name} as node {node_id}, key fingerprint "
+              f"{load_node_public_key(args.public_key)}: check it with the partner by phone "
+              "(its `partner keygen` printed it)")
     elif args.action == "revoke":
         deploy.revoke(args.dir.resolve(), args.name)
         print(f"revoked {args.name}")
@@ -124,6 +140,16 @@ def run_config(args: argparse.Namespace, overrides: dict) -> RunConfig:
         raise ConsortiumError("--labels is required: partners read their own files, so the run "
                               "declares the label set")
     return config.replace(out_dir=str(Path(config.out_dir).resolve()))
+
+
+def _list_runs(args: argparse.Namespace) -> int:
+    """One line per run; `fab-hash` is SHA-256 of the FAB file Flower shipped, not the code
+    hash `partner approve` prints for allowed-code (docs/deployment.md, pinning)."""
+    for run in deploy.list_runs(args.coordinator.resolve(), args.run_id):
+        print(f"run {run.get('run-id')}: {run.get('status')}, {run.get('fab-name')} "
+              f"{run.get('fab-version')}, fab-hash {run.get('fab-hash')}, "
+              f"pending at {run.get('pending-at')}, elapsed {run.get('elapsed')}")
+    return 0
 
 
 def _submit_run(args: argparse.Namespace, overrides: dict) -> int:

@@ -37,7 +37,7 @@ from server.outputs import (METRICS_FILE, append_metrics, export_model, json_saf
                             write_privacy_report)
 from server.report import write_live_report, write_report
 from server.monitoring import run_monitoring
-from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
+from server.messaging import (Evaluations, RunState, absent, gpu_line, make_messages, partner_name,
                               stream_replies)
 from server.run_data import last_metrics_line
 from server.tracking import Tracker, open_tracker
@@ -61,6 +61,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
     failures: list[dict[str, Any]] = []
     messages = make_messages(grid, MessageType.TRAIN, rnd, state.arrays, fingerprint,
                              config.min_partners, evals.round)
+    failures.extend(absent(messages, state.names))
     robust = "" if config.aggregation == "fedavg" else config.aggregation
     fold = RoundFold(state.arrays, config.update_clip_norm, robust=robust,
                      compression=config.compression, failures=failures,

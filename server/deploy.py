@@ -96,6 +96,13 @@ def _flwr_json(directory: Path, *args: str) -> dict[str, Any]:
     return reply
 
 
+def list_runs(directory: Path, run_id: int | None = None) -> list[dict[str, Any]]:
+    """The runs the federation's SuperLink knows (`flwr ls` with this federation's Flower home,
+    so no `~/.flwr` and no local SuperLink is made): id, status, FAB name and hash, times."""
+    args = ["ls", *(["--run-id", str(run_id)] if run_id is not None else [])]
+    return list(_flwr_json(directory, *args).get("runs", []))
+
+
 def _partners(directory: Path) -> dict[str, Any]:
     _federation(directory)
     return json.loads((directory / "partners.json").read_text())

@@ -30,6 +30,14 @@ class RunState:
     names: dict[int, str] = field(default_factory=dict)  # node id -> partner name, as replied
 
 
+def absent(messages: list[Message], names: dict[int, str]) -> list[dict[str, Any]]:
+    """Partners that replied in an earlier round but were not connected when this one started:
+    a recorded dropout, never a silent one."""
+    asked = {m.metadata.dst_node_id for m in messages}
+    return [{"partner": name, "reason": "not connected when the round started"}
+            for node, name in sorted(names.items()) if node not in asked]
+
+
 def make_messages(grid: Grid, kind: str, rnd: int, arrays: dict[str, np.ndarray],
                   fingerprint: str, min_nodes: int, evaluate: int = 0,
                   extra: Mapping[str, int | str] | None = None) -> list[Message]:

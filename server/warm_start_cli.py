@@ -75,7 +75,7 @@ def public_examples(config: RunConfig, paths: list[str],
 
     task = get_task(config.task)
     if objective != "supervised":
-        datasets, files = W.read_public(paths, lambda p: _texts(config, p))
+        datasets, files = W.read_public(paths, lambda p: task.read_texts(p, config))
         return datasets, (), files
     if not config.labels:
         found = sorted({label for p in paths if Path(p).is_file()
@@ -86,20 +86,6 @@ def public_examples(config: RunConfig, paths: list[str],
     return datasets, labels, files
 
 
-def _texts(config: RunConfig, path: str) -> list[Any]:
-    """The texts of a file without labels: a text column, or CoNLL / JSONL word lists."""
-    if config.task == "token-classification":
-        from common.tasks.token_classification import token_keys
-        from common.tokens import read_sentences
-
-        return [list(w) for w, _ in read_sentences(path, config.tag_column,
-                                                   *token_keys(config))]
-    from common.data import column_value, read_rows
-
-    return [column_value(Path(path), n, row, config.text_column, "text")
-            for n, row in read_rows(path)]
-
-
 def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: str,
                      settings) -> Path:
     """Train and write ``out`` whole (a temporary directory renamed at the end: a failure
@@ -108,18 +94,17 @@ def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: 
 
     from common import warm_start_train as T
     from common.model import load_tokenizer, resolve_base_model
+    from common.tasks import get_task
 
     datasets, labels, files = public_examples(config, paths, objective)
     base = resolve_base_model(config.base_model)
     tokenizer = load_tokenizer(config)
     started = time.time()
+    task = get_task(config.task)
     if objective == "supervised":
-        encoder, data, token = AutoModel.from_pretrained(base), _joined(datasets), \
-            config.task == "token-classification"
-        from common.tasks import get_task
-
-        encoded = get_task(config.task).encode(tokenizer, data, settings.max_length)
-        encoder = T.supervised(encoder, encoded, len(labels), token, settings)
+        encoder, data = AutoModel.from_pretrained(base), _joined(datasets)
+        encoded = task.encode(tokenizer, data, settings.max_length)
+        encoder = T.supervised(encoder, encoded, len(labels), task.tags_words, settings)
         texts, examples = list(data.texts), len(data)
     else:
         texts = [t for d in datasets for t in d]

@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--out", default="runs/audit", help="output directory (default runs/audit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other run-config key (see README), repeatable")
+                   help="any other run-config key (docs/configuration.md), repeatable")
 
 
 def audit_config(args: argparse.Namespace, extra: dict[str, Any]) -> RunConfig:

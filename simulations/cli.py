@@ -62,7 +62,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="show Flower's and Ray's own log lines too (always in OUT/flwr.log)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other run-config key (see README), repeatable")
+                   help="any other run-config key (docs/configuration.md), repeatable")
 
 
 def simulate_config(args: argparse.Namespace) -> RunConfig:
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        if args.command in ("coordinator", "run"):
+        if args.command in ("coordinator", "run", "runs"):
             return server_cli.handle(args, parse_set(getattr(args, "set", [])))
         if args.command == "partner":
             return client_cli.handle(args)

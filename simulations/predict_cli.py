@@ -39,57 +39,34 @@ def handle(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # stderr carries only the score
     predictor = Predictor(model_dir)
-    texts, gold = _inputs(args, predictor)
+    texts, labelled = _inputs(args, predictor)
     predictions = predictor.predict(texts)
     _write(sys.stdout, args.format, texts, predictions)
-    if gold is not None:
-        print(_score(predictor, gold, predictions, len(texts)), file=sys.stderr)
+    if labelled is not None:
+        print(_score(predictor, labelled, predictions), file=sys.stderr)
     return 0
 
 
-def _inputs(args: argparse.Namespace, predictor: Predictor) -> tuple[list[Any], list[Any] | None]:
-    """The texts (word lists for token-classification) and, where the file has them, the gold
-    labels or tags; every fault is a DataError naming the file and line."""
-    token = predictor.task == "token-classification"
+def _inputs(args: argparse.Namespace, predictor: Predictor) -> tuple[list[Any], Any]:
+    """The inputs (texts, or word lists for a task that tags words) and, when every row of the
+    file has its label, the labelled data to score on; errors name the file and row."""
     if args.data == "-":
         lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
         if not lines:
             raise DataError("stdin: no text to label")
-        return ([line.split() for line in lines] if token else lines), None
+        return ([line.split() for line in lines] if predictor.kind.tags_words else lines), None
+    from common.config import RunConfig
+
+    settings = {k: v for k, v in predictor.settings.items()
+                if k in ("task", "text-column", "label-column", "tag-column")}
+    settings.update({k: v for k, v in (("text-column", args.text_column),
+                                       ("label-column", args.label_column)) if v})
+    config = RunConfig.from_mapping(settings)
     path = Path(args.data)
-    settings = predictor.settings
-    if token:
-        from common.tasks.token_classification import token_keys
-        from common.tokens import read_sentences
-
-        keys = token_keys(_KeysOf(settings), args.text_column or "", args.label_column or "")
-        sentences = read_sentences(path, int(settings.get("tag-column", -1)), *keys)
-        return [list(w) for w, _ in sentences], [list(t) for _, t in sentences]
-    from common.data import column_value, read_rows
-
-    text_column = args.text_column or settings.get("text-column", "text")
-    label_column = args.label_column or settings.get("label-column", "label")
-    rows = read_rows(path)
-    texts = [column_value(path, n, row, text_column, "text") for n, row in rows]
-    for (number, _), text in zip(rows, texts):
-        if not text:
-            raise DataError(f"{path}:{number}: the text is empty; drop the row or fill it in")
-    if not all(label_column in row for _, row in rows):
+    texts = predictor.kind.read_texts(path, config)
+    if not predictor.kind.has_labels(path, config):
         return texts, None
-    gold = [column_value(path, n, row, label_column, "label") for n, row in rows]
-    for (number, _), label in zip(rows, gold):
-        if label not in predictor.labels:
-            raise DataError(f"{path}:{number}: label {label!r} is not one of the model's "
-                            f"{list(predictor.labels)}")
-    return texts, gold
-
-
-class _KeysOf:
-    """The two run-config keys ``token_keys`` reads, from an export's run_config.json."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.text_column = str(settings.get("text-column", "text"))
-        self.label_column = str(settings.get("label-column", "label"))
+    return texts, predictor.kind.read(path, config, predictor.labels)
 
 
 def _write(out: TextIO, fmt: str, texts: list[Any], predictions: list[Prediction]) -> None:
@@ -108,13 +85,7 @@ def _write(out: TextIO, fmt: str, texts: list[Any], predictions: list[Prediction
                        for t, p in zip(texts, predictions))
 
 
-def _score(predictor: Predictor, gold: list[Any], predictions: list[Prediction], n: int) -> str:
-    if predictor.task == "token-classification":
-        from common.metrics import entity_scores
-        from common.tokens import entity_types
-
-        scores = entity_scores(gold, [list(p.label) for p in predictions],
-                               entity_types(predictor.labels))
-        return f"entity-f1 {scores.f1:.6f} over {n} labelled sentences"
-    correct = sum(g == p.label for g, p in zip(gold, predictions))
-    return f"accuracy {correct / n:.6f} over {n} labelled rows"
+def _score(predictor: Predictor, data: Any, predictions: list[Prediction]) -> str:
+    metric, value = predictor.kind.prediction_score(data, [p.label for p in predictions])
+    unit = "sentences" if predictor.kind.tags_words else "rows"
+    return f"{metric} {value:.6f} over {len(data)} labelled {unit}"

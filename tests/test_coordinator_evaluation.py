@@ -94,6 +94,7 @@ def test_a_failing_report_keeps_the_model(tiny_bert: str, tmp_path: Path,
         raise RuntimeError("disk full while drawing")
 
     monkeypatch.setattr(coordinator, "write_report", broken)
+    monkeypatch.setattr(coordinator, "write_live_report", lambda *_args: None)  # the final one
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]

@@ -184,28 +184,6 @@ def test_unknown_release_metric_is_a_config_error() -> None:
     assert RunConfig().min_partners >= 1
 
 
-def test_the_hash_of_a_checkout_equals_the_hash_of_its_fab(tmp_path: Path) -> None:
-    """`flwr build` re-writes pyproject.toml's layout; the hash reads it as TOML."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import zipfile
-
-    app_dir = tmp_path / "app"
-    for name in ("client", "common", "server", "simulations"):
-        shutil.copytree(ROOT / name, app_dir / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, app_dir / name)
-    flwr = str(Path(sys.executable).with_name("flwr"))
-    subprocess.run([flwr, "build", "--app", str(app_dir)], cwd=tmp_path, check=True,
-                   capture_output=True, env={**os.environ, "FLWR_HOME": str(tmp_path / ".flwr")})
-    [fab] = tmp_path.glob("*.fab")
-    with zipfile.ZipFile(fab) as archive:
-        archive.extractall(tmp_path / "installed")
-    assert code_hash(tmp_path / "installed") == code_hash(app_dir) == code_hash(ROOT)
-
-
 def test_bad_secure_aggregation_setup_is_refused_before_any_epsilon(tiny_bert: str,
                                                                      tmp_path: Path) -> None:
     from common.secagg_params import setup_parameters
@@ -220,3 +198,110 @@ def test_bad_secure_aggregation_setup_is_refused_before_any_epsilon(tiny_bert: s
     reason = refusal(app.train(msg, partner.context))
     assert "the run config gives" in reason
     assert not list(partner.root.glob("org-a@*.json"))  # refused before training: 0 spent
+
+
+def grouped_csv(path: Path, groups: dict[str, list[str]]) -> Path:
+    """A labelled file with a `site` group and a `pid` person column: ``groups`` maps each site
+    to the person of each of its rows."""
+    rows = ["text,label,site,pid"]
+    for site, persons in groups.items():
+        rows += [f"{site} note {i} by {person} about the match,{LABELS[i % len(LABELS)]},"
+                 f"{site},{person}" for i, person in enumerate(persons)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def group_keys(metrics: dict) -> set[str]:
+    return {k.split("/")[1] for k in metrics if k.startswith("group/")}
+
+
+def test_a_run_cannot_lower_the_partners_group_floor(tiny_bert: str, tmp_path: Path) -> None:
+    """`--set min-group-size=1` released every singleton group of a partner that set a
+    group-column and no floor of its own: the partner's floor (10 unless it sets one) holds,
+    and the run can only raise it."""
+    data = grouped_csv(tmp_path / "own.csv", {"north": [f"n{i}" for i in range(40)],
+                                              "south": [f"s{i}" for i in range(40)],
+                                              "rare": [f"r{i}" for i in range(8)]})
+    node = {"data-path": str(data), "text-column": "text", "label-column": "label",
+            "group-column": "site", "test-fraction": 0.5}
+
+    def groups(name: str, extra: dict, **run: Any) -> set[str]:
+        partner = Partner(tiny_bert, tmp_path / name, {**node, **extra},
+                          labels=",".join(LABELS), **run)
+        assert not refusal(partner.train(1))
+        reply = partner.evaluate(1)
+        assert not refusal(reply)
+        return group_keys(dict(reply.content.metric_records[P.METRICS]))
+
+    assert "rare" in groups("own-floor-1", {"min-group-size": 1}, min_group_size=1)  # held out
+    floored = groups("run-floor-1", {}, min_group_size=1)
+    assert floored and "rare" not in floored  # the partner's default floor, 10, held
+    assert not groups("run-raises", {}, min_group_size=1000)  # the run may raise it
+
+
+def test_monitoring_counts_persons_not_rows(tiny_bert: str, tmp_path: Path) -> None:
+    """One person's twelve notes are one person: with a person column, their group is under
+    the floor of 10 in a monitoring answer (and, the margins, the next smallest group too)."""
+    data = grouped_csv(tmp_path / "own.csv", {"north": [f"n{i}" for i in range(20)]})
+    watched = grouped_csv(tmp_path / "new.csv", {"solo": ["p0"] * 12,
+                                                 "east": [f"e{i}" for i in range(15)],
+                                                 "west": [f"w{i}" for i in range(16)]})
+    partner = Partner(tiny_bert, tmp_path, {
+        "data-path": str(data), "text-column": "text", "label-column": "label",
+        "group-column": "site", "person-column": "pid", "monitoring": "counts",
+        "monitor-data": str(watched)}, labels=",".join(LABELS))
+    msg = Message(RecordDict({P.ARRAYS: to_array_record(partner.arrays), P.CONFIG: ConfigRecord(
+        {P.ROUND: 0, P.MODEL_FINGERPRINT: partner.fingerprint, P.MONITOR_RELEASE: "r1"})}),
+        dst_node_id=1, message_type=MessageType.EVALUATE, group_id="0")
+    reply = app.evaluate(msg, partner.context)
+    assert not refusal(reply)
+    metrics = dict(reply.content.metric_records[P.METRICS])
+    assert metrics[P.NUM_EXAMPLES] == 43 and group_keys(metrics) == {"west"}
+    assert metrics["group/west/n"] == 16
+
+
+def test_partner_start_with_a_group_column_keeps_a_floor_of_10(tmp_path: Path) -> None:
+    """`consortium partner start --group-column site` (no --min-group-size): the node config it
+    passes gives a floor of 10 that a run's min-group-size = 1 does not lower."""
+    import argparse
+
+    from client import cli
+    from client.policy import PartnerSettings
+
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers(dest="command"))
+    start = ["partner", "start", "--coordinator", "127.0.0.1:9092", "--data", "a.csv",
+             "--max-epsilon", "1", "--insecure", "--group-column", "site"]
+    for extra, floor in [([], 10), (["--min-group-size", "25"], 25), (["--min-group-size", "3"],
+                                                                       3)]:
+        settings = PartnerSettings.from_node_config(dict(cli._policy(parser.parse_args(
+            start + extra))))
+        assert settings.smallest_group(RunConfig(min_group_size=1)) == floor
+        assert settings.smallest_group(RunConfig(min_group_size=30)) == max(floor, 30)
+
+
+def test_an_error_reply_carries_a_reason_code_not_the_row(
+        tiny_bert: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed row in the partner's data: the coordinator gets a fixed reason code, never
+    the exception's text (which quotes the file and the row); the partner's log keeps both."""
+    data = tmp_path / "clinic-notes.csv"
+    data.write_text("text,label\nseen at the clinic,health\nfollow-up call,Jane Roe HIV positive\n")
+    partner = Partner(tiny_bert, tmp_path, {"data-path": str(data), "text-column": "text",
+                                            "label-column": "label"}, labels=",".join(LABELS))
+    reply = partner.train(1)
+    assert reply.has_error() and reply.error.reason == P.ERROR_DATA
+    assert not list(partner.root.glob("org-a@*.json"))  # nothing trained, nothing spent
+    log = capsys.readouterr().err
+    assert str(data) in log and "Jane Roe HIV positive" in log
+
+
+def test_a_refusal_names_no_path_of_the_partner(tiny_bert: str, tmp_path: Path) -> None:
+    """A lost ledger is refused in words that quote its path: the coordinator reads LEDGER-DIR
+    in its place, the partner's audit log keeps the path."""
+    partner = Partner(tiny_bert, tmp_path)
+    assert not refusal(partner.train(1))
+    [ledger] = partner.root.glob("org-a@*.json")
+    ledger.unlink()
+    reason = refusal(partner.train(2))
+    assert "holds fewer releases" in reason and f"LEDGER-DIR/{ledger.name}" in reason
+    assert str(tmp_path) not in reason and str(ledger) in partner.audit()[-1]["refused"]

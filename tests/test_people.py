@@ -150,7 +150,9 @@ def test_people_end_to_end(tiny_bert: str, tmp_path: Path, monkeypatch):
                        dp_plan_check=False, num_rounds=2,
                        local_epochs=1, batch_size=4, delta=1e-3, test_fraction=0.4,
                        out_dir=str(out), ledger_dir=str(out / "ledgers"))
-    run_federation(LocalGrid(config, 2), config)
+    # the floor is the partners' (10 unless they set one; a run can only raise it): these
+    # partners set 3, the run's min-group-size = 3 alone would not lower their default
+    run_federation(LocalGrid(config, 2, node_config={"min-group-size": 3}), config)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     final = lines[-1]
     assert set(final["eval_groups"]) <= {"F", "M"} and final["eval_groups"]
@@ -274,3 +276,20 @@ def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str
     corrections = json.loads(audit.splitlines()[-1])["corrections"]
     assert corrections["corrections"] == 2
     assert corrections["held_out_relabelled"] + corrections["training_rows_added"] == 2
+
+
+def test_a_groups_floor_counts_distinct_persons():
+    """Twelve notes of one person are one person: at k = 10 the group is suppressed, and with it
+    (the margins) the next smallest; without a person column the twelve rows would pass."""
+    groups = ["solo"] * 12 + ["a"] * 15 + ["b"] * 16
+    persons = ["p0"] * 12 + [f"a{i}" for i in range(15)] + [f"b{i}" for i in range(16)]
+    y = [0, 1] * 21 + [0]
+    assert {k.split("/")[1] for k in group_counts(y, y, groups, ("x", "y"), 10)} == {
+        "solo", "a", "b"}  # rows
+    counts = group_counts(y, y, groups, ("x", "y"), 10, persons)
+    assert {k.split("/")[1] for k in counts} == {"b"} and counts["group/b/n"] == 16
+    # persons in two groups count once when the groups are left out together
+    assert reported_groups({"F": {"p1", "p2"}, "M": {"p1", "p2", "p3"}, "X": set(
+        f"x{i}" for i in range(9))}, 4) == set()  # F + M: 3 persons < 4, so X goes too
+    assert reported_groups({"F": {"p1", "p2"}, "M": {"p3", "p4"}, "X": set(
+        f"x{i}" for i in range(9))}, 4) == {"X"}  # F + M: 4 distinct persons

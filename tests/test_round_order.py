@@ -149,3 +149,24 @@ def _eval_csv(tmp_path: Path) -> Path:
     path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
                                              for t, y in zip(data.texts, data.labels)))
     return path
+
+
+@dataclass
+class LeavingGrid(LocalGrid):
+    """partner-2's node is not connected when round 2 starts (it restarts), then comes back."""
+
+    def get_node_ids(self):
+        rounds = {rnd for kind, rnd, _ in self.sent if kind == MessageType.TRAIN}
+        nodes = list(super().get_node_ids())
+        return nodes[:-1] if rounds == {1} else nodes
+
+
+def test_a_partner_not_connected_at_a_rounds_start_is_a_recorded_dropout(
+        tiny_bert: str, tmp_path: Path) -> None:
+    config = _config(tiny_bert, tmp_path)
+    out = coordinator.run_federation(LeavingGrid(config, PARTNERS), config)
+    lines = _lines(out)
+    assert sorted(lines[1]["partners_replied"]) == ["partner-0", "partner-1"]
+    assert {"partner": "partner-2", "reason": "not connected when the round started"} \
+        in lines[1]["failures"]
+    assert not lines[0]["failures"] and not lines[2]["failures"]

@@ -91,6 +91,8 @@ class Task(ABC):
     declares: ClassVar[tuple[str, str]]  # what `labels` lists, and an example of it
     demo_name: ClassVar[str]  # the embedded demo data, in messages
     widget_text: ClassVar[str]  # the model card's example input: public, never a partner's
+    tags_words: ClassVar[bool] = False  # a label per word (from its first piece), not per text
+    pipeline_options: ClassVar[str] = ""  # the card's pipeline(...) arguments beyond model=DIR
     label_kind: ClassVar[str]  # what the demo data's labels are called, in messages
     one_label_per_text: ClassVar[bool] = False  # the privacy audit's canaries need one
     # de-identification replaces spans of whole texts (``texts`` of str); tagged words cannot
@@ -141,6 +143,20 @@ class Task(ABC):
         """A labelled file mapped to the ids of ``labels``; empty columns mean the config's.
         ``group_column`` splits simulated partners; ``person_column`` (per-person DP) and
         ``subgroup_column`` (per-group scores) are read where the task supports them."""
+
+    @abstractmethod
+    def read_texts(self, path: str | Path, config: TaskConfig) -> list[Any]:
+        """The inputs of a file, labelled or not (texts, or word lists); DataError naming the
+        file and row on any fault."""
+
+    @abstractmethod
+    def has_labels(self, path: str | Path, config: TaskConfig) -> bool:
+        """Whether every row of the file carries a label (a file to score predictions on)."""
+
+    @abstractmethod
+    def prediction_score(self, data: Any, predicted: Sequence[Any]) -> tuple[str, float]:
+        """The main metric's name and value of ``predicted`` (label names, or a tag list per
+        sentence) against the labelled ``data``."""
 
     @abstractmethod
     def demo_data(self, partner_id: int, config: TaskConfig,

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Sequence
 
 from common import protocol as P
 from common import synthetic
-from common.data import TextDataset, infer_labels, load_text_dataset
-from common.errors import ConfigError
+from common.data import (TextDataset, column_value, infer_labels, load_text_dataset,
+                         read_rows)
+from common.errors import ConfigError, DataError
 from common.tasks.base import Task, TaskConfig
 
 if TYPE_CHECKING:
@@ -36,6 +37,23 @@ class TextClassification(Task):
 
     def demo_labels(self) -> tuple[str, ...]:
         return synthetic.LABELS
+
+    def read_texts(self, path: str | Path, config: TaskConfig) -> list[str]:
+        path = Path(path)
+        texts = [column_value(path, n, row, config.text_column, "text")
+                 for n, row in read_rows(path)]
+        for number, text in enumerate(texts, start=1):
+            if not text:
+                raise DataError(f"{path}: data row {number}: the text is empty; drop the row "
+                                "or fill it in")
+        return texts
+
+    def has_labels(self, path: str | Path, config: TaskConfig) -> bool:
+        return all(config.label_column in row for _, row in read_rows(path))
+
+    def prediction_score(self, data: TextDataset, predicted: Sequence[str]) -> tuple[str, float]:
+        gold = [data.label_names[y] for y in data.labels]
+        return "accuracy", sum(g == p for g, p in zip(gold, predicted)) / max(len(gold), 1)
 
     def read(self, path: str | Path, config: TaskConfig, labels: Sequence[str],
              text_column: str = "", label_column: str = "", group_column: str | None = None,

@@ -39,6 +39,8 @@ class TokenClassification(Task):
     declares = ("the entity types", "PER,ORG,LOC")
     demo_name, label_kind = "NER data set", "entity types"
     widget_text = "Anna Schmidt joined Siemens in Munich last spring."
+    tags_words = True
+    pipeline_options = ', aggregation_strategy="first"'  # a word's tag from its first piece
 
     def check_config(self, config: TaskConfig) -> None:
         tags = [t for t in config.label_list if t == "O" or t[:2] in ("B-", "I-")]
@@ -88,6 +90,24 @@ class TokenClassification(Task):
 
         keys = token_keys(config, text_column, label_column)
         return load_token_dataset(path, labels, config.tag_column, *keys)
+
+    def read_texts(self, path: str | Path, config: TaskConfig) -> list[list[str]]:
+        from common.tokens import read_sentences
+
+        return [list(words) for words, _ in read_sentences(path, config.tag_column,
+                                                           *token_keys(config))]
+
+    def has_labels(self, path: str | Path, config: TaskConfig) -> bool:
+        return True  # CoNLL and JSONL sentences carry their tags
+
+    def prediction_score(self, data: TokenDataset,
+                         predicted: Sequence[Sequence[str]]) -> tuple[str, float]:
+        from common.metrics import entity_scores
+        from common.tokens import entity_types
+
+        scores = entity_scores(data.tag_strings(), [list(p) for p in predicted],
+                               entity_types(data.label_names))
+        return "entity-f1", scores.f1
 
     def demo_data(self, partner_id: int, config: TaskConfig,
                   labels: Sequence[str]) -> TokenDataset:

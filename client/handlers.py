@@ -1,0 +1,179 @@
+"""The partner's Message handlers: Messages in, typed calls to client.partner, Messages out.
+client.app imports this module only once the partner's code check (client.pinning) has passed.
+
+One TRAIN Message per round: the partner evaluates the weights it brings (the aggregate of the
+round before, when the coordinator asks) on one build of the model, then trains from them, and
+answers both in one reply. EVALUATE serves the final model, or in a monitoring run a
+release (client.monitor_request).
+
+An exception becomes an error reply whose reason is a fixed code (``P.ERROR_REASONS``): its text
+can quote a row or a path, so it stays in the partner's log."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+
+from client import secagg
+from client.policy import PartnerSettings
+from client.partner import (AUDIT_LOG, append_audit, drops_out, evaluate_received,
+                            evaluate_round, train_round)
+from client.sent import keep_sent
+from client.received import ReceivedModel
+from common.wire.records import (from_array_record, history_from_json, history_to_json,
+                            to_array_record)
+from common import protocol as P
+from common.config import RunConfig
+from common.errors import (CheckpointError, ConfigError, DataError, ModelError, PrivacyError,
+                           ResourceError, SimulatedDropout, UpdateError)
+from common.logs import configure_logging
+from common.secagg_params import check_setup
+
+logger = logging.getLogger(__name__)
+
+_STATE = "consortium"  # ConfigRecord in context.state that remembers this partner's spending
+# what an error reply says instead of the exception's text; anything else: P.ERROR_INTERNAL
+_REASONS = ((DataError, P.ERROR_DATA), (ConfigError, P.ERROR_CONFIG), (ModelError, P.ERROR_MODEL),
+            (CheckpointError, P.ERROR_LEDGER), (UpdateError, P.ERROR_UPDATE))
+
+
+def answer(msg: Message, context: Context) -> Message:
+    """The reply to a TRAIN or EVALUATE Message; an error reply with a fixed reason code when
+    handling it raised (the details go to this partner's log, never to the coordinator)."""
+    configure_logging()
+    handler = train if msg.metadata.message_type == MessageType.TRAIN else evaluate
+    try:
+        return handler(msg, context)
+    except SimulatedDropout:  # a simulated partner leaving: Flower's own error reply
+        raise
+    except Exception as exc:  # noqa: BLE001 - every other failure leaves as a code only
+        code = next((c for kind, c in _REASONS if isinstance(exc, kind)), P.ERROR_INTERNAL)
+        logger.exception("%s: %s message failed; the coordinator is told %r only",
+                         context.node_config.get("partner-name", "this partner"),
+                         msg.metadata.message_type, code)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=code),
+                       reply_to=msg)
+
+
+def train(msg: Message, context: Context) -> Message:
+    config = RunConfig.from_mapping(context.run_config)
+    partner = PartnerSettings.from_node_config(context.node_config)
+    content = msg.content
+    server_round = int(content.config_records[P.CONFIG][P.ROUND])
+    stage = secagg.stage_of(msg)  # '' = plain round; setup trains like a plain round
+    if stage and stage != P.SECAGG_SETUP:
+        return secagg.handle(msg, context, partner,
+                             drops_out(config, partner, server_round))
+    received = ReceivedModel(from_array_record(content.array_records[P.ARRAYS]),
+                             str(content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")))
+    evaluation = _evaluate_first(msg, context, config, partner, received)
+    state = context.state.config_records.get(_STATE, ConfigRecord())
+    known = history_from_json(str(state[P.PRIVACY_HISTORY])) if P.PRIVACY_HISTORY in state else None
+    shared = received.shared
+    try:
+        if stage:  # every setup parameter the run config fixes, before any ε is spent
+            check_setup(content.config_records[P.SECAGG], config)
+        reply = train_round(config, partner, shared, received.fingerprint, server_round,
+                            str(context.run_id), known, received)
+    except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about
+        refused = _refusal(msg, context, config, partner, server_round, exc)
+        _attach(refused.content, evaluation)
+        return refused
+    context.state.config_records[_STATE] = ConfigRecord(
+        {P.PRIVACY_HISTORY: history_to_json(reply.history)})
+    out = RecordDict({
+        P.ARRAYS: to_array_record(reply.arrays),
+        P.METRICS: MetricRecord(reply.metrics),
+        P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
+                                 P.PRIVACY_HISTORY: history_to_json(reply.history)}),
+    })
+    _attach(out, evaluation)  # counts, not secret-shared: beside the masked vector under SecAgg
+    if partner.keep_sent and not stage:  # under SecAgg it is kept when masked (client.secagg)
+        keep_sent(partner.ledger_root(config), str(context.run_id), server_round, reply.arrays)
+    if stage:  # secure aggregation: the update stays here; public keys go instead
+        out = secagg.start(msg, context, out, shared, reply.arrays)
+    return Message(out, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    config = RunConfig.from_mapping(context.run_config)
+    partner = PartnerSettings.from_node_config(context.node_config)
+    server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
+    if msg.content.config_records[P.CONFIG].get(P.MONITOR_RELEASE):
+        return _monitor(msg, context, config, partner)
+    try:
+        metrics = evaluate_round(
+            config, partner,
+            shared=from_array_record(msg.content.array_records[P.ARRAYS]),
+            fingerprint=str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT, "")),
+            server_round=server_round, run_id=str(context.run_id))
+    except PrivacyError as exc:
+        return _refusal(msg, context, config, partner, server_round, exc, "evaluation")
+    return Message(
+        RecordDict({P.METRICS: MetricRecord(metrics),
+                    P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
+        reply_to=msg,
+    )
+
+
+def _monitor(msg: Message, context: Context, config: RunConfig,
+             partner: PartnerSettings) -> Message:
+    """A monitoring run's request: the release's counts on the monitoring data, or a refusal."""
+    from client.monitor_request import answer_monitoring
+
+    asked = msg.content.config_records[P.CONFIG]
+    try:
+        metrics = answer_monitoring(
+            config, partner, from_array_record(msg.content.array_records[P.ARRAYS]),
+            str(asked.get(P.MODEL_FINGERPRINT, "")), str(asked[P.MONITOR_RELEASE]),
+            str(context.run_id))
+    except PrivacyError as exc:
+        return _refusal(msg, context, config, partner, 0, exc, "monitoring")
+    return Message(RecordDict({P.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
+                               P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
+                   reply_to=msg)
+
+
+def _evaluate_first(msg: Message, context: Context, config: RunConfig,
+                    partner: PartnerSettings, received: ReceivedModel) -> dict[str, float] | str:
+    """The evaluation a TRAIN message asks for (P.EVALUATE_ROUND) of the weights it brings,
+    under the same policy as ``evaluate``: its metrics, the refusal reason (audited), or ''
+    when it asks for none."""
+    asked = int(msg.content.config_records[P.CONFIG].get(P.EVALUATE_ROUND, 0))
+    if not asked:
+        return ""
+    try:
+        return evaluate_received(config, partner, received, asked,
+                                 int(msg.content.config_records[P.CONFIG][P.ROUND]),
+                                 str(context.run_id))
+    except PrivacyError as exc:
+        _audit_refusal(context, config, partner, asked, exc, "evaluation")
+        return partner.without_paths(str(exc), config)
+
+
+def _attach(content: RecordDict, evaluation: dict[str, float] | str) -> None:
+    """Put a TRAIN reply's evaluation, or the reason it has none, beside the round's reply."""
+    if isinstance(evaluation, dict):
+        content[P.EVALUATION] = MetricRecord(evaluation)  # type: ignore[arg-type]
+    elif evaluation:
+        content.config_records[P.PARTNER][P.EVAL_REFUSAL] = evaluation
+
+
+def _refusal(msg: Message, context: Context, config: RunConfig, partner: PartnerSettings,
+             server_round: int, exc: Exception, what: str = "round") -> Message:
+    """Log a refusal in the partner's audit log and tell the coordinator why (without the
+    partner's own paths, which stay in the log)."""
+    _audit_refusal(context, config, partner, server_round, exc, what)
+    return Message(RecordDict({P.PARTNER: ConfigRecord(
+        {P.PARTNER_NAME: partner.name, P.REFUSAL: partner.without_paths(str(exc), config)})}),
+        reply_to=msg)
+
+
+def _audit_refusal(context: Context, config: RunConfig, partner: PartnerSettings,
+                   server_round: int, exc: Exception, what: str) -> None:
+    logger.error("%s refuses %s %d: %s", partner.name, what, server_round, exc)
+    append_audit(partner.ledger_root(config) / AUDIT_LOG, {
+        "partner": partner.name, "run_id": str(context.run_id), "round": server_round,
+        "refused": str(exc), "message": what, "bytes_sent": 0})
