@@ -57,9 +57,11 @@ class RunConfig:
     group_column: str = _opt("", "Simulated partners: a column of `data` (e.g. sex, age band) "
                                  "each partner scores the shared model per value of; a "
                                  "partner's own policy sets its own. Empty = no groups.")
-    min_group_size: int = _opt(10, "Per-group scores: a group with fewer held-out examples at a "
-                                   "partner is left out of everything it sends (k-anonymity of "
-                                   "the counts); a partner's policy can only raise it.", min=1)
+    min_group_size: int = _opt(10, "Per-group scores: raises every partner's floor (a group with "
+                                   "fewer held-out examples, or distinct persons with a person "
+                                   "column, at a partner is left out of everything it sends; "
+                                   "k-anonymity of the counts); it can never lower a partner's "
+                                   "floor, which is 10 unless the partner sets its own.", min=1)
     deidentify: bool = _opt(False, "Simulated partners: mask names, e-mails, phones, addresses, "
                                    "dates, ID numbers, URLs and IPs in the text before training "
                                    "and evaluation (Presidio; the deid extra). A partner's "

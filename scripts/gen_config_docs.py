@@ -82,15 +82,18 @@ POLICY_HELP = {
                        "`train-loss`, `clipped-fraction`. Empty = none (they are not DP).",
     "evaluation": "What its held-out evaluation sends: `counts` (accuracy, macro-F1, per-class "
                   "counts), `full` (adds the exact loss) or `off` (nothing).",
-    "allowed-code": "Comma-separated code hashes from `consortium partner approve CHECKOUT`; a "
-                    "run whose code hashes otherwise is refused. Empty = any.",
+    "allowed-code": "Comma-separated hashes from `consortium partner approve CHECKOUT` (every "
+                    "file the App's FAB carries); a run whose App hashes otherwise, or holds "
+                    "compiled code its sources do not vouch for, is refused before the rest of "
+                    "it is imported. Empty = any.",
     "person-column": "The column of its own file naming whose row it is: DP-SGD samples persons "
                      "and clips each person's gradient as one unit, so ε is **per person**; its "
                      "ledger then holds per-person releases only. Empty = per example.",
     "group-column": "A column of its own file (sex, age band, region) to score the shared "
                     "model per group of; counts only leave, never the column.",
-    "min-group-size": "The fewest held-out examples a group's counts need to leave (the larger "
-                      "of this and the run's `min-group-size` applies); 0 = the run's.",
+    "min-group-size": "The fewest held-out examples (distinct persons, with `person-column`) a "
+                      "group's counts need to leave; 0 = 10. The run's `min-group-size` can "
+                      "raise it, never lower it.",
     "deidentify": "Mask names, e-mails, phones, postal addresses, dates, ID / account numbers, "
                   "URLs and IPs before tokenizing (Presidio + a name list; the deid extra). The "
                   "run config can switch it on, never off.",
