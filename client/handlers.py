@@ -103,6 +103,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records[P.CONFIG][P.ROUND])
     if msg.content.config_records[P.CONFIG].get(P.MONITOR_RELEASE):
         return _monitor(msg, context, config, partner)
+    if msg.content.config_records[P.CONFIG].get(P.PREFLIGHT):
+        return _preflight(msg, context, config, partner, server_round)
     try:
         metrics = evaluate_round(
             config, partner,
@@ -116,6 +118,29 @@ def evaluate(msg: Message, context: Context) -> Message:
                     P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name})}),
         reply_to=msg,
     )
+
+
+def _preflight(msg: Message, context: Context, config: RunConfig, partner: PartnerSettings,
+               first_round: int) -> Message:
+    """Accept or refuse the whole plan before round ``first_round``; nothing is spent."""
+    from client.preflight import preflight
+
+    received = ReceivedModel(from_array_record(msg.content.array_records[P.ARRAYS]),
+                             str(msg.content.config_records[P.CONFIG].get(P.MODEL_FINGERPRINT,
+                                                                          "")))
+    try:
+        preflight(config, partner, received, first_round)
+    except DataError as exc:  # its text can quote a row: the log keeps it, the reply does not
+        logger.error("%s: pre-flight: %s", partner.name, exc)
+        return _refusal(msg, context, config, partner, first_round, DataError(
+            f"{partner.name}'s data cannot be read for this run ({P.ERROR_DATA}; the row is "
+            "named in its log)"), "pre-flight")
+    except (PrivacyError, ResourceError, ModelError, ConfigError) as exc:
+        return _refusal(msg, context, config, partner, first_round, exc, "pre-flight")
+    logger.info("%s accepts the run's plan from round %d (pre-flight; nothing spent)",
+                partner.name, first_round)
+    return Message(RecordDict({P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
+                                                        P.ACCEPTED: 1})}), reply_to=msg)
 
 
 def _monitor(msg: Message, context: Context, config: RunConfig,

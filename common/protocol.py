@@ -19,6 +19,7 @@ EVALUATE_ROUND = "evaluate-round"
 # in an EVALUATE message of a monitoring run (run config `monitor`): the id of the release whose
 # weights it carries; the partner scores them on its monitoring data and replies counts only
 MONITOR_RELEASE = "monitor-release"
+PREFLIGHT = "preflight"  # an EVALUATE Message that asks: do you accept the whole plan?
 
 # MetricRecord keys, partner -> coordinator (num-examples counts examples, never batches)
 NUM_EXAMPLES = "num-examples"
@@ -60,6 +61,7 @@ FALSE_NEGATIVES = "fn"
 # ConfigRecord keys, partner -> coordinator
 PARTNER_NAME = "name"
 PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
+ACCEPTED = "accepted"  # the pre-flight's yes (nothing trained, nothing spent)
 REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained
 EVAL_REFUSAL = "evaluation-refusal"  # in a TRAIN reply: why it did not evaluate the received model
 

@@ -46,6 +46,33 @@ from server.secagg_phase import secure_train_phase
 logger = logging.getLogger(__name__)
 
 
+def preflight_phase(grid: Grid, config: RunConfig, state: RunState, fingerprint: str) -> None:
+    """Before the first round this run trains: every connected partner accepts or refuses the
+    whole plan (client.preflight; nothing trained or spent). Fewer than min-partners accepting
+    stops the run in one line that lists each refusal, before anyone has spent ε."""
+    first = state.round + 1
+    failures: list[dict[str, Any]] = []
+    messages = make_messages(grid, MessageType.EVALUATE, first, state.arrays, fingerprint,
+                             config.min_partners, extra={P.PREFLIGHT: 1})
+    accepted = []
+    for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
+        partner = reply.content.config_records[P.PARTNER]
+        if partner.get(P.ACCEPTED):
+            accepted.append(partner_name(reply))
+        else:
+            failures.append({"partner": partner_name(reply),
+                             "reason": f"refused: {partner.get(P.REFUSAL, 'no reason given')}"})
+    for failure in failures:
+        logger.warning("pre-flight: %s", failure)
+    logger.info("pre-flight: %d of %d partners accept the plan from round %d (%s)",
+                len(accepted), len(messages), first, ", ".join(sorted(accepted)) or "none")
+    if len(accepted) < config.min_partners:
+        said = "; ".join(f"{f.get('partner')}: {brief(str(f.get('reason')))}" for f in failures)
+        raise RunStopped(f"pre-flight: {len(accepted)} of {len(messages)} partner(s) accept the "
+                         f"plan, min-partners is {config.min_partners}. {said}. Nothing was "
+                         "trained and no partner spent any ε")
+
+
 def brief(reason: str) -> str:
     """A partner's reason without its long parenthesised detail (the log above keeps it)."""
     return re.sub(r" \((?:[^()]|\([^()]*\)){40,}\)", "", reason)
@@ -208,6 +235,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     del model
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused start writes nothing
     state, pending = _start_state(config, out, initial)
+    if state.round < config.num_rounds:  # a resumed run's partners are asked again
+        preflight_phase(grid, config, state, fingerprint)
     held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
     tracker = open_tracker(config, out)
     try:

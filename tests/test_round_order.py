@@ -52,8 +52,8 @@ def test_one_message_per_partner_per_round_and_line_r_evaluates_the_model_after_
     config = _config(tiny_bert, tmp_path)
     grid = LocalGrid(config, PARTNERS, node_config={"evaluation": "full"})  # + the exact loss
     out = coordinator.run_federation(grid, config)
-    assert grid.sent == [(MessageType.TRAIN, r, p) for r in range(1, ROUNDS + 1)
-                         for p in range(PARTNERS)] + [
+    assert grid.sent == [(MessageType.EVALUATE, 1, p) for p in range(PARTNERS)] + [  # pre-flight
+        (MessageType.TRAIN, r, p) for r in range(1, ROUNDS + 1) for p in range(PARTNERS)] + [
         (MessageType.EVALUATE, ROUNDS, p) for p in range(PARTNERS)]
     lines = _lines(out)
     assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
@@ -111,6 +111,8 @@ def test_a_stop_between_checkpoint_and_line_resumes_to_every_round_once(
     grid = LocalGrid(resumed, PARTNERS)
     out = coordinator.run_federation(grid, resumed)
     trained = sorted({rnd for kind, rnd, _ in grid.sent if kind == MessageType.TRAIN})
+    assert grid.sent[:PARTNERS] == [(MessageType.EVALUATE, pending + 1, p)  # its pre-flight
+                                    for p in range(PARTNERS)] or pending == ROUNDS
     assert trained == list(range(pending + 1, ROUNDS + 1))  # no checkpointed round again
     lines = _lines(out)
     assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))

@@ -58,11 +58,12 @@ def test_every_partner_over_budget_stops_in_one_line_and_nothing_is_spent(
     grid = LocalGrid(config, 2, node_config={"max-epsilon": 1.0})
     with pytest.raises(RunStopped) as stop:
         coordinator.run_federation(grid, config)
-    message = str(stop.value)
-    assert "\n" not in message and message.startswith("round 1: 0 usable update(s)")
+    message = str(stop.value)  # stopped by the pre-flight, before round 1
+    assert "\n" not in message and message.startswith("pre-flight: 0 of 2 partner(s) accept")
     assert "partner-0: refused" in message and "partner-1: refused" in message
-    assert "max-epsilon" in message or "budget" in message
-    assert message.endswith("nothing to resume: fix the partners, then start again")
+    assert "budget 1" in message and "What still fits" in message
+    assert message.endswith("Nothing was trained and no partner spent any ε")
+    assert [kind for kind, _, _ in grid.sent] == ["evaluate", "evaluate"]  # no TRAIN sent
     assert not list((tmp_path / "ledgers").rglob("*.json"))  # refused before any ε
 
 
@@ -111,3 +112,22 @@ def test_resume_is_suggested_only_when_a_checkpoint_exists(tmp_path: Path) -> No
     assert "--resume" not in resume_hint(tmp_path)
     (tmp_path / "checkpoints" / "round-00001.json").write_text("{}")
     assert "--resume" in resume_hint(tmp_path)
+
+
+def test_no_partner_spends_when_the_pre_flight_fails(tiny_bert: str, tmp_path: Path) -> None:
+    """Issue 37's case: one partner would train, the other's budget cannot pay for the plan;
+    with min-partners 2 the run stops in the pre-flight, before the first one spent anything
+    (it used to train round 1 and spend ε on a round that was then thrown away)."""
+    config = RunConfig(base_model=tiny_bert, examples_per_partner=60, max_length=16,
+                       batch_size=8, finetune="lora", dp_plan_check=False, local_epochs=1,
+                       num_rounds=3, epsilon=8.0, min_partners=2,
+                       out_dir=str(tmp_path / "out"), ledger_dir=str(tmp_path / "ledgers"))
+    grid = LocalGrid(config, 2, partner_configs={1: {"max-epsilon": 7.5}})
+    with pytest.raises(RunStopped, match="pre-flight: 1 of 2 partner.* partner-1: refused"):
+        coordinator.run_federation(grid, config)
+    assert not list((tmp_path / "ledgers").rglob("*@*.json"))  # no ledger: nothing spent
+    assert all(kind == "evaluate" for kind, _, _ in grid.sent)
+    # the same run with both budgets large enough trains
+    ok = config.replace(out_dir=str(tmp_path / "out2"), num_rounds=1)
+    coordinator.run_federation(LocalGrid(ok, 2), ok)
+    assert len(list((tmp_path / "ledgers").rglob("partner-*@*.json"))) == 2
