@@ -113,13 +113,12 @@ def _every_file(root: Path) -> list[str]:
 
 def _fab_selection(root: Path) -> list[str]:
     """The files `flwr build` would put into a FAB of the checkout ``root``: Flower's own rules
-    (``flwr.cli.build``), reused so that they cannot drift from what a FAB carries."""
-    from flwr.cli.build import get_filtered_fab_paths
-    from flwr.cli.utils import filter_paths_for_publish
+    (``flwr.cli.build``, via common.wire.fab), reused so that they cannot drift from what a FAB
+    carries."""
+    from common.wire.fab import fab_paths  # flwr's rules: only for a checkout, never in pinning
 
-    files = filter_paths_for_publish(_collect(root))
     config = _toml(root).loads((root / PYPROJECT).read_text(encoding="utf-8"))
-    return sorted({PYPROJECT, *get_filtered_fab_paths(files, config)})
+    return sorted({PYPROJECT, *fab_paths(_collect(root), config)})
 
 
 def _collect(root: Path) -> dict[str, Path]:

@@ -194,8 +194,11 @@ def test_three_enrolled_partners_train_and_an_over_budget_one_refuses(federation
                 .splitlines()]
     training = [r for r in refusals if r.get("message") == "round"]
     assert len(training) == 2 and all(r["bytes_sent"] == 0 for r in refusals)
+    [preflight] = [r for r in refusals if r.get("message") == "pre-flight"]  # said no at once
+    assert "budget" in preflight["refused"]
     # and it evaluates nothing for a round it did not train: no oracle on others' aggregates
-    assert all("did not train" in r["refused"] for r in refusals if r not in training)
+    assert all("did not train" in r["refused"] for r in refusals
+               if r not in training and r is not preflight)
     audit = [json.loads(x) for x in (root / "ledgers" / "org-a" / AUDIT_LOG).read_text()
              .splitlines()]
     assert [a["round"] for a in audit] == [1, 2] and audit[1]["epsilon"] > audit[0]["epsilon"]
@@ -260,12 +263,12 @@ def _wait_for_line(metrics: Path, count: int, run: subprocess.Popen) -> None:
 @pytest.mark.xdist_group("flower-deployment-restart")
 def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partners,
                                                                      tiny_bert: str) -> None:
-    """One run of 4 rounds, two mishaps (one federation, to keep the suite short):
+    """One run of 5 rounds, two mishaps (one federation, to keep the suite short):
 
     - after round 1, org-a is stopped (SIGTERM: its SuperNode and ClientApps are gone within
       10 s) and started again with the same key and ledger: it rejoins, and its ε continues;
     - after round 2, the coordinator is frozen (SIGSTOP: connections hang, nothing answers) for
-      30 s: partners keep retrying, the run completes, org-b is back by round 4, and every
+      30 s: partners keep retrying, the run completes, org-b is back by round 5, and every
       partner missing from a round after that is a recorded failure with its reason.
 
     An instruction in flight during the freeze can be lost inside Flower 1.41 (seen: a partner
@@ -275,7 +278,7 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     root, _, procs = two_partners
     out, mark = root / "out2", uuid.uuid4().hex
     run = subprocess.Popen(
-        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "4", "--labels", "neg,pos",
+        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "5", "--labels", "neg,pos",
          "--out", str(out), "--set", f'base-model="{tiny_bert}"',
          "--set", "max-length=16", "--set", "batch-size=8",
          "--set", "dp-plan-check=false", "--set", "local-epochs=1",
@@ -305,9 +308,9 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     ledger = json.loads(next((root / "ledgers" / "org-a").glob("org-a@*.json")).read_text())
     assert len(ledger["body"]["releases"]) == len(trained)  # every trained round, once
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert [line["round"] for line in lines] == [1, 2, 3, 4]
+    assert [line["round"] for line in lines] == [1, 2, 3, 4, 5]
     assert any("org-a" in line["partners_replied"] for line in lines[1:])  # rejoined
-    assert "org-b" in lines[3]["partners_replied"]
+    assert "org-b" in lines[4]["partners_replied"]
     for line in lines[2:]:  # after the freeze, a partner missing from a round is a recorded
         # dropout, never a silent one: Flower 1.41's SuperLink may go on marking a partner
         # "Node Unavailable" (no heartbeat within 2 × its interval) for the rest of the run, its

@@ -22,14 +22,9 @@ from common.sources import run_labels
 from common.synthetic import LABELS
 from common.tokens import TokenDataset, encode_tokens
 from common.training import encode, model_logits
-from tests.test_ner import make_ner_bert, ner_config
+from tests.test_ner import ner_config
 from tests.test_partner_round import recomputed_epsilon
 from tests.test_pooled_head import _texts
-
-@pytest.fixture(scope="module")
-def ner_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_ner_bert(tmp_path_factory.mktemp("ner-bert")))
-
 
 WORDS = (("peter", "visited", "paris"), ("the", "bank", "in", "berlin", "opened"), ("anna",))
 

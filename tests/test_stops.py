@@ -78,7 +78,7 @@ def test_a_60_row_file_at_the_default_epsilon_ends_in_one_line(tmp_path: Path) -
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("consortium: run stopped: round 1: 0 usable update(s)")
+    assert last.startswith("consortium: run stopped: pre-flight: 0 of 2 partner(s) accept")
     assert "expect no learning" in last and "would pass" in last  # the refusal and its fix
     assert "Traceback" in (tmp_path / "run" / LOG_FILE).read_text()  # the log keeps it all
 
