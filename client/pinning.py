@@ -75,9 +75,11 @@ def refusal(msg: Message, context: Context) -> Message | None:
     server_round = int(msg.content.config_records[CONFIG].get(ROUND, 0)) \
         if CONFIG in msg.content.config_records else 0
     logger.error("%s refuses %s %d: %s", partner_name(node), what, server_round, reason)
-    _audit(ledger_root(node, context.run_config) / AUDIT_LOG, {
-        "partner": partner_name(node), "run_id": str(context.run_id), "round": server_round,
-        "refused": reason, "message": what, "bytes_sent": 0})
+    root = ledger_root(node, context.run_config)
+    if root is not None:  # else the log line above is all: no run-chosen place to write to
+        _audit(root / AUDIT_LOG, {
+            "partner": partner_name(node), "run_id": str(context.run_id),
+            "round": server_round, "refused": reason, "message": what, "bytes_sent": 0})
     return Message(RecordDict({PARTNER: ConfigRecord(
         {PARTNER_NAME: partner_name(node), REFUSAL: reason})}), reply_to=msg)
 
@@ -87,9 +89,15 @@ def partner_name(node_config: Mapping[str, Any]) -> str:
     return str(node_config.get("partner-name", f"partner-{node_config.get('partition-id', 0)}"))
 
 
-def ledger_root(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Path:
-    """As client.policy.PartnerSettings.ledger_root: the node's ledger-dir, else the run's."""
-    return Path(str(node_config.get("ledger-dir") or run_config.get("ledger-dir") or
+def ledger_root(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Path | None:
+    """As client.policy.PartnerSettings.ledger_root: the node's ledger-dir; for a simulated
+    partner (no data of its own) else the run's; None for a partner with its own data that
+    names none (the run config never places a real partner's files)."""
+    if node_config.get("ledger-dir"):
+        return Path(str(node_config["ledger-dir"]))
+    if node_config.get("data-path"):
+        return None
+    return Path(str(run_config.get("ledger-dir") or
                     Path(str(run_config.get("out-dir") or "runs/latest")) / "ledgers"))
 
 

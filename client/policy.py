@@ -161,7 +161,16 @@ class PartnerSettings:
         return self.deidentify or config.deidentify
 
     def ledger_root(self, config: RunConfig) -> Path:
-        return Path(self.ledger_dir or config.ledger_dir or Path(config.out_dir) / "ledgers")
+        """Where this partner's ledger and audit log live. A partner with its own data names it
+        in its own node config: the run config (the coordinator's) never chooses it, or a run
+        could point a partner at an empty directory and start its ε from zero."""
+        if self.ledger_dir:
+            return Path(self.ledger_dir)
+        if self.has_own_data:
+            raise ConfigError(f"{self.name} reads its own data but its node config sets no "
+                              "ledger-dir; a partner's ledger is its own to place (the run "
+                              "config cannot choose it): set ledger-dir")
+        return Path(config.ledger_dir or Path(config.out_dir) / "ledgers")
 
     def data_source(self, config: RunConfig) -> str:
         """What this partner's ledger is kept for: its data-id, else its data file (or, when

@@ -100,7 +100,8 @@ def test_a_partner_whose_new_data_drifted_is_flagged(release: Path, tmp_path: Pa
         "group-column": "site", "min-group-size": 5}), read_release(release))
     assert config.label_list == ("neg", "pos") and config.finetune == "pooled-head"
     grid = LocalGrid(config, 5, run_id=2, partner_configs={
-        2: {"monitor-data": str(extra)}, 3: {"data-path": str(data)},
+        2: {"monitor-data": str(extra)},
+        3: {"data-path": str(data), "ledger-dir": str(tmp_path / "ledger-3")},
         4: {"monitor-data": str(bad)}})
     for _ in range(2):  # two monitoring runs: the release's history holds both
         out = run_federation(grid, config)

@@ -31,6 +31,12 @@ def _config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
     return RunConfig(**values)
 
 
+def _own(tmp_path: Path, data: Path, **policy) -> PartnerSettings:
+    """org-a with its own data file and, as a real partner must, its own ledger-dir."""
+    return PartnerSettings(name="org-a", data_path=str(data), ledger_dir=str(tmp_path / "ledgers"),
+                           **policy)
+
+
 def _round(config: RunConfig, partner: PartnerSettings, rnd: int = 1, run: str = "r") -> dict:
     model = build_model(config, config.label_list)
     return train_round(config, partner, trainable_state(model), frozen_fingerprint(model), rnd,
@@ -46,7 +52,7 @@ def test_run_config_cannot_open_a_fresh_ledger(tiny_bert: str, tmp_path: Path,
                                                sentiment_csv: Path) -> None:
     """Other seed, test-fraction, label order, an appended row: all compose into one ledger,
     and max-epsilon stops the run that would pass it."""
-    partner = PartnerSettings(name="org-a", data_path=str(sentiment_csv), max_epsilon=30.0)
+    partner = _own(tmp_path, sentiment_csv, max_epsilon=30.0)
     runs = [dict(), dict(seed=7), dict(test_fraction=0.5), dict(labels="pos,neg")]
     spent = []
     for i, change in enumerate(runs):
@@ -63,8 +69,7 @@ def test_run_config_cannot_open_a_fresh_ledger(tiny_bert: str, tmp_path: Path,
     shas = [r["data_sha256"] for r in body["releases"]]
     assert shas[0] == shas[1] == shas[2]  # seed and test-fraction moved no row into training
     assert shas[4] not in shas[:4]  # the appended row is visible to an auditor
-    tight = PartnerSettings(name="org-a", data_path=str(sentiment_csv),
-                            max_epsilon=spent[-1]["epsilon"] * 1.01)
+    tight = _own(tmp_path, sentiment_csv, max_epsilon=spent[-1]["epsilon"] * 1.01)
     with pytest.raises(BudgetExceededError):
         _round(_config(tiny_bert, tmp_path, seed=99), tight, run="run-over")
     assert len(_ledger(tmp_path)["releases"]) == 5
@@ -73,8 +78,8 @@ def test_run_config_cannot_open_a_fresh_ledger(tiny_bert: str, tmp_path: Path,
 def test_a_new_data_id_is_the_partners_explicit_choice(tiny_bert: str, tmp_path: Path,
                                                        sentiment_csv: Path) -> None:
     config = _config(tiny_bert, tmp_path)
-    _round(config, PartnerSettings(name="org-a", data_path=str(sentiment_csv)))
-    _round(config, PartnerSettings(name="org-a", data_path=str(sentiment_csv), data_id="v2"))
+    _round(config, _own(tmp_path, sentiment_csv))
+    _round(config, _own(tmp_path, sentiment_csv, data_id="v2"))
     names = sorted(p.name for p in (tmp_path / "ledgers").glob("org-a@*.json"))
     assert len(names) == 2 and "org-a@v2.json" in names
     with pytest.raises(ConfigError, match="data-id"):
@@ -83,21 +88,21 @@ def test_a_new_data_id_is_the_partners_explicit_choice(tiny_bert: str, tmp_path:
 
 def test_held_out_split_is_fixed_at_the_partner(tiny_bert: str, tmp_path: Path,
                                                 sentiment_csv: Path) -> None:
-    partner = PartnerSettings(name="org-a", data_path=str(sentiment_csv))
+    partner = _own(tmp_path, sentiment_csv)
     tests = []
     for change in (dict(), dict(seed=3), dict(test_fraction=0.6), dict(labels="pos,neg")):
         config = _config(tiny_bert, tmp_path, **change)
         _, test = partner_dataset(config, partner, config.label_list)
         tests.append(sorted(test.texts))
     assert all(t == tests[0] for t in tests) and 0 < len(tests[0]) < 40
-    bigger = PartnerSettings(name="org-a", data_path=str(sentiment_csv), test_fraction=0.5)
+    bigger = _own(tmp_path, sentiment_csv, test_fraction=0.5)
     _, more = partner_dataset(_config(tiny_bert, tmp_path), bigger, ("neg", "pos"))
     assert set(tests[0]) <= set(more.texts)  # a larger fraction only adds rows
 
 
 def test_a_plan_that_cannot_finish_is_refused_at_round_one(tiny_bert: str, tmp_path: Path,
                                                            sentiment_csv: Path) -> None:
-    partner = PartnerSettings(name="org-a", data_path=str(sentiment_csv), max_epsilon=6.0)
+    partner = _own(tmp_path, sentiment_csv, max_epsilon=6.0)
     one = _round(_config(tiny_bert, tmp_path, epsilon=5.0, noise_multiplier=0.0), partner)
     assert one["epsilon"] == pytest.approx(5.0, rel=0.02)
     # a second run calibrated to ε = 5 on its own cannot finish within the 6 (RDP composes
@@ -110,7 +115,7 @@ def test_a_plan_that_cannot_finish_is_refused_at_round_one(tiny_bert: str, tmp_p
 
 def test_delta_check_uses_the_larger_delta(tiny_bert: str, tmp_path: Path,
                                            sentiment_csv: Path) -> None:
-    partner = PartnerSettings(name="org-a", data_path=str(sentiment_csv), delta=0.1)
+    partner = _own(tmp_path, sentiment_csv, delta=0.1)
     with pytest.raises(PrivacyError, match="delta = 0.1 is not below"):
         _round(_config(tiny_bert, tmp_path), partner)
 
@@ -150,8 +155,7 @@ def test_version_one_ledgers_are_folded_in(tmp_path: Path, tiny_bert: str,
     old = {"version": 1, "data_fingerprint": "f" * 64, "releases": [
         {"run_id": "old", "round": 1, "noise_multiplier": 1.0, "sample_rate": 0.2, "steps": 5}]}
     write_sealed_json(tmp_path / "ledgers" / f"org-a-{'0' * 16}.json", old)
-    _round(_config(tiny_bert, tmp_path), PartnerSettings(name="org-a",
-                                                         data_path=str(sentiment_csv)))
+    _round(_config(tiny_bert, tmp_path), _own(tmp_path, sentiment_csv))
     assert [r["run_id"] for r in _ledger(tmp_path)["releases"]] == ["old", "r"]
     assert np.isfinite(PrivacyLedger.open(
         next((tmp_path / "ledgers").glob("org-a@*.json")), _ledger(tmp_path)["source"]
@@ -191,3 +195,17 @@ def test_a_refusal_states_the_rounds_and_the_run_epsilon_that_still_fit(tmp_path
                        rf"\(s\) as planned, or all of them at epsilon <= {epsilon:.3f}"):
         ledger.check_budget(Release("new", 1, *plan[0]), DELTA, budget, plan[1:])
     assert ledger.releases == [Release("old", 1, *spent[0])]  # nothing recorded
+
+
+def test_the_run_config_cannot_place_a_real_partners_ledger(tiny_bert: str, tmp_path: Path,
+                                                            sentiment_csv: Path) -> None:
+    """Issue 33 item 8: a partner with its own data keeps its ledger where its node config says;
+    a run config's ledger-dir (the coordinator's choice: an empty directory is ε = 0) is never
+    used for it, and without a node-config ledger-dir the round is refused, nothing spent."""
+    config = _config(tiny_bert, tmp_path, ledger_dir=str(tmp_path / "fresh"))
+    no_dir = PartnerSettings(name="org-a", data_path=str(sentiment_csv))
+    with pytest.raises(ConfigError, match="sets no ledger-dir"):
+        _round(config, no_dir)
+    assert not (tmp_path / "fresh").exists()
+    _round(config, _own(tmp_path, sentiment_csv))
+    assert list((tmp_path / "ledgers").glob("org-a@*.json")) and not (tmp_path / "fresh").exists()

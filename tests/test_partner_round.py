@@ -188,6 +188,9 @@ def test_real_partners_draw_noise_nobody_can_replay(tiny_bert: str, tmp_path: Pa
     simulated = PartnerSettings(name="p0")
     a, b = update(simulated, "l1"), update(simulated, "l2")
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    own = PartnerSettings(name="p0", data_path=str(sentiment_csv))
-    c, d = update(own, "l3"), update(own, "l4")
+    def own(ledger: str) -> PartnerSettings:  # a real partner places its own ledger
+        return PartnerSettings(name="p0", data_path=str(sentiment_csv),
+                               ledger_dir=str(tmp_path / ledger))
+
+    c, d = update(own("l3"), "l3"), update(own("l4"), "l4")
     assert not all(np.array_equal(c[k], d[k]) for k in c)

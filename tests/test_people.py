@@ -267,7 +267,8 @@ def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str
                        dp_plan_check=False, local_epochs=1, num_rounds=1, delta=1e-3,
                        out_dir=str(tmp_path / "out"), ledger_dir=str(tmp_path / "ledgers"))
     partner = PartnerSettings.from_node_config({"data-path": str(data),
-                                                "corrections": str(fixes)})
+                                                "corrections": str(fixes),
+                                                "ledger-dir": str(tmp_path / "ledgers")})
     model = build_model(config, ("neg", "pos"))
     reply = train_round(config, partner, trainable_state(model), frozen_fingerprint(model), 1, "r")
     assert reply.metrics[P.CORRECTIONS] == 2.0
