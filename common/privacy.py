@@ -232,7 +232,8 @@ def what_fits(history: Sequence[tuple[float, float, int]],
     def run(sigma: float) -> list[tuple[float, float, int]]:
         return [(sigma, q, steps) for _, q, steps in plan]
 
-    low, high = max(s for s, _, _ in plan), max(s for s, _, _ in plan) * 2
+    low = max(s for s, _, _ in plan)  # the plan's own σ does not fit
+    high = low * 2
     while epsilon_of([*history, *run(high)], delta) > max_epsilon:  # σ large enough to fit
         low, high = high, high * 2
         if high > 1e4:

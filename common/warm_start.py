@@ -55,9 +55,13 @@ def row_text(text: Any) -> str:
     return " ".join(str(w) for w in words).casefold()
 
 
+def row_digest(text: Any) -> str:
+    """The first 16 hex digits of a row's SHA-256 (64 bits: no chance collision here)."""
+    return hashlib.sha256(row_text(text).encode()).hexdigest()[:16]
+
+
 def row_digests(texts: Iterable[Any]) -> set[str]:
-    """The first 16 hex digits of each row's SHA-256 (64 bits: no chance collision here)."""
-    return {hashlib.sha256(row_text(t).encode()).hexdigest()[:16] for t in texts}
+    return {row_digest(t) for t in texts}
 
 
 def lineage_of(base_model: str) -> dict[str, Any] | None:
@@ -89,7 +93,7 @@ def check_disjoint(base_model: str, data_path: str, private_texts: Sequence[Any]
                               f"warm-started base-model {base_model!r}: a partner's private "
                               "rows must never be warm-start data")
     public_rows = set((Path(base_model).expanduser() / ROWS_FILE).read_text().split())
-    shared = [i for i, t in enumerate(private_texts) if row_digests([t]) & public_rows]
+    shared = [i for i, t in enumerate(private_texts) if row_digest(t) in public_rows]
     if shared:
         raise ConfigError(f"data = {data_path!r} shares {len(shared)} rows (the first is row "
                           f"{shared[0] + 1}) with the public data that warm-started base-model "
