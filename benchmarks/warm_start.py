@@ -99,6 +99,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results/warm_start"))
     parser.add_argument("--datasets-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--objective", default="supervised")
+    parser.add_argument("--from-model", default="", help="the model the warm start begins from "
+                        "(default: the bundled MiniLM)")
     parser.add_argument("--ws-epochs", type=int, default=1)
     parser.add_argument("--ws-max-length", type=int, default=64)
     parser.add_argument("--ws-learning-rate", type=float, default=5e-5)
@@ -116,18 +118,21 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.base or args.out / f"base-{args.row}"
     if not base.is_dir():
+        from common.device import resolve_device
         from common.warm_start_train import TrainSettings
         from server.warm_start_cli import write_warm_start
 
         files, spec = public_files(args.row, args.datasets_dir, args.out, args.public_limit)
-        config = RunConfig(**spec, max_length=args.ws_max_length)
+        config = RunConfig(**spec, max_length=args.ws_max_length, base_model=args.from_model)
         write_warm_start(config, [str(f) for f in files], base, args.objective,
                          TrainSettings(epochs=args.ws_epochs, max_length=args.ws_max_length,
-                                       learning_rate=args.ws_learning_rate))
+                                       learning_rate=args.ws_learning_rate,
+                                       device=str(resolve_device("auto"))))
     if args.warm_start_only:
         return 0
     command = [sys.executable, "-m", "benchmarks.utility", "--dataset", args.row,
-               "--base-model", str(base), "--out", str(args.out), *utility_args]
+               "--datasets-dir", str(args.datasets_dir), "--base-model", str(base),
+               "--out", str(args.out), *utility_args]
     print("running:", " ".join(command), flush=True)
     return subprocess.call(command)
 

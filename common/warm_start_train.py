@@ -37,6 +37,7 @@ class TrainSettings:
     max_length: int = 64
     warmup: float = 0.1
     seed: int = 42
+    device: str = "cpu"  # a torch device name (the CLI resolves "auto")
 
 
 def _batches(n: int, settings: TrainSettings, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -81,11 +82,11 @@ def supervised(encoder: PreTrainedModel, data: TensorDataset, num_labels: int, t
     """Train ``encoder`` and a linear head on ``data`` (input_ids, attention_mask, labels:
     a label per text, or a tag per word piece with -100 where none)."""
     torch.manual_seed(settings.seed)
-    head = nn.Linear(encoder.config.hidden_size, num_labels)
-    encoder.train()
+    head = nn.Linear(encoder.config.hidden_size, num_labels).to(settings.device)
+    encoder.to(settings.device).train()
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
-        ids, mask, labels = _trimmed(data, rows)
+        ids, mask, labels = (t.to(settings.device) for t in _trimmed(data, rows))
         hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         if token_level:
             logits = head(hidden)
@@ -93,7 +94,7 @@ def supervised(encoder: PreTrainedModel, data: TensorDataset, num_labels: int, t
         return nn.functional.cross_entropy(head(mean_pool(hidden, mask)), labels)
 
     _optimise([*encoder.parameters(), *head.parameters()], len(data), settings, loss_of)
-    return encoder.eval()
+    return encoder.cpu().eval()
 
 
 def simcse(encoder_path: str, texts: list[str], settings: TrainSettings) -> PreTrainedModel:
@@ -105,17 +106,17 @@ def simcse(encoder_path: str, texts: list[str], settings: TrainSettings) -> PreT
     torch.manual_seed(settings.seed)
     word = Transformer(encoder_path, max_seq_length=settings.max_length)
     model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")],
-                                device="cpu")
+                                device=settings.device)
     loss = MultipleNegativesRankingLoss(model)  # scale 20: temperature 0.05, as SimCSE
     model.train()
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
         batch = [texts[int(i)] for i in rows]
-        features = model.tokenize(batch)
+        features = {k: v.to(settings.device) for k, v in model.tokenize(batch).items()}
         return loss([features, dict(features)], None)  # two dropout passes: the positive pairs
 
     _optimise(list(model.parameters()), len(texts), settings, loss_of)
-    return word.auto_model.eval()
+    return word.auto_model.cpu().eval()
 
 
 def mlm(encoder_path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str],
@@ -132,11 +133,11 @@ def mlm(encoder_path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str],
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     encoded = tokenizer(texts, truncation=True, max_length=settings.max_length)
     torch.manual_seed(settings.seed)  # the collator draws its masks from torch's generator
-    model.train()
+    model.to(settings.device).train()
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
         batch = collator([{"input_ids": encoded["input_ids"][int(i)]} for i in rows])
-        return model(**batch).loss
+        return model(**{k: v.to(settings.device) for k, v in batch.items()}).loss
 
     _optimise(list(model.parameters()), len(texts), settings, loss_of)
-    return model.base_model.eval()
+    return model.base_model.cpu().eval()

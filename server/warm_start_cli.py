@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto", help="auto (a visible CUDA GPU, else the CPU), "
+                   "cpu, cuda or cuda:N")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -61,10 +63,12 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
+    from common.device import resolve_device
     from common.warm_start_train import TrainSettings
 
     return TrainSettings(epochs=args.epochs, learning_rate=args.learning_rate,
-                         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+                         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                         device=str(resolve_device(args.device, "--device")))
 
 
 def public_examples(config: RunConfig, paths: list[str],
@@ -117,7 +121,7 @@ def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: 
         config.base_model or base, objective, config.task, labels, files,
         {"epochs": settings.epochs, "learning_rate": settings.learning_rate,
          "batch_size": settings.batch_size, "max_length": settings.max_length,
-         "seed": settings.seed}, seconds, examples)
+         "seed": settings.seed, "device": settings.device}, seconds, examples)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
