@@ -20,7 +20,8 @@ pack)
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .gpu/whl flwr==1.41.0 opacus==1.6.0 \
     cryptography==50.0.2 pycryptodome==3.24.1 grpcio-health-checking==1.81.1 iterators==0.0.2 \
-    dill==0.4.1 cffi==2.1.1 pycparser==3.12
+    dill==0.4.1 cffi==2.1.1 pycparser==3.12 tomli==2.5.0 datasets==4.8.5 multiprocess==0.70.19 \
+    flwr-datasets==0.6.1
   python -m pip wheel -q --no-deps -w .gpu/whl seqeval==1.2.2  # an sdist only
   python - <<'PY'
 import shutil

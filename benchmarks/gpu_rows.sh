@@ -13,8 +13,12 @@
 #            (K = 3) with FFA-LoRA in every layer of the warm encoder at ε = 8 and its non-private
 #            reference (warm start + full fine-tuning); SST-2 on all training sentences (K = 10)
 #            with pooled-head at ε = 8 and 3 on the warm and on the plain encoder side by side, the
-#            reference, and FFA-LoRA on the warm encoder. DEADLINE (seconds, default 500) bounds
-#            the whole part: each step gets at most what is left.
+#            reference, and FFA-LoRA on the warm encoder. DEADLINE (seconds, default 1500) bounds
+#            the whole part: each step gets at most what is left. Measured on an H200
+#            (2026-12-04): a CoNLL round ≈ 100 s (training 14 s per partner, evaluation ≈ 50 s),
+#            a full-size SST-2 pooled-head round ≈ 60 s (≈ 6 s of set-up per partner): the part
+#            needs ≈ 25 minutes, more than one session's 15: run it in two sessions
+#            (STEPS=conll, STEPS=sst2).
 # Each step has its own time limit, and a step that fails does not stop the next; results go to
 # OUT_DIR as they are measured.
 set -u
@@ -28,7 +32,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PAR
 export SST2_DIR="$data/sst2"
 py=${PYTHON:-python3}
 n_all=${TRAIN:-$(($(wc -l < "$data/sst2/train.tsv") - 1))}  # TRAIN, GRID_N: smaller, for a dry run
-deadline=${DEADLINE:-500}
+deadline=${DEADLINE:-1500}
 step() {  # step SECONDS NAME COMMAND...: run one step under a time limit, log its status
   local limit=$1 name=$2; shift 2
   local t0=$SECONDS left=$((deadline - SECONDS))
@@ -56,19 +60,22 @@ elif [ "$part" = warm ]; then
     cp "$1/utility.json" "$out/$2.json" 2>/dev/null
     for f in "$1"/base-*/warm_start.json; do [ -f "$f" ] && cp "$f" "$out/$2.warm_start.json"; done
   }
+  if [ "${STEPS:-conll}" != sst2 ]; then
   step 60 ws_conll "${ws[@]}" --row conll2003 --out "$work/conll" --warm-start-only
-  step 170 conll_warm_ffa "${ws[@]}" --row conll2003 --out "$work/conll" --finetune lora --lora-freeze-a \
+  step 330 conll_warm_ffa "${ws[@]}" --row conll2003 --out "$work/conll" --finetune lora --lora-freeze-a \
     --settings federated --epsilons 8 --learning-rate 2e-2 --update-clip-norm 0 --local-epochs 4
   keep "$work/conll" conll_warm_ffa
   step 60 conll_warm_reference "${ws[@]}" --row conll2003 --out "$work/conll_ref" --base \
     "$work/conll/base-conll2003" --finetune full --settings central --epsilons inf \
     --update-clip-norm 0 --learning-rate 5e-5 --rounds 1
   keep "$work/conll_ref" conll_warm_reference
+  fi
+  if [ "${STEPS:-sst2}" != conll ]; then
   step 60 ws_sst2 "${ws[@]}" --row sst2 --out "$work/sst2" --warm-start-only
-  step 100 sst2_warm_head "${ws[@]}" --row sst2 --out "$work/sst2" --train-examples "$n_all" \
+  step 240 sst2_warm_head "${ws[@]}" --row sst2 --out "$work/sst2" --train-examples "$n_all" \
     --finetune pooled-head --settings federated --epsilons 8 3
   keep "$work/sst2" sst2_warm_head
-  step 90 sst2_plain_head "$py" -m benchmarks.utility --dataset sst2 --datasets-dir "$data" \
+  step 240 sst2_plain_head "$py" -m benchmarks.utility --dataset sst2 --datasets-dir "$data" \
     --train-examples "$n_all" --finetune pooled-head --settings federated --epsilons 8 3 \
     $base --out "$work/sst2_plain"
   keep "$work/sst2_plain" sst2_plain_head
@@ -80,6 +87,7 @@ elif [ "$part" = warm ]; then
     --train-examples "$n_all" --finetune pooled-lora --lora-freeze-a --settings federated \
     --epsilons 8 --update-clip-norm 0
   keep "$work/sst2_ffa" sst2_warm_ffa
+  fi
 else
   step 460 federated "$py" -m benchmarks.utility --dataset sst2 --datasets-dir "$data" \
     --train-examples "$n_all" --finetune pooled-lora --lora-freeze-a --settings federated \
