@@ -1,16 +1,20 @@
 """Benchmark: wall time per round, deployment engine (real SuperLink + SuperNodes over TLS on
-loopback) vs simulation engine, same App, same data, same model (the default recipe, DP ε = 8),
-at each data size; and where the gap goes, phase by phase, in a fresh ClientApp process.
+loopback, each partner answered by its runner, client.runner) vs simulation engine, same App,
+same data, same model (the default recipe, DP ε = 8), at each data size; where a deployed
+partner-round goes, phase by phase, from the runners' own lines; and the runners' and workers'
+resident memory round after round.
 
     python -m benchmarks.deploy [--partners 2] [--rounds 3] [--sizes 120,1000] [--set KEY=VALUE]
+                                [--engines simulation,deployment]
 
 ``--set`` changes the run config of both engines alike (e.g. ``--set finetune=pooled-lora --set
 lora-freeze-a=true``: a recipe that adapts the encoder, so a round trains for longer).
+``--engines deployment --rounds 20`` measures the memory of 20 deployed rounds alone.
 
 Writes OUT/deploy.json (after every arm) and prints the tables. The partners' data is the
 embedded synthetic set written to CSV files, so it needs nothing outside the install. Round 1
-pays one-off costs (the FAB install, the frozen features of a partner's texts, cached on its
-disk); the last round's line also holds the final EVALUATE; the steady round is the mean of
+pays one-off costs (the worker's imports, the frozen features of a partner's texts, cached on
+its disk); the last round's line also holds the final EVALUATE; the steady round is the mean of
 the rounds between.
 """
 
@@ -24,13 +28,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
+from client.runner.main import answered
 from common.config import RunConfig
 from common.logs import configure_logging
 from common.synthetic import LABELS, synthetic_partner_data
@@ -45,23 +49,6 @@ ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK":
 # that each take every core's threads oversubscribe it (measured: 4.5 x slower DP training with 2
 # partners on 2 cores), which is not what sites on their own machines pay
 PARTNER_ENV = {**ENV, "OMP_NUM_THREADS": "1"}
-STARTUP_PROBE = """
-import sys, time; t0 = time.time()
-import client.app  # what a fresh flwr-clientapp process imports
-t1 = time.time()
-from common.config import RunConfig; from common.model import build_model, load_tokenizer
-from common.synthetic import LABELS, synthetic_partner_data
-from common.tasks import get_task
-import json; c = RunConfig.from_mapping(json.loads(sys.argv[1])); tok = load_tokenizer(c)
-model = build_model(c, LABELS); t2 = time.time()
-get_task(c.task).encode(tok, synthetic_partner_data(0, c.examples_per_partner, c.seed),
-                        c.max_length)
-t3 = time.time()
-from common.model import trainable_size; from common.planner import plan_dp
-plan_dp(int(c.examples_per_partner * (1 - c.test_fraction)), c.epsilon, c.delta, c.num_rounds,
-        c.local_epochs, trainable_size(model), c.max_grad_norm, finetune=c.finetune, check=False)
-print(t1 - t0, t2 - t1, t3 - t2, time.time() - t3)
-"""
 
 
 def _free_port() -> int:
@@ -115,6 +102,8 @@ def run_deployment(root: Path, config: RunConfig, partners: int,
                   "--ca", str(root / "fed" / "ca.crt"), "--key", str(root / "keys" / name),
                   "--data", str(root / f"{name}.csv"), "--max-epsilon", "100",
                   "--port", str(_free_port()), "--ledger-dir", str(root / "ledgers" / name),
+                  # the partner's own say on unlearnable plans, as the simulated run's
+                  *([] if config.dp_plan_check else ["--allow-unlearnable-rounds"]),
                   env=PARTNER_ENV)
         out = root / "out"
         args = [CLI, "run", "--coordinator", str(root / "fed"), "--labels", ",".join(LABELS),
@@ -123,8 +112,13 @@ def run_deployment(root: Path, config: RunConfig, partners: int,
                 "--set", f"min-partners={partners}",
                 "--set", f"dp-plan-check={str(config.dp_plan_check).lower()}",
                 *(arg for item in sets for arg in ("--set", item))]
-        subprocess.run(args, check=True, env=ENV, capture_output=True, timeout=1800)
-        return _rounds(out)
+        subprocess.run(args, check=True, env=ENV, capture_output=True, timeout=3600)
+        rounds = _rounds(out)
+        lines = [line for i in range(partners) for line in answered(
+            (root / "ledgers" / f"org-{i}" / "supernode.log").read_text(errors="replace"))]
+        for number, line in enumerate(rounds, start=1):
+            line["runner"] = [x for x in lines if x["type"] == "train" and x["round"] == number]
+        return rounds
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -139,34 +133,58 @@ def run_simulated(root: Path, config: RunConfig, partners: int,
     return _rounds(root)
 
 
-def arms(sizes: list[int]) -> list[Arm]:
-    return [Arm(f"{engine}-{n}", {"run": run, "examples": n})
-            for n in sizes for engine, run in (("simulation", run_simulated),
-                                               ("deployment", run_deployment))]
+ENGINES = {"simulation": run_simulated, "deployment": run_deployment}
 
 
-def startup_probe(examples: int, changes: dict[str, Any]) -> dict[str, float]:
-    """Seconds a fresh ClientApp process spends importing, building the model (the run config
-    with ``changes``), reading and tokenizing ``examples`` texts, and planning DP (σ): what
-    every Message pays in deployment. Run twice on an empty σ cache: the first process pays
-    Opacus' search (``plan_search``), the second reads the kept σ (``plan``, the steady cost;
-    the other phases are the second run's too)."""
-    config = json.dumps({**changes, "examples-per-partner": examples})
-    with tempfile.TemporaryDirectory() as cache:
-        runs = [subprocess.run([sys.executable, "-c", STARTUP_PROBE, config],
-                               capture_output=True, text=True, check=True,
-                               env={**ENV, "CONSORTIUM_CACHE_DIR": cache}).stdout.split()
-                for _ in range(2)]
-    phases = dict(zip(("imports", "model_build", "data_and_tokenize", "plan"),
-                      map(float, runs[1])))
-    return {**phases, "plan_search": float(runs[0][3])}
+def arms(sizes: list[int], engines: Sequence[str] = tuple(ENGINES)) -> list[Arm]:
+    return [Arm(f"{engine}-{n}", {"run": ENGINES[engine], "examples": n})
+            for n in sizes for engine in ENGINES if engine in engines]
 
 
 def steady(rounds: list[dict]) -> float:
-    """Mean seconds of the rounds between the first (FAB install, features) and the last (whose
-    line also holds the final EVALUATE)."""
-    later = rounds[1:-1] if len(rounds) > 2 else rounds[1:] or rounds
+    """Mean seconds of the rounds between the first (the worker's imports, features) and the
+    last (whose line also holds the final EVALUATE)."""
+    later = _steady_rounds(rounds)
     return sum(r["seconds"] for r in later) / len(later)
+
+
+def _steady_rounds(rounds: list[dict]) -> list[dict]:
+    return rounds[1:-1] if len(rounds) > 2 else rounds[1:] or rounds
+
+
+def phases(dep: list[dict]) -> dict[str, float]:
+    """Where a steady deployed partner-round goes: the runner's phases (mean over partners and
+    steady rounds) and the rest of the round's wall time outside the slowest partner's runner
+    (Flower's polls and transfers, and the coordinator's aggregation)."""
+    later = [r for r in _steady_rounds(dep) if r.get("runner")]
+    lines = [x for r in later for x in r["runner"]]
+    if not lines:
+        return {}
+    mean = {k: sum(x[k] for x in lines) / len(lines) for k in ("inputs", "check", "app",
+                                                               "reply", "total")}
+    mean["outside"] = sum(r["seconds"] - max(x["total"] for x in r["runner"])
+                          for r in later) / len(later)
+    return mean
+
+
+def memory(dep: list[dict]) -> list[dict]:
+    """Per partner: the runner's and the worker's resident MB after round 2 and after the last
+    round, and the growth in between."""
+    rows = []
+    lines = [x for r in dep for x in r.get("runner", [])]
+    for partner in sorted({x["partner"] for x in lines}):
+        mine = sorted((x for x in lines if x["partner"] == partner), key=lambda x: x["round"])
+        second = next((x for x in mine if x["round"] == 2), None)
+        if second is None:
+            continue
+        last = mine[-1]
+        rows.append({"partner": partner, "rounds": last["round"],
+                     "runner_mb_round_2": second["runner_mb"], "runner_mb_last": last["runner_mb"],
+                     "runner_growth": last["runner_mb"] / second["runner_mb"] - 1,
+                     "worker_mb_round_2": second["worker_mb"], "worker_mb_last": last["worker_mb"],
+                     "worker_growth": last["worker_mb"] / second["worker_mb"] - 1,
+                     "workers": len({x["worker"] for x in mine})})
+    return rows
 
 
 def summarize(results: dict[str, list[dict]], sizes: list[int]) -> list[dict]:
@@ -184,7 +202,7 @@ def summarize(results: dict[str, list[dict]], sizes: list[int]) -> list[dict]:
         row["fixed_cost_per_partner_round"] = row["dep_steady"] - row["sim_steady"]
         train = [s for r in dep[1:] for s in r["partner_train_seconds"].values() if s]
         row["dep_partner_train_seconds"] = sum(train) / len(train) if train else None
-        rows.append(row)
+        rows.append({**row, **{f"runner_{k}": v for k, v in phases(dep).items()}})
     return rows
 
 
@@ -193,12 +211,17 @@ def main() -> int:
     parser.add_argument("--partners", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="120,1000", help="examples per partner, per arm pair")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help="which engines to run, comma-separated (default: both)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config change for both engines (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("results/deploy"))
     args = parser.parse_args()
     configure_logging()
     sizes = [int(n) for n in args.sizes.split(",")]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or set(engines) - set(ENGINES):
+        parser.error(f"--engines {args.engines!r}: pick from {', '.join(ENGINES)}")
     # what an earlier run of this benchmark left (its arms' folders, σ cache, JSON) goes; nothing
     # else in OUT is touched (it may be a folder the user keeps other files in)
     for name in [arm.name for arm in arms(sizes)] + ["sigma-cache"]:
@@ -217,13 +240,15 @@ def main() -> int:
                                                dp_plan_check=False).to_mapping(), **changes})
     summary = {**harness.header("benchmarks.deploy"),
                "config": {"partners": args.partners, "rounds": args.rounds, "sizes": sizes,
-                          "finetune": base.finetune, "epsilon": base.epsilon,
-                          "set": args.set},
+                          "engines": engines, "finetune": base.finetune,
+                          "epsilon": base.epsilon, "set": args.set},
                "protocol": "one TRAIN Message per partner per round, one final EVALUATE"}
 
     def save(done: dict[str, list[dict]]) -> None:
         summary["rounds"] = done
         summary["summary"] = summarize(done, sizes)
+        summary["memory"] = {n: memory(done[f"deployment-{n}"]) for n in sizes
+                             if f"deployment-{n}" in done}
         harness.write_json(args.out / "deploy.json", summary)
 
     def measure(arm: Arm) -> list[dict]:
@@ -231,9 +256,13 @@ def main() -> int:
         return arm.settings["run"]((args.out / arm.name).resolve(), config, args.partners,
                                    args.set)
 
-    results = harness.run_arms(arms(sizes), measure, save=save)
-    summary["fresh_clientapp_process"] = {n: startup_probe(n, changes) for n in sizes}
-    save(results)
+    save(harness.run_arms(arms(sizes, engines), measure, save=save))
+    _print_tables(summary)
+    print(f"written: {args.out / 'deploy.json'}")
+    return 0
+
+
+def _print_tables(summary: dict[str, Any]) -> None:
     print("\n" + harness.table(summary["summary"], [
         Column("examples/partner", "examples_per_partner"),
         Column("sim round 1 s", "sim_round_1", ".1f"),
@@ -243,15 +272,23 @@ def main() -> int:
         Column("fixed cost / partner-round s", "fixed_cost_per_partner_round", ".1f"),
         Column("partner train s", "dep_partner_train_seconds", ".2f", missing="-")],
         markdown=True))
-    print("\n" + harness.table([{"examples_per_partner": n, **p} for n, p in
-                                summary["fresh_clientapp_process"].items()], [
-        Column("examples/partner", "examples_per_partner"), Column("imports s", "imports", ".2f"),
-        Column("model build s", "model_build", ".2f"),
-        Column("data + tokenize s", "data_and_tokenize", ".2f"),
-        Column("DP plan, σ searched s", "plan_search", ".2f"),
-        Column("DP plan, σ kept s", "plan", ".2f")], markdown=True))
-    print(f"written: {args.out / 'deploy.json'}")
-    return 0
+    print("\n" + harness.table(summary["summary"], [
+        Column("examples/partner", "examples_per_partner"),
+        Column("inputs s", "runner_inputs", ".2f", missing="-"),
+        Column("code check s", "runner_check", ".3f", missing="-"),
+        Column("App (warm worker) s", "runner_app", ".2f", missing="-"),
+        Column("reply s", "runner_reply", ".2f", missing="-"),
+        Column("outside the runner s", "runner_outside", ".2f", missing="-")], markdown=True))
+    print("\n" + harness.table([{"examples_per_partner": n, **row}
+                                for n, rows in summary["memory"].items() for row in rows], [
+        Column("examples/partner", "examples_per_partner"), Column("partner", "partner"),
+        Column("rounds", "rounds"), Column("workers", "workers"),
+        Column("runner MB, round 2", "runner_mb_round_2", ".0f"),
+        Column("runner MB, last", "runner_mb_last", ".0f"),
+        Column("runner growth", "runner_growth", ".1%"),
+        Column("worker MB, round 2", "worker_mb_round_2", ".0f"),
+        Column("worker MB, last", "worker_mb_last", ".0f"),
+        Column("worker growth", "worker_growth", ".1%")], markdown=True))
 
 
 if __name__ == "__main__":

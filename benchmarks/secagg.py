@@ -54,11 +54,16 @@ def summarize(lines: list[dict]) -> dict:
 
 def protocol_only(k: int, size: int) -> dict:
     """Setup → unmask for K partners on a LoRA-sized update, one process; seconds per stage."""
+    from common.secagg_identity import simulated_identity
+
     rng = np.random.default_rng(0)
-    proto = SecAggRound(threshold_for(k, 0.6), 10.0, 2**22, size)
+    proto = SecAggRound(threshold_for(k, 0.6), 10.0, 2**22, size, 100.0)
     params = {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: 10.0,
               P.SECAGG_QUANTIZATION_RANGE: 2**22, P.SECAGG_MOD_RANGE: MOD_RANGE}
     partners = {n + 1: PartnerSecAgg() for n in range(k)}
+    ids = {n + 1: simulated_identity(0, n, k) for n in range(k)}
+    for partner in partners.values():
+        partner.weight, partner.max_weight = 100.0, 100.0
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn) -> None:
@@ -66,15 +71,17 @@ def protocol_only(k: int, size: int) -> dict:
         fn()
         timings[stage] = round(time.perf_counter() - started, 4)
 
-    timed("setup", lambda: [proto.add_keys(n, *p.setup(n, params), 100.0)
+    timed("setup", lambda: [proto.add_keys(n, *p.setup(n, params, ids[n]), 100.0)
                             for n, p in partners.items()])
-    timed("share_keys", lambda: [proto.add_ciphertexts(n, *p.share_keys(dict(proto.keys)))
+    timed("share_keys", lambda: [proto.add_ciphertexts(n, *p.share_keys(dict(proto.keys), ids[n]))
                                  for n, p in partners.items()])
     delta = rng.normal(0, 0.01, size)
     timed("mask", lambda: [proto.add_masked(n, p.mask(*proto.forward_for(n), delta, 1.0))
                            for n, p in list(partners.items())[:-1]])  # the last one drops out
+    timed("consistency_check", lambda: [proto.add_signature(n, partners[n].check(
+        list(proto.masked), ids[n])) for n in proto.masked])
     timed("unmask", lambda: [proto.add_unmask_shares(n, *partners[n].unmask(
-        list(proto.masked), proto.dead())) for n in proto.masked])
+        list(proto.signatures), list(proto.signatures.values()))) for n in proto.signatures])
     timed("reconstruct", proto.mean_update)
     return {"partners": k, "dropped": 1, "threshold": proto.threshold, "seconds": timings}
 

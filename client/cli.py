@@ -7,12 +7,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from client.deploy import (PartnerPolicy, check_partner_data, supernode_command,
-                           supernode_env)
+from client import ledger_cli
+from client.deploy import (PartnerPolicy, check_partner_data, runner_command,
+                           supernode_command, supernode_env)
 from common.keys import generate_node_keys, load_node_public_key
 from common.code_hash import code_hash
+from common.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
+from client.policy import DEFAULT_FEATURE_CACHE_DAYS
 from common.console import node_console
 from common.processes import run_tagged
+
+
+# a partner's processes never download: a model a run names must be on its disk (--allow-hub)
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +31,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = psub.add_parser("start", help="join the coordinator and train when asked")
     p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--ca", type=Path, help="the coordinator's ca.crt")
-    p.add_argument("--key", type=Path, help="this partner's private node key")
+    p.add_argument("--key", type=Path, help="this partner's private node key (it also signs "
+                   "this partner's secure-aggregation messages)")
+    p.add_argument("--peers", type=Path, help="under secure aggregation, the only partners this "
+                   "one aggregates with: a directory of their NAME.pub files, each checked with "
+                   "its partner by fingerprint, this partner's own too (default: --key's "
+                   "directory)")
     p.add_argument("--data", type=Path, required=True, help="CSV / TSV / JSONL, stays here")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
@@ -60,6 +72,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-group-size", type=int, default=10, help="fewest examples a group is "
                    "shown for (smaller ones, and one the totals would reveal, left out)")
     p.add_argument("--out", type=Path, help="report directory (default: monitoring/RELEASE_ID)")
+    p.add_argument("--allow-hub", action="store_true", help="download the base model if this "
+                   "machine lacks it (default: offline)")
+    ledger_cli.add_parsers(psub)
 
 
 def _policy_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,9 +91,18 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rounds", type=int, default=0, help="most rounds trained per run")
     p.add_argument("--release-metrics", default="", help="un-noised batch metrics to send: "
                    "train-loss, clipped-fraction (default: none)")
-    p.add_argument("--evaluation", default="counts", choices=("counts", "full", "off"),
+    p.add_argument("--evaluation", default="counts", choices=("counts", "full", "off", "dp"),
                    help="what held-out evaluation sends: counts (default), full (+ exact "
-                   "loss) or off")
+                   "loss), dp (counts with Gaussian noise, paid in ε) or off")
+    p.add_argument("--max-evaluations", type=int, default=DEFAULT_MAX_EVALUATIONS,
+                   help="most exact (not DP) answers on this data over all runs: evaluation "
+                   f"and monitoring counts (default {DEFAULT_MAX_EVALUATIONS})")
+    p.add_argument("--evaluation-noise", type=float, default=DEFAULT_EVALUATION_NOISE,
+                   help="with --evaluation dp: the noise std in units of the counts' "
+                   f"sensitivity (default {DEFAULT_EVALUATION_NOISE:g})")
+    p.add_argument("--allow-unlearnable-rounds", action="store_true",
+                   help="train DP rounds the planner predicts cannot learn (refused by "
+                   "default, whatever the run's dp-plan-check)")
     p.add_argument("--allowed-code", default="", help="comma-separated code hashes from "
                    "`consortium partner approve`; empty = any")
     p.add_argument("--person-column", default="", help="column naming whose row it is: DP "
@@ -100,6 +124,12 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
                    "default off")
     p.add_argument("--deidentify", action="store_true", help="mask names, e-mails, phones, "
                    "addresses, dates, IDs, URLs and IPs before tokenizing (the deid extra)")
+    p.add_argument("--feature-cache-days", type=float, default=DEFAULT_FEATURE_CACHE_DAYS,
+                   help="days cached features of its texts are kept (default "
+                   f"{DEFAULT_FEATURE_CACHE_DAYS:g}; 0 = none)")
+    p.add_argument("--allow-hub", action="store_true", help="let its processes download a "
+                   "base model from the Hugging Face hub (default: offline, only models on "
+                   "this machine)")
 
 
 def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
@@ -113,14 +143,23 @@ def _policy(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
               "deidentify": args.deidentify, "keep-sent": args.keep_sent,
               "corrections": str(Path(args.corrections).resolve()) if args.corrections else "",
               "monitor-data": str(args.monitor_data.resolve()) if args.monitor_data else "",
-              "monitoring": args.monitoring}
+              "monitoring": args.monitoring, "max-evaluations": args.max_evaluations,
+              "evaluation-noise": args.evaluation_noise,
+              "allow-unlearnable-rounds": args.allow_unlearnable_rounds,
+              "secagg-key": str(args.key.resolve()) if args.key else "",
+              "secagg-peers": str(args.peers.resolve()) if args.peers else "",
+              "feature-cache-days": args.feature_cache_days, "allow-hub": args.allow_hub}
     defaults = {"data-id": "", "test-fraction": 0.0, "min-partners": 0,
                 "require-secure-aggregation": False, "require-central-dp": False,
                 "max-rounds": 0, "release-metrics": "", "evaluation": "counts",
                 "allowed-code": "", "person-column": "", "group-column": "",
                 "min-group-size": 0, "deidentify": False, "keep-sent": False,
                 "corrections": "",
-                "monitor-data": "", "monitoring": "off"}
+                "monitor-data": "", "monitoring": "off",
+                "max-evaluations": DEFAULT_MAX_EVALUATIONS,
+                "evaluation-noise": DEFAULT_EVALUATION_NOISE, "allow-unlearnable-rounds": False,
+                "secagg-key": "", "secagg-peers": "",
+                "feature-cache-days": DEFAULT_FEATURE_CACHE_DAYS, "allow-hub": False}
     return tuple((k, v) for k, v in values.items() if v != defaults[k])
 
 
@@ -130,6 +169,8 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     if args.action == "evaluate":
         return _evaluate(args)
+    if args.action in ledger_cli.ACTIONS:
+        return ledger_cli.handle(args)
     if args.action == "keygen":
         private, public = generate_node_keys(args.dir, args.name)
         print(f"private key {private} (keep it here, 0600); send {public} to the coordinator")
@@ -146,20 +187,22 @@ def handle(args: argparse.Namespace) -> int:
         allowed_base_models=args.allowed_base_models, device=args.device,
         extra=_policy(args))
     rows = check_partner_data(policy)
-    command = supernode_command(policy, args.coordinator, args.ca, args.key, args.port,
-                                args.insecure)
+    supernode = supernode_command(policy, args.coordinator, args.ca, args.key, args.port,
+                                  args.insecure)
     if args.max_wait_time:
-        command += ["--max-wait-time", str(args.max_wait_time)]
+        supernode += ["--max-wait-time", str(args.max_wait_time)]
+    command = runner_command(policy, supernode, args.port)
     if args.insecure:
         print("WARNING: --insecure: the connection is not encrypted. Local trials only.",
               flush=True)
     code = (f"{len(args.allowed_code.split(','))} approved hash(es)" if args.allowed_code
             else "any (no --allowed-code)")
     print(f"{name}: {rows} rows in {args.data}; budget ε ≤ {args.max_epsilon:g} at "
-          f"δ = {args.delta:g}; code: {code}; evaluation: {args.evaluation}; ledger in "
+          f"δ = {args.delta:g}; code: {code}; evaluation: {args.evaluation} (at most "
+          f"{args.max_evaluations} exact answers on this data); ledger in "
           f"{policy.ledger_dir}; Flower's log in {policy.ledger_dir}/supernode.log", flush=True)
-    env = supernode_env(os.environ)
-    return run_tagged(command, env, f"{name}'s SuperNode and its ClientApps",
+    env = {**supernode_env(os.environ), **({} if args.allow_hub else OFFLINE)}
+    return run_tagged(command, env, f"{name}'s SuperNode, runner and worker",
                       lambda: "its ledger holds every round it trained; start it again with the "
                               "same command; a run that stopped meanwhile goes on when the "
                               "coordinator resumes it (`consortium run ... --resume`)",
@@ -172,7 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     out, report = evaluate_release(MonitorRequest(
         args.model, args.data, args.text_column, args.label_column, args.group_column, args.out,
-        args.min_group_size))
+        args.min_group_size, args.allow_hub))
     value, ece = report["value"], report["calibration"]["ece"]
     print(f"release {report['release_id']} on {report['examples']} examples: "
           f"{report['metric']} {'n/a' if value is None else f'{value:.4f}'}, ECE "

@@ -11,9 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from client.policy import PartnerSettings
-from common.config import RunConfig, parse_partition
+from common.config import RunConfig
 from common.data import apply_corrections, split_held_out
 from common.errors import ConfigError
+from common.partner_rows import partner_rows as rows_of, simulated_slice as common_slice
+from common.partner_secret import partner_secret
 from common.tasks import LabelledData, get_task
 
 
@@ -28,9 +30,10 @@ class PartnerData:
 def partner_data(config: RunConfig, partner: PartnerSettings,
                  labels: tuple[str, ...]) -> PartnerData:
     """``partner_dataset``; then the partner's reviewed ``corrections`` folded in
-    (common.data.apply_corrections); then, when the partner or run asks (``deidentify``),
-    personal data masked in both splits before anything is tokenized (common.deidentify). The
-    held-out split is chosen on the original texts, the same with masking on or off."""
+    (common.data.apply_corrections: they keep the split); then, when the partner or run asks
+    (``deidentify``), personal data masked in both splits before anything is tokenized
+    (common.deidentify). The held-out split is chosen on the original texts, the same with
+    masking on or off."""
     train, test = partner_dataset(config, partner, labels)
     corrected: dict[str, int] = {}
     if partner.corrections:
@@ -52,7 +55,8 @@ def corrections_applied(config: RunConfig, partner: PartnerSettings, labels: tup
     fixes = task.read(partner.corrections, config, labels, partner.text_column,
                       partner.label_column, person_column=partner.person_key(config) or None,
                       subgroup_column=partner.group_key(config) or None)
-    return apply_corrections(train, test, fixes)  # type: ignore[arg-type]
+    return apply_corrections(train, test, fixes,  # type: ignore[arg-type]
+                             partner.held_out_fraction(config), held_out_key(config, partner))
 
 
 def deidentified(data: LabelledData, task: str) -> tuple[LabelledData, dict[str, int]]:
@@ -83,36 +87,35 @@ def _deidentifier():  # built once per process (~3-5 s): Presidio, spaCy, the na
 
 def partner_dataset(config: RunConfig, partner: PartnerSettings,
                     labels: tuple[str, ...]) -> tuple[LabelledData, LabelledData]:
-    """(train, held-out test) of this partner, read by the run's task from its own file, its
-    slice of the simulated file, or the embedded demo data; the held-out rows are chosen by each
-    row's text at the partner's own fraction (common.data.split_held_out), the same in every
-    run."""
-    task = get_task(config.task)
+    """(train, held-out test) of this partner (``partner_rows``); the held-out rows are chosen
+    by each row's text (person) at the partner's own fraction, hashed with its secret
+    (common.data.split_held_out): the same in every run, and not computable by the
+    coordinator."""
+    data = partner_rows(config, partner, labels)
+    return split_held_out(data, partner.held_out_fraction(config),  # type: ignore[arg-type]
+                          held_out_key(config, partner))
+
+
+def held_out_key(config: RunConfig, partner: PartnerSettings) -> bytes | None:
+    """The key of the partner's held-out split: its secret, kept beside its ledger. None for a
+    simulated partner, the run author's own: its split is the public SHA-256 of each row, so
+    research runs replay exactly wherever their ledgers are."""
+    return partner_secret(partner.ledger_root(config)) if partner.has_own_data else None
+
+
+def partner_rows(config: RunConfig, partner: PartnerSettings,
+                 labels: tuple[str, ...]) -> LabelledData:
+    """Every row of this partner, read by the run's task from its own file, its slice of the
+    simulated file, or the embedded demo data (common.partner_rows)."""
     columns = {"person_column": partner.person_key(config) or None,
                "subgroup_column": partner.group_key(config) or None}
-    if partner.has_own_data:
-        data = task.read(partner.data_path, config, labels, partner.text_column,
-                         partner.label_column, **columns)
-    elif config.data:
-        data = simulated_slice(config, partner, labels, **columns)
-    else:
-        if any(columns.values()):
-            raise ConfigError("person-column and group-column name columns of `data`; the "
-                              "embedded demo data has none: set data to a file that has them")
-        data = task.demo_data(partner.partition_id, config, labels)
-    return split_held_out(data, partner.held_out_fraction(config))  # type: ignore[arg-type]
+    if not partner.has_own_data and not config.data and any(columns.values()):
+        raise ConfigError("person-column and group-column name columns of `data`; the "
+                          "embedded demo data has none: set data to a file that has them")
+    return rows_of(config, partner.row_source(), labels, **columns)
 
 
 def simulated_slice(config: RunConfig, partner: PartnerSettings, labels: tuple[str, ...],
                     **columns: str | None) -> LabelledData:
     """A simulated partner's slice of the run's ``data`` file, split as ``partition`` says."""
-    from common.partition import partition_indices  # simulated partners only: its
-    # flwr-datasets import costs a real partner's ClientApp ~1-2 s per message
-
-    scheme, arg = parse_partition(config.partition)
-    full = get_task(config.task).read(config.data, config, labels, **columns,
-                                      group_column=str(arg) if scheme == "column" else None)
-    parts = partition_indices(full, partner.num_partitions, config.partition,  # type: ignore
-                              config.seed)
-    return full.subset(parts[partner.partition_id])
-
+    return common_slice(config, partner.row_source(), labels, **columns)

@@ -1,8 +1,10 @@
 """The partner node: `consortium partner keygen | start`.
 
-`start` runs Flower's `flower-supernode` with TLS and this partner's node key. The partner's
-policy (its data, columns, privacy budget, δ, allowed base models, ledger) is passed as the
-SuperNode's node config: it lives only at the partner, and no run config can override it.
+`start` runs the partner's runner (client.runner), which runs Flower's `flower-supernode` with
+TLS and this partner's node key, in process-isolation mode, and answers its Messages itself: it
+checks each run's code before any of it is installed or imported, and keeps a warm worker. The
+partner's policy (its data, columns, privacy budget, δ, allowed base models, ledger) is passed
+as the SuperNode's node config: it lives only at the partner, and no run config can override it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.keys import check_partner_name
+from common.keys import check_partner_name, check_private_key_file
 from client.policy import PartnerSettings
 from common.config import check_device
 from common.data import filled_value, read_rows
@@ -77,28 +79,34 @@ def check_partner_data(policy: PartnerPolicy) -> int:
 
 def supernode_command(policy: PartnerPolicy, coordinator: str, ca: Path | None, key: Path | None,
                       port: int, insecure: bool = False) -> list[str]:
-    """The flower-supernode command line for this partner."""
+    """The flower-supernode command line for this partner: process isolation, so that no
+    ClientApp is started by Flower; the runner (``runner_command``) answers instead."""
     host, _, link_port = coordinator.rpartition(":")
     if not host or not link_port.isdigit():
         raise ConfigError(f"--coordinator {coordinator!r}: expected HOST:PORT")
     command = [str(Path(sys.executable).with_name("flower-supernode")), "--superlink",
-               coordinator, "--port", str(port), "--node-config", policy.node_config()]
+               coordinator, "--port", str(port), "--isolation", "process",
+               "--node-config", policy.node_config()]
     if insecure:
         return command + ["--insecure"]
     for flag, path in (("--ca", ca), ("--key", key)):
         if path is None or not path.is_file():
             raise ConfigError(f"{flag} {path}: file not found (needed for TLS and node auth)")
+        if flag == "--key":
+            check_private_key_file(path, flag)
     return command + ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
 
 
-# Flower's SuperExec (flwr/supercore/superexec/run_superexec.py) asks the SuperNode for a task
-# every FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds, 1 by default: each Message then waited 0.5 s
-# on average before its ClientApp was launched. 0.2 s costs five local gRPC calls a second.
-TASK_POLL_INTERVAL = "0.2"
+def runner_command(policy: PartnerPolicy, supernode: list[str], port: int) -> list[str]:
+    """The partner's runner (client.runner), which starts ``supernode`` (process isolation, its
+    Runtime API on 127.0.0.1:``port``) and answers its Messages."""
+    allowed = str(dict(policy.extra).get("allowed-code", ""))
+    # -P: the directory `partner start` was run from is not put on the import path
+    return [sys.executable, "-P", "-m", "client.runner", "--address", f"127.0.0.1:{port}",
+            "--name", policy.name, "--allowed-code", allowed, "--", *supernode]
 
 
 def supernode_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The SuperNode's environment: ``environ`` with Flower's telemetry and update check off
-    and a shorter task poll; a poll interval the partner set stays."""
-    return {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL, **environ,
-            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    """The runner's and SuperNode's environment: ``environ`` with Flower's telemetry and update
+    check off."""
+    return {**environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

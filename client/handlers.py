@@ -7,7 +7,10 @@ answers both in one reply. EVALUATE serves the final model, or in a monitoring r
 release (client.monitor_request).
 
 An exception becomes an error reply whose reason is a fixed code (``P.ERROR_REASONS``): its text
-can quote a row or a path, so it stays in the partner's log."""
+can quote a row or a path, so it stays in the partner's log. A Message that made the ledger
+grow (a round trained, a noisy evaluation) is answered with the ledger's history whatever
+happens after the spending: a refusal carries it, and an error becomes a refusal with the code
+and the history (an error reply carries no content), so the privacy report never under-counts."""
 
 from __future__ import annotations
 
@@ -19,15 +22,15 @@ from flwr.common.constant import ErrorCode
 from client import secagg
 from client.policy import PartnerSettings
 from client.partner import (AUDIT_LOG, append_audit, drops_out, evaluate_received,
-                            evaluate_round, train_round)
+                            evaluate_round, open_ledger, train_round)
 from client.sent import keep_sent
 from client.received import ReceivedModel
 from common.wire.records import (from_array_record, history_from_json, history_to_json,
                             to_array_record)
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import (CheckpointError, ConfigError, DataError, ModelError, PrivacyError,
-                           ResourceError, SimulatedDropout, UpdateError)
+from common.errors import (CheckpointError, ConfigError, ConsortiumError, DataError, ModelError,
+                           PrivacyError, ResourceError, SimulatedDropout, UpdateError)
 from common.logs import configure_logging
 from common.secagg_params import check_setup
 
@@ -44,8 +47,9 @@ def answer(msg: Message, context: Context) -> Message:
     handling it raised (the details go to this partner's log, never to the coordinator)."""
     configure_logging()
     handler = train if msg.metadata.message_type == MessageType.TRAIN else evaluate
+    before = _ledger_history(context)
     try:
-        return handler(msg, context)
+        reply = handler(msg, context)
     except SimulatedDropout:  # a simulated partner leaving: Flower's own error reply
         raise
     except Exception as exc:  # noqa: BLE001 - every other failure leaves as a code only
@@ -53,8 +57,43 @@ def answer(msg: Message, context: Context) -> Message:
         logger.exception("%s: %s message failed; the coordinator is told %r only",
                          context.node_config.get("partner-name", "this partner"),
                          msg.metadata.message_type, code)
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=code),
-                       reply_to=msg)
+        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=code),
+                        reply_to=msg)
+    return _with_history(msg, reply, context, before)
+
+
+def _ledger_history(context: Context) -> list[tuple[float, float, int]] | None:
+    """The partner's ledger history as it is now ([] before its first release); None when
+    there is none to read (no ledger directory, a config that does not parse, a damaged
+    ledger: the handler then says why, and nothing can be spent)."""
+    try:
+        config = RunConfig.from_mapping(context.run_config)
+        return open_ledger(config, PartnerSettings.from_node_config(context.node_config),
+                           None).history
+    except (ConsortiumError, OSError, ValueError, KeyError):
+        return None
+
+
+def _with_history(msg: Message, reply: Message, context: Context,
+                  before: list[tuple[float, float, int]] | None) -> Message:
+    """``reply``, carrying the ledger's history when handling ``msg`` recorded a release and
+    the reply does not say so yet: a refusal gets it added, an error reply becomes a refusal
+    with the same reason code and the history."""
+    after = _ledger_history(context) if before is not None else None
+    if after is None or len(after) <= len(before or ()):
+        return reply
+    history = history_to_json(after)
+    if reply.has_error():
+        name = PartnerSettings.from_node_config(context.node_config).name  # it parsed before
+        logger.warning("%s spent ε before failing: the error reply carries its ledger history",
+                       name)
+        return Message(RecordDict({P.PARTNER: ConfigRecord({
+            P.PARTNER_NAME: name, P.REFUSAL: reply.error.reason,
+            P.PRIVACY_HISTORY: history})}), reply_to=msg)
+    partner = reply.content.config_records.get(P.PARTNER)
+    if partner is not None and P.PRIVACY_HISTORY not in partner:
+        partner[P.PRIVACY_HISTORY] = history
+    return reply
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -75,6 +114,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         if stage:  # every setup parameter the run config fixes, before any ε is spent
             check_setup(content.config_records[P.SECAGG], config)
+            secagg.identity_of(partner, config)  # its signing key and peers, readable
         reply = train_round(config, partner, shared, received.fingerprint, server_round,
                             str(context.run_id), known, received)
     except (PrivacyError, ResourceError) as exc:  # a refusal the coordinator is told about

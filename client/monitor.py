@@ -44,6 +44,7 @@ class MonitorRequest:
     group_column: str = ""  # per-group counts (common.groups), small groups suppressed
     out: Path | None = None  # empty = monitoring/RELEASE_ID
     min_group_size: int = 10  # fewest examples a group's counts are shown for
+    allow_hub: bool = False  # download the base model if this machine lacks it (else offline)
 
 
 def _probabilities(model: Any, encoded: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +72,9 @@ def score_release(request: MonitorRequest) -> dict[str, Any]:
         raise ConfigError(f"--min-group-size {request.min_group_size}: must be >= 1")
     data = task.read(request.data, config, release.labels, request.text_column,
                      request.label_column, subgroup_column=request.group_column or None)
-    model = build_model(config, release.labels)
+    model = build_model(config, release.labels, offline=not request.allow_hub)
     load_trainable_state(model, release_weights(release))
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_tokenizer(config, offline=not request.allow_hub)
     metrics = task.evaluate(model, tokenizer, data, config.max_length,
                             min_group_size=request.min_group_size)
     probs, gold = _probabilities(model, task.encode(tokenizer, data, config.max_length))

@@ -2,7 +2,8 @@
 coordinator sends a release's weights once, in an EVALUATE Message that names the release; the
 partner scores them on its monitoring data and replies counts only (num-examples, the task's
 metrics and per-class and per-group counts, small groups suppressed): no text, no prediction per
-row, no loss. Nothing is trained, no ε is spent. No flwr here.
+row, no loss. Nothing is trained, no ε is spent; each answer is one of the partner's
+``max-evaluations`` exact answers over all runs on its data (client.answers). No flwr here.
 
 Only under the partner's policy: node-config ``monitoring = counts`` (a partner with its own data
 is ``off`` unless it says so; a simulated partner answers, as it evaluates, unless told ``off``).
@@ -17,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from client.answers import pay_for_monitoring
 from client.data import deidentified, simulated_slice
 from client.partner import AUDIT_LOG, append_audit, partner_device, weights_sha256
 from client.policy import PartnerSettings
@@ -59,6 +61,7 @@ def answer_monitoring(config: RunConfig, partner: PartnerSettings,
     if partner.monitoring != "counts":
         raise PrivacyError(f"{partner.name} does not answer monitoring requests (node-config "
                            "monitoring = off); set monitoring = counts to send counts")
+    partner.check_base_model(config)  # its allowed-base-models hold here too
     labels = run_labels(config, partner.has_own_data)
     try:
         data = monitoring_data(config, partner, labels)
@@ -68,6 +71,7 @@ def answer_monitoring(config: RunConfig, partner: PartnerSettings,
                            "says why") from exc
     if partner.masks_text(config):
         data, _ = deidentified(data, config.task)
+    pay_for_monitoring(config, partner, run_id)  # exact counts: one of its max-evaluations
     metrics = _score(config, partner, shared, fingerprint, labels, data)
     metrics.pop(P.EVAL_LOSS, None)  # counts only: an exact loss says more than counts do
     append_audit(partner.ledger_root(config) / AUDIT_LOG, {
@@ -89,8 +93,8 @@ def _score(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.
     model = shared_model(config, partner, labels, shared, fingerprint, "the release's")
     device = partner_device(config, partner)
     try:
-        task = get_task(config.task)
-        return task.evaluate(model.to(device), load_tokenizer(config), data, config.max_length,
+        task, tokenizer = get_task(config.task), load_tokenizer(config, not partner.allow_hub)
+        return task.evaluate(model.to(device), tokenizer, data, config.max_length,
                              min_group_size=partner.smallest_group(config))
     finally:
         free_cached(device)

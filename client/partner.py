@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from client.answers import noisy_evaluation, pay_for_evaluation
 from client.policy import PartnerSettings
 from client.received import Prepared, ReceivedModel
 from client.pinning import AUDIT_LOG
@@ -30,10 +31,12 @@ from client.round_plan import (batch_and_learning_rate, lr_schedule, memory_batc
 from common.compression import to_wire
 from common.config import RunConfig
 from common.data import data_fingerprint
+from common.feature_cache import CACHE_DIR, feature_cache
 from common.device import free_cached, gpu_memory, resolve_device
 from common.errors import PrivacyError, SimulatedDropout
 from common.person_dp import Persons, train_dp_persons
 from common.model import trainable_state
+from common.ledger_audit import LEDGER_KEY
 from common.privacy import PrivacyLedger, Release, epsilon_of, spend
 from common.resources import check_fits
 from common.storage import append_jsonl, finite_or_none
@@ -115,7 +118,8 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: Prepared,
     this_round = (release.noise_multiplier, release.sample_rate, release.steps)
     ledger, prior = spend(partner.ledger_path(config), partner.data_source(config), release,
                           partner.delta or config.delta, partner.max_epsilon,
-                          [this_round] * (config.num_rounds - server_round),
+                          [this_round] * (config.num_rounds - server_round)
+                          + partner.evaluation_plan(config, server_round),
                           partner.legacy_ledgers(config))
     if persons:  # per-sample gradients summed per person: hooks, whatever `clipping` says
         clipping = "hooks" if config.clipping == "auto" else config.clipping
@@ -171,14 +175,15 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
     persons = person_index(config, partner, prep.train)  # DP's unit: None = an example
     plan = round_plan(config, partner.name, prep.model,  # in persons or examples; may refuse
                       len(persons) if persons else len(prep.train),  # (nothing spent)
-                      "person" if persons else "example")
+                      "person" if persons else "example", partner.plan_check(config))
     batch, learning_rate = batch_and_learning_rate(config, plan)
     fit_batch, per_sample = memory_batch(config, batch, per_person=persons is not None)
     check_fits(prep.model, fit_batch, config.max_length, per_sample, partner.name, device)
     old = trainable_state(prep.model)
     started = time.perf_counter()
     encoded = prep.task.encode(prep.tokenizer, prep.train, config.max_length)
-    trained, data = trainable_view(prep.model, encoded, partner.ledger_root(config) / "cache")
+    trained, data = trainable_view(prep.model, encoded, feature_cache(  # expired ones removed
+        partner.ledger_root(config) / CACHE_DIR, partner.feature_cache_days))
     # simulated partners replay exactly; a real partner's noise is seeded from its OS only
     seed = None if partner.has_own_data else (
         config.seed * 100_003 + server_round * 1_009 + partner.partition_id)
@@ -220,6 +225,7 @@ def _train_round(config: RunConfig, partner: PartnerSettings, received: Received
         "partner": partner.name, "run_id": run_id, "round": server_round,
         "model_sha256": weights_sha256(shared), "epsilon": finite_or_none(metrics[P.EPSILON]),
         "delta": config.delta, "bytes_sent": sum(a.nbytes for a in arrays.values()),
+        LEDGER_KEY: partner.ledger_path(config).name,  # what its ε is checked against next
         "examples": len(prep.train), "unit": "person" if persons else "example",
         **({"deidentified": prep.masked} if partner.masks_text(config) else {}),
         **({"corrections": prep.corrected} if prep.corrected else {})})
@@ -247,13 +253,16 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
     partner's held-out split; counts, never examples, so the coordinator can pool P / R / F1.
 
     At most once per round of this run, only for a round this partner trained, and only as its
-    policy allows (``evaluation``: counts, full = counts + exact loss, off); PrivacyError else.
-    ``received``: the same weights, to be built once for this evaluation and a training after it.
+    policy allows (``evaluation``: counts, full = counts + exact loss, dp = noisy counts, off)
+    and its ledger can pay (client.answers: ``max-evaluations`` exact answers over all runs on
+    its data, or ε); PrivacyError else. ``received``: the same weights, to be built once for
+    this evaluation and a training after it.
     """
     if partner.evaluation == "off":
         raise PrivacyError(f"{partner.name} does not evaluate for the coordinator "
                            "(node-config evaluation = off)")
     claim_evaluation(partner.ledger_root(config), partner.name, run_id, server_round)
+    noise = pay_for_evaluation(config, partner, run_id, server_round)
     device = partner_device(config, partner)
     try:
         prep = (received or ReceivedModel(shared, fingerprint)).build(config, partner, device)
@@ -261,6 +270,8 @@ def evaluate_round(config: RunConfig, partner: PartnerSettings,
                                      min_group_size=partner.smallest_group(config))
     finally:
         free_cached(device)
+    if noise is not None:
+        return noisy_evaluation(config, metrics, noise)
     if partner.evaluation != "full":
         metrics.pop(P.EVAL_LOSS, None)  # an exact loss says more than counts do
     return metrics

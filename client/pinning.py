@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from common.code_hash import app_code, app_root
+from common.code_hash import AppCode, app_code, app_root
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,12 @@ def unapproved(node_config: Mapping[str, Any], root: Path | None = None) -> str:
     allowed = allowed_code(node_config)
     if not allowed:
         return ""
-    name = partner_name(node_config)
-    code = app_code(root or app_root())
+    return verdict(partner_name(node_config), allowed, app_code(root or app_root()))
+
+
+def verdict(name: str, allowed: tuple[str, ...], code: AppCode) -> str:
+    """Why App ``code`` may not run at partner ``name``, which approved ``allowed`` (not
+    empty); '' when it may."""
     if code.foreign:
         shown = ", ".join(code.foreign[:5]) + (", …" if len(code.foreign) > 5 else "")
         return (f"the run's App holds compiled code that none of its sources vouches for "
@@ -69,19 +73,35 @@ def refusal(msg: Message, context: Context) -> Message | None:
     except Exception:  # noqa: BLE001 - whatever broke, unchecked code must not run
         logger.exception("%s could not check the run's code", partner_name(node))
         reason = f"{partner_name(node)} could not check the run's code; its own log says why"
-    if not reason:
-        return None
-    what = "round" if msg.metadata.message_type == MessageType.TRAIN else "evaluation"
-    server_round = int(msg.content.config_records[CONFIG].get(ROUND, 0)) \
-        if CONFIG in msg.content.config_records else 0
-    logger.error("%s refuses %s %d: %s", partner_name(node), what, server_round, reason)
-    root = ledger_root(node, context.run_config)
-    if root is not None:  # else the log line above is all: no run-chosen place to write to
-        _audit(root / AUDIT_LOG, {
-            "partner": partner_name(node), "run_id": str(context.run_id),
-            "round": server_round, "refused": reason, "message": what, "bytes_sent": 0})
+    return refuse(msg, context, reason) if reason else None
+
+
+def refuse(msg: Message, context: Context, reason: str) -> Message:
+    """The reply refusing ``msg`` for ``reason``, logged and audited (client.runner refuses a
+    FAB with it before any of the FAB is installed)."""
+    node = context.node_config
+    what = describe(msg)
+    logger.error("%s refuses %s %d: %s", partner_name(node), *what, reason)
+    audit(context, {"round": what[1], "refused": reason, "message": what[0], "bytes_sent": 0})
     return Message(RecordDict({PARTNER: ConfigRecord(
         {PARTNER_NAME: partner_name(node), REFUSAL: reason})}), reply_to=msg)
+
+
+def describe(msg: Message) -> tuple[str, int]:
+    """("round" or "evaluation", the server round) of a Message, as audit lines name it."""
+    what = "round" if msg.metadata.message_type == MessageType.TRAIN else "evaluation"
+    server_round = int(msg.content.config_records[CONFIG].get(ROUND, 0)) \
+        if msg.has_content() and CONFIG in msg.content.config_records else 0
+    return what, server_round
+
+
+def audit(context: Context, entry: dict[str, Any]) -> None:
+    """One line in the partner's audit log (partner name and run id added); only the log line
+    the caller wrote when the partner has no ledger directory of its own."""
+    root = ledger_root(context.node_config, context.run_config)
+    if root is not None:  # else the log line is all: no run-chosen place to write to
+        _audit(root / AUDIT_LOG, {"partner": partner_name(context.node_config),
+                                  "run_id": str(context.run_id), **entry})
 
 
 def partner_name(node_config: Mapping[str, Any]) -> str:

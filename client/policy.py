@@ -3,6 +3,7 @@ ledger, what may leave it, and which runs it takes part in. No flwr here."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -11,12 +12,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config import RunConfig, check_device
+from common.ledger_identity import LedgerId
+from common.partner_rows import RowSource
 from common.errors import ConfigError, PrivacyError
 from common import protocol as P
+from common.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
 
 # Un-noised values about the training batches a partner may choose to release (default: none)
 BATCH_METRICS = (P.TRAIN_LOSS, P.CLIPPED_FRACTION)
-EVALUATION_MODES = ("counts", "full", "off")  # full = counts + the exact held-out loss
+# full = counts + the exact held-out loss; dp = noisy counts, paid in ε (common.oracle)
+EVALUATION_MODES = ("counts", "full", "off", "dp")
 MONITORING_MODES = ("off", "counts")  # whether a monitoring request's counts may leave
 DEFAULT_TEST_FRACTION = 0.2  # a real partner's held-out share unless its node config sets one
 DEFAULT_MIN_GROUP_SIZE = 10  # a partner's floor on per-group counts unless its node config sets one
@@ -26,7 +31,10 @@ _KNOWN = {"partition-id", "num-partitions", "data-path", "text-column", "label-c
           "data-id", "test-fraction", "min-partners", "require-secure-aggregation",
           "require-central-dp", "max-rounds", "release-metrics", "evaluation", "allowed-code",
           "person-column", "group-column", "min-group-size", "deidentify", "keep-sent",
-          "monitor-data", "monitoring", "corrections"}
+          "monitor-data", "monitoring", "corrections", "max-evaluations", "evaluation-noise",
+          "allow-unlearnable-rounds", "secagg-key", "secagg-peers", "feature-cache-days",
+          "allow-hub"}
+DEFAULT_FEATURE_CACHE_DAYS = 7.0  # how long a cached feature file is kept unless the policy says
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -67,6 +75,9 @@ class PartnerSettings:
     max_rounds: int = 0  # the most rounds it trains in one run (0 = no limit)
     release_metrics: tuple[str, ...] = ()  # BATCH_METRICS it releases un-noised
     evaluation: str = "counts"  # what its held-out evaluation releases (EVALUATION_MODES)
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS  # exact answers over all runs on its data
+    evaluation_noise: float = DEFAULT_EVALUATION_NOISE  # z of evaluation = dp
+    allow_unlearnable_rounds: bool = False  # train DP rounds the planner predicts cannot learn
     allowed_code: tuple[str, ...] = ()  # code hashes it approved (`consortium partner approve`)
     person_column: str = ""  # whose row it is: DP protects persons, not rows (own data only)
     group_column: str = ""  # scores per value of this column (own data only); never sent
@@ -76,6 +87,10 @@ class PartnerSettings:
     monitor_data: str = ""  # a labelled file of new data that monitoring requests score
     corrections: str = ""  # reviewed (text, corrected label) rows folded into its own data
     monitoring: str = "off"  # counts = answer monitoring requests (simulated: by default)
+    secagg_key: str = ""  # its enrolled private key: signs under secure aggregation
+    secagg_peers: str = ""  # NAME.pub of every partner it aggregates with; "" = secagg-key's dir
+    feature_cache_days: float = DEFAULT_FEATURE_CACHE_DAYS  # age limit of cached features; 0 = none
+    allow_hub: bool = False  # may download base models from the Hugging Face hub (else offline)
 
     @property
     def has_own_data(self) -> bool:
@@ -104,6 +119,10 @@ class PartnerSettings:
             max_rounds=int(get("max-rounds", 0)),
             release_metrics=_names(get("release-metrics", "")),
             evaluation=str(get("evaluation", "counts")),
+            max_evaluations=int(get("max-evaluations", DEFAULT_MAX_EVALUATIONS)),
+            evaluation_noise=float(get("evaluation-noise", DEFAULT_EVALUATION_NOISE)),
+            allow_unlearnable_rounds=_flag(get("allow-unlearnable-rounds", False),
+                                           "allow-unlearnable-rounds"),
             allowed_code=_names(get("allowed-code", "")),
             person_column=str(get("person-column", "")), group_column=str(get("group-column", "")),
             min_group_size=int(get("min-group-size", 0)),
@@ -111,7 +130,10 @@ class PartnerSettings:
             keep_sent=_flag(get("keep-sent", False), "keep-sent"),
             monitor_data=str(get("monitor-data", "")),
             corrections=str(get("corrections", "")),
-            monitoring=str(get("monitoring", "off" if get("data-path") else "counts")))
+            monitoring=str(get("monitoring", "off" if get("data-path") else "counts")),
+            secagg_key=str(get("secagg-key", "")), secagg_peers=str(get("secagg-peers", "")),
+            feature_cache_days=float(get("feature-cache-days", DEFAULT_FEATURE_CACHE_DAYS)),
+            allow_hub=_flag(get("allow-hub", False), "allow-hub"))
         settings.validate()
         return settings
 
@@ -136,9 +158,36 @@ class PartnerSettings:
         if self.monitoring not in MONITORING_MODES:
             raise ConfigError(f"node-config monitoring = {self.monitoring!r} is not valid; "
                               f"pick one of {list(MONITORING_MODES)}")
-        if self.min_partners < 0 or self.max_rounds < 0 or self.min_group_size < 0:
-            raise ConfigError("node-config min-partners, max-rounds and min-group-size must be "
-                              ">= 0")
+        if (self.min_partners < 0 or self.max_rounds < 0 or self.min_group_size < 0
+                or self.max_evaluations < 0):
+            raise ConfigError("node-config min-partners, max-rounds, min-group-size and "
+                              "max-evaluations must be >= 0")
+        if not self.feature_cache_days >= 0:
+            raise ConfigError(f"node-config feature-cache-days = {self.feature_cache_days}: "
+                              "must be >= 0 (0 = keep no cached features, inf = no limit)")
+        if not (self.evaluation_noise > 0 and math.isfinite(self.evaluation_noise)):
+            raise ConfigError(f"node-config evaluation-noise = {self.evaluation_noise}: must be "
+                              "a finite number > 0 (the noise std in units of the counts' "
+                              "sensitivity)")
+
+    def plan_check(self, config: RunConfig) -> bool:
+        """Whether a DP round the planner predicts cannot learn is refused. A partner with its
+        own data refuses it whatever the run's ``dp-plan-check`` says, unless its own policy
+        allows it (``allow-unlearnable-rounds``): a round of near-pure noise costs almost no ε
+        and would buy the coordinator another exact evaluation. A simulated partner's policy
+        is the run's author's: it follows ``dp-plan-check``."""
+        if self.allow_unlearnable_rounds:
+            return False
+        return True if self.has_own_data else config.dp_plan_check
+
+    def evaluation_plan(self, config: RunConfig,
+                        from_round: int) -> list[tuple[float, float, int]]:
+        """The noisy evaluations still to come in a run once round ``from_round`` is trained
+        (of the models of rounds ``from_round`` … last), as the accountant sees them; none
+        unless ``evaluation = dp``."""
+        if self.evaluation != "dp":
+            return []
+        return [(self.evaluation_noise, 1.0, 1)] * max(0, config.num_rounds - from_round + 1)
 
     def person_key(self, config: RunConfig) -> str:
         """The person column DP-SGD samples and clips by: the partner's own for its own file
@@ -173,8 +222,31 @@ class PartnerSettings:
         return Path(config.ledger_dir or Path(config.out_dir) / "ledgers")
 
     def data_source(self, config: RunConfig) -> str:
-        """What this partner's ledger is kept for: its data-id, else its data file (or, when
-        simulated, the run's data file). Never the split, the seed or the file's content."""
+        """What this partner's ledger is kept for: its data-id, else the source of the ledger
+        its rows belong to (recognised by content: ``ledger``), else ``named_source``."""
+        return self.ledger(config).source
+
+    def ledger(self, config: RunConfig) -> LedgerId:
+        """This partner's ledger: the one its data-id names, else the one its rows belong to (a
+        renamed file, a symlink, another partner name on the same data: the same ledger);
+        PrivacyError when it is missing or lower than its audit log says, until the partner
+        acknowledges it (common.ledger_identity.resolve_ledger), before anything is spent."""
+        from common.ledger_identity import resolve_ledger  # reads the data: only when asked
+        from common.partner_rows import source_digests
+
+        rows = None if self.data_id else functools.partial(source_digests, config,
+                                                           self.row_source())
+        return resolve_ledger(self.ledger_root(config), self.name, self.named_source(config),
+                              rows, any_name=self.has_own_data)
+
+    def row_source(self) -> RowSource:
+        """Where its rows come from (common.partner_rows)."""
+        return RowSource(self.data_path, self.text_column, self.label_column,
+                         self.partition_id, self.num_partitions)
+
+    def named_source(self, config: RunConfig) -> str:
+        """The source a new ledger of this data is named for: its data-id, else its data file
+        (or, when simulated, the run's data file). Never the split or the seed."""
         if self.data_id:
             return self.data_id
         where = self.data_path or config.data
@@ -192,7 +264,8 @@ class PartnerSettings:
         return text
 
     def ledger_path(self, config: RunConfig) -> Path:
-        return self.ledger_root(config) / f"{self.name}@{self.data_source(config)}.json"
+        """This partner's ledger file (``ledger``)."""
+        return self.ledger(config).path
 
     def legacy_ledgers(self, config: RunConfig) -> list[Path]:
         """Version-1 ledgers of this partner (one per training split), to fold in once."""
@@ -205,6 +278,12 @@ class PartnerSettings:
         if self.test_fraction:
             return self.test_fraction
         return DEFAULT_TEST_FRACTION if self.has_own_data else config.test_fraction
+
+    def check_base_model(self, config: RunConfig) -> None:
+        """Refuse a base model outside ``allowed-base-models`` (a training or monitoring run)."""
+        if self.allowed_base_models and config.base_model not in self.allowed_base_models:
+            raise PrivacyError(f"base-model {config.base_model or '(bundled MiniLM)'!r} is not "
+                               f"in {self.name}'s allowed list {list(self.allowed_base_models)}")
 
     def check_policy(self, config: RunConfig, server_round: int = 1) -> None:
         """Refuse a run that asks more than this partner allows, naming the rule."""

@@ -26,7 +26,8 @@ def preflight(config: RunConfig, partner: PartnerSettings, received: ReceivedMod
     prep = received.build(config, partner, torch.device("cpu"))
     persons = person_index(config, partner, prep.train)
     units, unit = (len(persons), "person") if persons else (len(prep.train), "example")
-    plan = round_plan(config, f"{partner.name} (pre-flight)", prep.model, units, unit)
+    plan = round_plan(config, f"{partner.name} (pre-flight)", prep.model, units, unit,
+                      partner.plan_check(config))
     if plan is None:  # no DP: nothing to spend
         return
     delta = max(config.delta, partner.delta)
@@ -37,4 +38,5 @@ def preflight(config: RunConfig, partner: PartnerSettings, received: ReceivedMod
     step = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
     release = Release("pre-flight", first_round, *step, unit=unit)
     ledger.check_budget(release, partner.delta or config.delta, partner.max_epsilon,
-                        [step] * (config.num_rounds - first_round))
+                        [step] * (config.num_rounds - first_round)
+                        + partner.evaluation_plan(config, first_round))

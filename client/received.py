@@ -40,7 +40,7 @@ def prepare(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np
     weights do not hash to the coordinator's ``fingerprint``."""
     labels = run_labels(config, partner.has_own_data)
     data = partner_data(config, partner, labels)
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_tokenizer(config, offline=not partner.allow_hub)
     model = shared_model(config, partner, labels, shared, fingerprint)
     return Prepared(get_task(config.task), model.to(device), tokenizer, data.train, data.test,
                     data.masked, data.corrected)
@@ -50,8 +50,9 @@ def shared_model(config: RunConfig, partner: PartnerSettings, labels: tuple[str,
                  shared: Mapping[str, np.ndarray], fingerprint: str,
                  whose: str = "the coordinator's") -> nn.Module:
     """The base model with ``shared`` loaded; ModelError when its frozen weights do not hash to
-    ``fingerprint`` (``whose``: the coordinator's, or a release's)."""
-    model = build_model(config, labels)
+    ``fingerprint`` (``whose``: the coordinator's, or a release's). Loaded from the partner's
+    own disk unless its policy allows the hub (``allow-hub``)."""
+    model = build_model(config, labels, offline=not partner.allow_hub)
     if fingerprint and frozen_fingerprint(model) != fingerprint:
         raise ModelError(f"{partner.name}: the frozen weights of base-model "
                          f"{config.base_model or '(bundled MiniLM)'} differ from {whose}; "

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.config import AUTO, RunConfig
+from common.errors import UnlearnablePlanError
 from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
 from common.head_features import cached_head_inputs, trainable_head
 from common.model import trainable_size
@@ -29,23 +30,33 @@ logger = logging.getLogger(__name__)
 
 
 def round_plan(config: RunConfig, who: str, model: nn.Module, examples: int,
-               unit: str = "example") -> DPPlan | None:
+               unit: str = "example", check: bool | None = None) -> DPPlan | None:
     """The DP plan of this partner's round, logged in one line; None without DP. Raises
-    UnlearnablePlanError (nothing spent) when it predicts no learning and dp-plan-check is on.
+    UnlearnablePlanError (nothing spent) when it predicts no learning and ``check`` is on
+    (None: the run's dp-plan-check; a partner passes its policy's, PartnerSettings.plan_check).
     ``unit`` = person: ``examples`` counts persons (per-person DP samples persons)."""
     if not config.dp:
         return None
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     labels = _num_labels(model)
-    plan = plan_dp(examples, config.epsilon, config.delta, config.num_rounds,
-                   config.local_epochs, trainable_size(model), config.max_grad_norm,
-                   batch_size=None if config.batch_size == AUTO else int(config.batch_size),
-                   learning_rate=None if config.learning_rate == AUTO
-                   else float(config.learning_rate),
-                   finetune=config.finetune, noise_multiplier=config.noise_multiplier,
-                   check=config.dp_plan_check,
-                   pooled_head_dims=hidden * labels + labels if hidden and labels else None,
-                   unit=unit)
+    check = config.dp_plan_check if check is None else check
+    try:
+        plan = plan_dp(examples, config.epsilon, config.delta, config.num_rounds,
+                       config.local_epochs, trainable_size(model), config.max_grad_norm,
+                       batch_size=None if config.batch_size == AUTO else int(config.batch_size),
+                       learning_rate=None if config.learning_rate == AUTO
+                       else float(config.learning_rate),
+                       finetune=config.finetune, noise_multiplier=config.noise_multiplier,
+                       check=check,
+                       pooled_head_dims=hidden * labels + labels if hidden and labels else None,
+                       unit=unit)
+    except UnlearnablePlanError as exc:
+        if config.dp_plan_check:
+            raise
+        raise UnlearnablePlanError(str(exc).replace(  # the run's dp-plan-check is not its say
+            "set dp-plan-check = false to run it anyway",
+            f"{who} refuses such a round whatever the run's dp-plan-check says, unless its "
+            "policy sets allow-unlearnable-rounds")) from exc
     logger.info("%s DP plan: %s", who, plan.describe())
     advice = update_clip_note(plan, config.update_clip_norm)
     if advice:

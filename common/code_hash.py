@@ -24,14 +24,17 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import io
 import json
 import marshal
 import os
+import posixpath
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
+from typing import Callable, Mapping
 
 PYPROJECT = "pyproject.toml"
 PACKAGES = ("client", "common", "server", "simulations")
@@ -58,18 +61,52 @@ def installed_app(root: Path) -> bool:
 def app_code(root: str | Path) -> AppCode:
     """The files the hash covers, their hash, and the foreign compiled files, under ``root``."""
     root = Path(root).resolve()
-    installed = installed_app(root)
-    files = _every_file(root) if installed else _fab_selection(root)
-    foreign = [f for f in (files if installed else _compiled_files(root))
-               if f.endswith(_COMPILED) and not _vouched_for(root, f, installed)]
-    if installed:  # a cache whose code is its source's is Python's own, not the FAB's
-        files = [f for f in files if f in foreign or not f.endswith(_COMPILED)]
+    if installed_app(root):
+        return _installed_code({f: (root / f).read_bytes() for f in _every_file(root)}, root)
+    files = _fab_selection(root)
+    foreign = [f for f in _compiled_files(root) if not _vouched_for(root, f)]
+    return AppCode(_digest(files, lambda f: _canonical(root, f)), tuple(files),
+                   tuple(sorted(foreign)))
+
+
+def fab_code(fab: bytes) -> AppCode:
+    """``app_code`` of the App that Flower would install from the FAB ``fab`` (its zip bytes),
+    computed in memory: nothing of it is written or imported. Flower installs every file of the
+    archive but its ``.info/`` manifest, at its normalized path; a FAB whose paths Flower would
+    refuse (outside the App) or that names a file twice is refused here too (ValueError)."""
+    import zipfile  # here, not at the top: the App's root is first on the import path there
+
+    contents: dict[str, bytes] = {}
+    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+        for member in archive.infolist():
+            name = posixpath.normpath(member.filename.replace("\\", "/"))
+            if member.is_dir() or name.split("/")[0] == ".info":
+                continue
+            if name.startswith(("/", "../")) or name in (".", "..") or name in contents:
+                raise ValueError(f"the FAB holds {member.filename!r} twice or outside the App")
+            contents[name] = archive.read(member)
+    return _installed_code(contents)
+
+
+def _installed_code(contents: Mapping[str, bytes], root: Path | None = None) -> AppCode:
+    """The hash of an installed App's files (relative POSIX path -> bytes): every file counts,
+    but a bytecode cache whose code is its source's (Python's own). ``root``: where the App is,
+    when it is on this process's import path."""
+    foreign = [f for f in sorted(contents)
+               if f.endswith(_COMPILED) and not _own_cache(contents, f)]
+    files = [f for f in sorted(contents) if f in foreign or not f.endswith(_COMPILED)]
+    return AppCode(_digest(files, lambda f: _canonical_bytes(f, contents[f], root)),
+                   tuple(files),
+                   tuple(foreign))
+
+
+def _digest(files: list[str], content: Callable[[str], bytes]) -> str:
     digest = hashlib.sha256()
     for relative in files:
-        name, content = relative.encode(), _canonical(root, relative)
+        name, data = relative.encode(), content(relative)
         digest.update(len(name).to_bytes(8, "big") + name)
-        digest.update(len(content).to_bytes(8, "big") + content)
-    return AppCode(digest.hexdigest(), tuple(files), tuple(sorted(foreign)))
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
 
 
 def code_hash(root: str | Path) -> str:
@@ -148,26 +185,40 @@ def _compiled_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def _vouched_for(root: Path, relative: str, installed: bool) -> bool:
-    """Whether a compiled file is Python's own cache of the source beside it, with that
-    source's code; in a checkout, also a cache this interpreter would not load (another
-    interpreter's or pytest's, or stale), since Python then compiles the source."""
+def _vouched_for(root: Path, relative: str) -> bool:
+    """Whether a compiled file of a checkout is Python's own cache of the source beside it, with
+    that source's code, or a cache this interpreter would not load (another interpreter's or
+    pytest's, or stale), since Python then compiles the source."""
     path = Path(relative)
     match = _CACHE.fullmatch(path.name)
     if path.parent.name != "__pycache__" or not match:
         return False  # a sourceless .pyc or an extension module: importable as it is
-    if not installed and match["tag"] != sys.implementation.cache_tag:
+    if match["tag"] != sys.implementation.cache_tag:
         return True
     source = root / path.parent.parent / f"{match['stem']}.py"
     if not source.is_file():
         return False  # a cache of nothing the partner reviewed
     cached = (root / relative).read_bytes()
-    if not installed and not _loaded_by_python(source, cached):
-        return True
+    return not _loaded_by_python(source, cached) or _same_code(cached, source.read_bytes(),
+                                                               match["opt"])
+
+
+def _own_cache(contents: Mapping[str, bytes], relative: str) -> bool:
+    """Whether a compiled file of an installed App is Python's own cache of the source beside
+    it, with that source's code: whatever its tag, since the App's files decide what runs."""
+    path = PurePosixPath(relative)
+    match = _CACHE.fullmatch(path.name)
+    if path.parent.name != "__pycache__" or not match:
+        return False
+    source = (path.parent.parent / f"{match['stem']}.py").as_posix()
+    return source in contents and _same_code(contents[relative], contents[source], match["opt"])
+
+
+def _same_code(cached: bytes, source: bytes, opt: str | None) -> bool:
+    """Whether ``cached`` is this interpreter's bytecode of ``source`` at optimization ``opt``."""
     try:
         code = marshal.loads(cached[16:])
-        expected = compile(source.read_bytes(), str(source), "exec", dont_inherit=True,
-                           optimize=int(match["opt"] or 0))
+        expected = compile(source, "<app>", "exec", dont_inherit=True, optimize=int(opt or 0))
     except (ValueError, EOFError, TypeError, SyntaxError):
         return False
     return cached[:4] == importlib.util.MAGIC_NUMBER and code == expected
@@ -185,26 +236,32 @@ def _loaded_by_python(source: Path, cached: bytes) -> bool:
 
 
 def _canonical(root: Path, relative: str) -> bytes:
+    """A checkout's file as the hash reads it (``_canonical_bytes``), its TOML read with
+    ``root`` off the import path."""
+    return _canonical_bytes(relative, (root / relative).read_bytes(), root)
+
+
+def _canonical_bytes(relative: str, content: bytes, root: Path | None = None) -> bytes:
     """A file's bytes; pyproject.toml as its parsed TOML without the federations `flwr build`
     drops, since the FAB carries a re-written copy (same content, another layout)."""
-    path = root / relative
     if relative != PYPROJECT:
-        return path.read_bytes()
+        return content
     try:
-        parsed = _toml(root).loads(path.read_text(encoding="utf-8"))
+        parsed = _toml(root).loads(content.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):  # tomllib.TOMLDecodeError is a ValueError
-        return path.read_bytes()  # hashed as it is: a FAB with it would not install anyway
+        return content  # hashed as it is: a FAB with it would not install anyway
     parsed.get("tool", {}).get("flwr", {}).pop("federations", None)
     return json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _toml(root: Path) -> ModuleType:
+def _toml(root: Path | None) -> ModuleType:
     """The standard library's tomllib, imported with ``root`` off the import path: a
     ``tomllib.py`` of the App must not stand in for it while the App is being checked."""
     if "tomllib" in sys.modules:
         return sys.modules["tomllib"]
     saved = list(sys.path)
-    sys.path[:] = [p for p in saved if not Path(p or ".").resolve().is_relative_to(root)]
+    sys.path[:] = [p for p in saved
+                   if root is None or not Path(p or ".").resolve().is_relative_to(root)]
     try:
         import tomllib
     finally:

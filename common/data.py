@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.errors import DataError
+from common.partner_secret import held_out_point
 
 logger = logging.getLogger(__name__)
 
@@ -201,21 +202,24 @@ def split_train_test(data: TextDataset, test_fraction: float,
     return data.subset(order[n_test:]), data.subset(order[:n_test])
 
 
-def split_held_out(data: TextDataset, test_fraction: float) -> tuple[TextDataset, TextDataset]:
+def split_held_out(data: TextDataset, test_fraction: float,
+                   key: bytes | None) -> tuple[TextDataset, TextDataset]:
     """(train, held-out) decided by each row's own text, not by a seed or the row order.
 
-    A row is held out when the SHA-256 of its text falls in the lowest ``test_fraction`` of the
-    hash range, so the split is the same in every run, whatever seed or label order the
-    coordinator sets; appended rows do not move old ones, and duplicate texts stay together.
-    With person ids, the hash is the person's: all of a person's rows land on one side, so the
-    held-out score is on people the model never trained on.
+    A row is held out when the HMAC-SHA256 of its text under the partner's secret ``key``
+    (common.partner_secret; None: a simulated partner's public SHA-256) falls in the lowest
+    ``test_fraction`` of the hash range, so the split is the same in every run, whatever seed or
+    label order the coordinator sets, and the coordinator, which may know the texts, cannot
+    tell which of a real partner's rows are held out; appended rows
+    do not move old ones, and duplicate texts stay together. With person ids, the hash is the
+    person's: all of a person's rows land on one side, so the held-out score is on people the
+    model never trained on.
     Both parts keep at least one example (the lowest-hash row is held out if none falls in).
     """
     if len(data) < 2:
         raise DataError(f"{len(data)} example(s) cannot be split into train and test; "
                         "a partner needs at least 2")
-    keys = getattr(data, "persons", ()) or data.texts
-    points = [_unit_hash(key) for key in keys]
+    points = [held_out_point(key, value) for value in _split_keys(data)]
     test = [i for i, h in enumerate(points) if h < test_fraction]
     if not test:
         test = [min(range(len(points)), key=points.__getitem__)]
@@ -225,10 +229,10 @@ def split_held_out(data: TextDataset, test_fraction: float) -> tuple[TextDataset
     return data.subset([i for i in range(len(data)) if i not in held]), data.subset(test)
 
 
-def _unit_hash(text: Any) -> float:
-    """A row's place in [0, 1), from the SHA-256 of its text (words, for token data)."""
-    digest = hashlib.sha256(json.dumps(text, ensure_ascii=False).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+def _split_keys(data: TextDataset) -> Sequence[Any]:
+    """What the held-out split hashes: each row's person, else its text (words, for token
+    data)."""
+    return getattr(data, "persons", ()) or data.texts
 
 
 def data_fingerprint(data: TextDataset) -> str:
@@ -237,25 +241,58 @@ def data_fingerprint(data: TextDataset) -> str:
     return digest.hexdigest()
 
 
-def apply_corrections(train: TextDataset, test: TextDataset,
-                      fixes: TextDataset) -> tuple[TextDataset, TextDataset, dict[str, int]]:
-    """A partner's reviewed corrections (text, corrected label) folded into its own data: a
-    text of the held-out split gets its label corrected there (never moved into training); any
-    other corrected text replaces the training rows with that text, or is added to training.
+def apply_corrections(train: TextDataset, test: TextDataset, fixes: TextDataset,
+                      test_fraction: float, key: bytes | None,
+                      ) -> tuple[TextDataset, TextDataset, dict[str, int]]:
+    """A partner's reviewed corrections (text, corrected label) folded into its own data
+    without moving the held-out split (``split_held_out`` with ``test_fraction`` and ``key``):
+    every row with a corrected text gets the corrected label where it is, on its side and with
+    its own person and group; a correction whose text is new joins the side its person (a
+    known one: where that person is; a new one: by the keyed hash) or, without persons, its
+    text hashes to. So no correction can move a held-out text or person into training.
     Returns both splits and the counts (never the rows) the partner may report."""
-    held = set(test.texts)
     latest = {text: i for i, text in enumerate(fixes.texts)}  # the last correction wins
-    in_test = {t: i for t, i in latest.items() if t in held}
-    for_train = [i for t, i in latest.items() if t not in held]
-    test = dataclasses.replace(test, labels=tuple(
-        fixes.labels[in_test[t]] if t in in_test else y for t, y in zip(test.texts, test.labels)))
-    keep = [i for i, t in enumerate(train.texts) if t not in latest]
-    replaced = len(train) - len(keep)
-    kept, added = train.subset(keep), fixes.subset(for_train)
-    train = TextDataset(
-        kept.texts + added.texts, kept.labels + added.labels, train.label_names,
-        kept.groups + added.groups if kept.groups else (),
-        kept.persons + added.persons if kept.persons else (),
-        kept.subgroups + added.subgroups if kept.subgroups else ())
-    return train, test, {"corrections": len(latest), "held_out_relabelled": len(in_test),
-                         "training_rows_replaced": replaced, "training_rows_added": len(for_train)}
+    known = set(train.texts) | set(test.texts)
+    new = [i for t, i in latest.items() if t not in known]
+    sides = {"test": set(test.persons), "train": set(train.persons)}
+    held = {i for i in new if _held_out_side(fixes, i, sides, test_fraction, key)}
+    to_test, to_train = [i for i in new if i in held], [i for i in new if i not in held]
+    relabelled_test, test = _relabel(test, fixes, latest)
+    relabelled_train, train = _relabel(train, fixes, latest)
+    train, test = _extend(train, fixes.subset(to_train)), _extend(test, fixes.subset(to_test))
+    return train, test, {"corrections": len(latest), "held_out_relabelled": relabelled_test,
+                         "held_out_added": len(to_test),
+                         "training_rows_relabelled": relabelled_train,
+                         "training_rows_added": len(to_train)}
+
+
+def _held_out_side(fixes: TextDataset, i: int, persons: dict[str, set[str]],
+                   test_fraction: float, key: bytes | None) -> bool:
+    """Whether the new corrected row ``i`` belongs to the held-out split (``persons``: the
+    persons of each side)."""
+    if fixes.persons:
+        person = fixes.persons[i]
+        if person in persons["test"] or person in persons["train"]:
+            return person in persons["test"]
+        return held_out_point(key, person) < test_fraction
+    return held_out_point(key, fixes.texts[i]) < test_fraction
+
+
+def _relabel(data: TextDataset, fixes: TextDataset,
+             latest: dict[Any, int]) -> tuple[int, TextDataset]:
+    """(rows relabelled, ``data`` with each corrected text's label replaced in place)."""
+    labels = [fixes.labels[latest[t]] if t in latest else y
+              for t, y in zip(data.texts, data.labels)]
+    changed = sum(t in latest for t in data.texts)
+    return changed, dataclasses.replace(data, labels=tuple(labels))
+
+
+def _extend(data: TextDataset, more: TextDataset) -> TextDataset:
+    """``data`` with the rows of ``more`` after it (the columns ``data`` has)."""
+    if not len(more):
+        return data
+    return TextDataset(
+        data.texts + more.texts, data.labels + more.labels, data.label_names,
+        data.groups + more.groups if data.groups else (),
+        data.persons + more.persons if data.persons else (),
+        data.subgroups + more.subgroups if data.subgroups else ())

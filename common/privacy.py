@@ -40,6 +40,7 @@ class Release:
     data_sha256: str = ""  # the training split's fingerprint, so an auditor sees what changed
     unit: str = "example"  # what ε protects: an example (row), or a person (common.person_dp)
     persons: int = 0  # per-person DP: the persons sampled from (q is their rate)
+    kind: str = "dp-sgd"  # or "evaluation": Gaussian noise on held-out counts (common.oracle)
 
 
 def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> float:
@@ -123,10 +124,13 @@ class PrivacyLedger:
     one by changing run config. A new ledger starts only when the partner names a new data-id.
     """
 
-    def __init__(self, path: str | Path, source: str, releases: Sequence[Release] = ()) -> None:
+    def __init__(self, path: str | Path, source: str, releases: Sequence[Release] = (),
+                 answers: Sequence[dict[str, Any]] = ()) -> None:
         self.path = Path(path)
         self.source = source
         self.releases: list[Release] = list(releases)
+        # exact (non-DP) answers computed on this data source's rows: common.oracle
+        self.answers: list[dict[str, Any]] = list(answers)
 
     @classmethod
     def open(cls, path: str | Path, source: str) -> PrivacyLedger:
@@ -145,7 +149,8 @@ class PrivacyLedger:
             raise PrivacyError(f"{path} records releases of another data source "
                                f"({body['source']!r}, this one is {source!r}); give each data "
                                "source its own ledger")
-        return cls(path, source, [Release(**r) for r in body["releases"]])
+        return cls(path, source, [Release(**r) for r in body["releases"]],
+                   body.get("answers", []))
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -198,7 +203,8 @@ class PrivacyLedger:
 
     def to_body(self) -> dict[str, Any]:
         return {"version": LEDGER_VERSION, "source": self.source,
-                "releases": [asdict(r) for r in self.releases]}
+                "releases": [asdict(r) for r in self.releases],
+                **({"answers": self.answers} if self.answers else {})}
 
 
 @contextmanager

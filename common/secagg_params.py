@@ -77,9 +77,10 @@ def check_nodes(nid: int, nodes: Sequence[int], threshold: int, config: RunConfi
 
 
 def check_survivors(active: Sequence[int], config: RunConfig, min_partners: int = 0) -> None:
-    """Unmask only a sum of at least the run's and this partner's ``min-partners`` updates."""
+    """Sign (and so unmask) only a sum of at least the run's and this partner's
+    ``min-partners`` updates."""
     fewest = max(2, config.min_partners, min_partners)
     if len(set(active)) < fewest:
-        _refuse("unmask", [f"the sum would hold {len(set(active))} update(s); at least {fewest} "
-                           f"must be in it (the run's min-partners {config.min_partners}, this "
-                           f"partner's {min_partners})"])
+        _refuse("consistency check", [
+            f"the sum would hold {len(set(active))} update(s); at least {fewest} must be in it "
+            f"(the run's min-partners {config.min_partners}, this partner's {min_partners})"])

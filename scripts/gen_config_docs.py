@@ -32,7 +32,8 @@ POLICY_FIELDS = {"partner-name": "name"}
 # keys Flower sets for a simulated partner: no `consortium partner start` flag
 SIMULATION_ONLY = ("partition-id", "num-partitions")
 # node-config key -> its `consortium partner start` flag, where not --KEY
-POLICY_FLAGS = {"data-path": "--data", "partner-name": "--name"}
+POLICY_FLAGS = {"data-path": "--data", "partner-name": "--name", "secagg-key": "--key",
+                "secagg-peers": "--peers"}
 
 # What each policy key means. client/policy.py keeps the defaults and the checks; the words are
 # here, so a new key fails this script until it is explained.
@@ -61,18 +62,25 @@ POLICY_HELP = {
     "delta": "The δ its budget is counted at: a run asking a larger δ is refused, and the "
              "larger of the two must be below 1 / its training examples. 0 = the run's "
              "`delta` (`consortium partner start` defaults to 1e-5).",
-    "allowed-base-models": "Comma-separated base models a run may fine-tune on its data; empty "
-                           "= any.",
+    "allowed-base-models": "Comma-separated base models a run may fine-tune, or a monitoring "
+                           "run score, on its data; empty = any.",
     "device": "Where it trains, whatever the run config says: auto, cpu, cuda or cuda:N; "
               "empty = the run's `device`. A GPU named and not visible stops the round before "
               "anything is spent.",
-    "data-id": "Names the data source its ledger is kept for (`LEDGER-DIR/NAME@SOURCE.json`); "
-               "empty = its data file's path. Every seed, split, label order and appended row "
-               "composes into that ledger; a new id (the partner's explicit choice) starts a "
-               "new one. 1-64 letters, digits, `.`, `_` or `-`.",
+    "data-id": "Names the data source its ledger is kept for (`LEDGER-DIR/NAME@SOURCE.json`). "
+               "Empty = recognised by content: data sharing rows with one of its ledgers "
+               "(hashed with its secret, `LEDGER-DIR/partner.secret`) composes into it, "
+               "whatever the file is called or where it lies (a symlink, another partner name "
+               "on the same data), else a new ledger named after its data file. Every seed, "
+               "split, label order and appended row composes into that ledger; a new id (the "
+               "partner's explicit choice) starts a new one. 1-64 letters, digits, `.`, `_` or "
+               "`-`.",
     "test-fraction": "Its held-out share, chosen by a hash of each row's text (of each row's "
-                     "person, with `person-column`); the coordinator cannot move it. 0 = 0.2 "
-                     "with its own data, the run's `test-fraction` when simulated.",
+                     "person, with `person-column`) keyed with its secret "
+                     "(`LEDGER-DIR/partner.secret`): the coordinator can neither move it nor "
+                     "compute which rows are held out (a simulated partner, the run author's "
+                     "own, hashes without a key, so research runs replay). 0 = 0.2 with its "
+                     "own data, the run's `test-fraction` when simulated.",
     "min-partners": "Refuse runs whose `min-partners` is lower (under secure aggregation: "
                     "fewer partners in the key exchange); 0 = no rule.",
     "require-secure-aggregation": "Refuse runs without `secure-aggregation = true`.",
@@ -81,7 +89,25 @@ POLICY_HELP = {
     "release-metrics": "Comma-separated un-noised metrics of its training batches it sends: "
                        "`train-loss`, `clipped-fraction`. Empty = none (they are not DP).",
     "evaluation": "What its held-out evaluation sends: `counts` (accuracy, macro-F1, per-class "
-                  "counts), `full` (adds the exact loss) or `off` (nothing).",
+                  "counts), `full` (adds the exact loss), `dp` (num-examples and per-class "
+                  "counts with Gaussian noise, accuracy and macro-F1 computed from them, no "
+                  "loss and no per-group counts; each answer's ε is recorded in its ledger and "
+                  "counts against `max-epsilon`; text-classification without `person-column` "
+                  "only) or `off` (nothing).",
+    "max-evaluations": "The most exact (not DP) answers it gives on its data over **all runs**: "
+                       "each held-out evaluation under `counts` or `full` (its per-group counts "
+                       "included) and each monitoring answer is one, recorded in its ledger "
+                       "before it is computed; the next is refused and records nothing. "
+                       "`evaluation = dp` answers are paid in ε instead. 0 = none.",
+    "evaluation-noise": "With `evaluation = dp`: the noise multiplier z, the noise std in units "
+                        "of the counts' sensitivity to one example (√3 for text "
+                        "classification); each answer is one Gaussian mechanism in its ledger "
+                        "(ε ≈ 0.38 at z = 10 and δ = 1e-5; ten of them ≈ 1.3).",
+    "allow-unlearnable-rounds": "Train DP rounds whose predicted noise-to-signal means they "
+                                "cannot learn. A partner with its own data refuses them, "
+                                "before anything is spent, whatever the run's `dp-plan-check` "
+                                "says (such a round costs almost no ε and would buy another "
+                                "evaluation); a simulated partner follows `dp-plan-check`.",
     "allowed-code": "Comma-separated hashes from `consortium partner approve CHECKOUT` (every "
                     "file the App's FAB carries); a run whose App hashes otherwise, or holds "
                     "compiled code its sources do not vouch for, is refused before the rest of "
@@ -98,7 +124,8 @@ POLICY_HELP = {
                   "URLs and IPs before tokenizing (Presidio + a name list; the deid extra). The "
                   "run config can switch it on, never off.",
     "keep-sent": "Keep a copy of every update it sends in `LEDGER-DIR/sent/run-ID-round-N.npz` "
-                 "(0600): what left, for its privacy officer or an auditor.",
+                 "(0600): what left, for its privacy officer or an auditor. A round sent again "
+                 "(a resumed run) keeps both: `run-ID-round-N-2.npz`, `-3`, ….",
     "monitor-data": "A labelled file of new data that monitoring runs score a release on (read "
                     "when asked, never sent); a simulated partner without one uses its slice "
                     "of the run's `data`.",
@@ -106,7 +133,26 @@ POLICY_HELP = {
                   "`monitor-data`; `off` = refuse them. Default `off` with its own data, "
                   "`counts` when simulated.",
     "corrections": "A file of reviewed corrections (text, corrected label; its data's columns) "
-                   "folded into its own data from the next round on; only their count leaves.",
+                   "folded into its own data from the next round on: a row is relabelled where "
+                   "it is, a new one joins the side of the held-out split its text (person) "
+                   "hashes to, so no held-out text or person moves into training; only their "
+                   "count leaves.",
+    "secagg-key": "Secure aggregation: the private node key it was enrolled with (`partner "
+                  "keygen`); it signs the partner's round keys and its view of who is summed. "
+                  "Unset with its own data = secure aggregation refused; a simulated partner "
+                  "derives one from the run's `seed` (no secrecy: simulation only).",
+    "feature-cache-days": "Days a cached feature file of its texts (the frozen encoder's "
+                          "outputs in `LEDGER-DIR/cache`, invertible towards the texts) is kept, "
+                          "from when it was written; older ones are removed before each round. "
+                          "0 = none are kept (the encoder runs every round), inf = until "
+                          "`consortium partner purge-cache`.",
+    "allow-hub": "Let its processes download a base model from the Hugging Face hub. Unset = "
+                 "offline: a run's base model must be on its disk (a directory, or the hub "
+                 "cache), and `consortium partner start` sets `HF_HUB_OFFLINE=1`.",
+    "secagg-peers": "Secure aggregation: a directory of the NAME.pub keys of the only partners "
+                    "it aggregates with, its own among them, each checked with its partner by "
+                    "fingerprint; a partner listed with another key is refused. Unset = "
+                    "`secagg-key`'s directory.",
 }
 
 

@@ -41,6 +41,12 @@ sampling rate q = 1 (no amplification: a partner missing a round is not a secret
 
 The noise is drawn from a ``np.random.Generator`` seeded from ``os.urandom`` at the coordinator:
 never from the run seed, which the partners know (they could subtract replayable noise).
+
+Across releases. A run that continues a release (``init-from``) starts from weights that already
+hold every earlier round, so each partner's partner-level history starts from the one that
+release recorded (``inherited_partner_level``): ε is cumulative over the release and its
+ancestors. A partner whose update entered an ancestor without central DP has no partner-level
+bound in any descendant (noise added later cannot bound what the weights already hold).
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ from common.errors import PrivacyError, UpdateError
 from common.privacy import epsilon_of
 
 ALL_PARTNERS_ASKED = 1.0  # sampling rate of a round that asks every connected partner
+# release.json / privacy report / checkpoint key: the partner-level histories of the partners of
+# earlier releases that took no part in this run (they still hold for the weights it continues)
+INHERITED = "partner_level_inherited"
 
 
 def central_noise_std(noise_multiplier: float, clip_norm: float,
@@ -153,28 +162,89 @@ class CentralDP:
         return partner_level_epsilon([self.round_release] * rounds, self.delta)
 
 
+def inherited_partner_level(record: Mapping[str, Any]) -> dict[str, list[list[float]] | None]:
+    """Per partner of the release ``record`` (its release.json), the partner-level history a run
+    continuing it starts from: the history it recorded (its ancestors' included); None (no bound)
+    for a partner whose update entered it, or an ancestor, without central DP. A release written
+    before histories were kept: one release at its run's z per round the partner trained (an
+    over-count: a rejected update was not averaged)."""
+    config = record.get("run_config") or {}
+    z = float(config.get("central-noise-multiplier") or 0.0)
+    out: dict[str, list[list[float]] | None] = {
+        name: None if h is None else [[float(x[0]), float(x[1]), int(x[2])] for x in h]
+        for name, h in (record.get(INHERITED) or {}).items()}
+    for name, partner in (record.get("partners") or {}).items():
+        trained = int(partner.get("rounds_trained") or 0)
+        if partner.get("partner_level_unbounded") or (trained and not config.get("central-dp")):
+            out[name] = None
+        elif "partner_level_history" in partner:
+            out[name] = [[float(h[0]), float(h[1]), int(h[2])]
+                         for h in partner["partner_level_history"]]
+        else:
+            out[name] = [[z, ALL_PARTNERS_ASKED, 1]] * trained if trained else []
+    return out
+
+
+def parent_partner_level(config: RunConfig) -> dict[str, list[list[float]] | None]:
+    """inherited_partner_level of the release ``init-from`` names; {} for a first release."""
+    if not config.init_from:
+        return {}
+    from common.release import read_release
+
+    return inherited_partner_level(read_release(config.init_from).record)
+
+
+def absent_partner_level(inherited: Mapping[str, Any],
+                         partners: Mapping[str, Any]) -> dict[str, Any]:
+    """What a release must carry on for the partners of its ancestors that took no part in
+    its own run (their partner-level history is unchanged, and still holds for its weights)."""
+    return {name: h for name, h in sorted(inherited.items()) if name not in partners}
+
+
+def _start_record(record: dict, before: list[list[float]] | None,
+                  central: CentralDP | None) -> None:
+    """A partner's partner-level fields the first time this run records it: what the release
+    it continues held for it (``before``; None = unbounded, [] = nothing)."""
+    record["partner_level_history"] = [list(h) for h in before or []]
+    record["partner_level_epsilon"] = (partner_level_epsilon(before, central.delta)
+                                       if before and central is not None else None)
+    if before is None:
+        record["partner_level_unbounded"] = True
+
+
 def record_round(partners: dict[str, dict], averaged: Sequence[str], weights: Sequence[float],
-                 central: CentralDP | None, noise_std: float | None) -> dict[str, Any]:
+                 central: CentralDP | None, noise_std: float | None,
+                 inherited: Mapping[str, list[list[float]] | None] | None = None,
+                 ) -> dict[str, Any]:
     """After a round's release: add it to the partner-level history of each partner whose update
     was averaged (``partners`` are the coordinator's per-partner records, checkpointed), and
-    return the metrics-line entry. Without central DP each partner-level ε is ∞ (null)."""
+    return the metrics-line entry. Without central DP each partner-level ε is ∞ (null).
+    ``inherited``: the histories of the release this run continues (inherited_partner_level),
+    where each partner's history starts."""
     for name in partners:
-        partners[name].setdefault("partner_level_history", [])
-        partners[name].setdefault("partner_level_epsilon", None)
+        if "partner_level_history" not in partners[name]:
+            _start_record(partners[name], (inherited or {}).get(name, []), central)
     if central is None:
         return {}
     for name in averaged:
         record = partners[name]
         record["partner_level_history"] = [*record["partner_level_history"],
                                            list(central.round_release)]
-        record["partner_level_epsilon"] = partner_level_epsilon(
-            record["partner_level_history"], central.delta)
+        record["partner_level_epsilon"] = None if record.get("partner_level_unbounded") else \
+            partner_level_epsilon(record["partner_level_history"], central.delta)
     return {"central_dp": {
         "noise_std": noise_std, "noise_multiplier": central.noise_multiplier,
         "clip_norm": central.clip_norm, "partners_averaged": len(averaged),
         "max_weight": max(weights), "total_weight": math.fsum(weights),
         "sample_rate": central.sample_rate,
-        "max_partner_level_epsilon": max(r["partner_level_epsilon"] for r in partners.values()
-                                         if r["partner_level_epsilon"] is not None),
+        "max_partner_level_epsilon": max_partner_level_epsilon(partners),
         "partner_level_epsilon": {n: partners[n]["partner_level_epsilon"]
                                   for n in sorted(partners)}}}
+
+
+def max_partner_level_epsilon(partners: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The largest partner-level ε of the run's partners; None (∞) when one has no bound."""
+    if any(r.get("partner_level_unbounded") for r in partners.values()):
+        return None
+    return max((r["partner_level_epsilon"] for r in partners.values()
+                if r.get("partner_level_epsilon") is not None), default=None)

@@ -26,15 +26,16 @@ from common.sources import run_labels
 from common.warm_start import check_public_disjoint
 from common.weights import fixed_batch_size
 from server.aggregation import RoundFold
-from server.central_dp import CentralDP, coordinator_rng, record_round
+from server.central_dp import (INHERITED, CentralDP, coordinator_rng, parent_partner_level,
+                               record_round)
 from server.checkpoint import (PENDING_LINE, Checkpoint, check_same_config,
                                latest_checkpoint, save_checkpoint)
 from server.evaluation import main_metric, progress_line, summarize_held_out, summarize_round
 from server.held_out import HeldOutSet
 from server.release import initial_weights
 from server.outputs import (METRICS_FILE, append_metrics, export_model, json_safe,
-                            privacy_report, record_partner, truncate_metrics,
-                            write_privacy_report)
+                            privacy_report, record_partner, record_spending,
+                            truncate_metrics, write_privacy_report)
 from server.report import write_live_report, write_report
 from server.monitoring import run_monitoring
 from server.messaging import (Evaluations, RunState, absent, gpu_line, make_messages, partner_name,
@@ -105,6 +106,8 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
         partner = reply.content.config_records[P.PARTNER]
         if partner.get(P.REFUSAL):
             fold.refuse(name, str(partner[P.REFUSAL]))
+            if P.PRIVACY_HISTORY in partner:  # it spent, then refused or failed: still counted
+                record_spending(state.partners, name, config, str(partner[P.PRIVACY_HISTORY]))
             continue
         metrics = dict(reply.content.metric_records.get(P.METRICS, {}))
         update = from_array_record(reply.content.array_records[P.ARRAYS]) \
@@ -127,11 +130,12 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
                          f"{config.min_partners}. {said}. {kept}")
     state.arrays = fold.result()
     central = record_round(state.partners, fold.accepted, [n for _, n in fold.losses],
-                           fold.central, fold.noise_std)
+                           fold.central, fold.noise_std, state.inherited)
     if central:
+        most = central["central_dp"]["max_partner_level_epsilon"]
         logger.info("round %d: central DP noise σ = %.6g over %d update(s); max partner-level "
-                    "ε %.4f", rnd, fold.noise_std, len(fold.accepted),
-                    central["central_dp"]["max_partner_level_epsilon"])
+                    "ε %s", rnd, fold.noise_std, len(fold.accepted),
+                    "unbounded" if most is None else f"{most:.4f}")
     return {"partners_replied": fold.accepted, "failures": failures, **central,
             "train_loss": fold.train_loss(), "train_phase_seconds": round(time.time() - started, 3),
             "partner_train_seconds": train_seconds, **gpu_line(replied), "upload_bytes": upload,
@@ -147,6 +151,9 @@ def evaluate_phase(grid: Grid, config: RunConfig, state: RunState,
     evals = Evaluations(state.round, download_bytes=_nbytes(state.arrays) * len(messages))
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         evals.take_final(reply)
+        spent = reply.content.config_records[P.PARTNER].get(P.PRIVACY_HISTORY)
+        if spent:  # a noisy evaluation (or a failure after one): its ε is in the report
+            record_spending(state.partners, partner_name(reply), config, str(spent))
     evals.missing(failures)
     return evals
 
@@ -184,7 +191,8 @@ def _start_state(config: RunConfig, out: Path,
     written = truncate_metrics(out, ckpt.round)
     logger.info("resuming %s after round %d of %d", out, ckpt.round, config.num_rounds)
     pending = ckpt.state.get(PENDING_LINE) if written < ckpt.round else None
-    return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"]), pending
+    return RunState(ckpt.round, ckpt.arrays, ckpt.state["partners"],
+                    inherited=ckpt.state.get(INHERITED) or {}), pending
 
 
 def _own_evaluation(line: dict[str, Any], held_out: HeldOutSet | None, state: RunState,
@@ -235,6 +243,8 @@ def run_federation(grid: Grid, config: RunConfig) -> Path:
     del model
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused start writes nothing
     state, pending = _start_state(config, out, initial)
+    # partner-level ε continues the release init-from names (kept in checkpoints for a resume)
+    state.inherited = state.inherited or parent_partner_level(config)
     if state.round < config.num_rounds:  # a resumed run's partners are asked again
         preflight_phase(grid, config, state, fingerprint)
     held_out = HeldOutSet.load(config, labels)  # before round 1: a bad file stops nothing late
@@ -274,17 +284,18 @@ def _run_rounds(grid: Grid, config: RunConfig, out: Path, labels: tuple[str, ...
         line["epsilon_per_partner"] = {n: p["epsilon"] for n, p in sorted(state.partners.items())}
         state.round = rnd
         save_checkpoint(out / "checkpoints", Checkpoint(rnd, state.arrays, {
-            "config": config.to_mapping(), "partners": state.partners,
+            "config": config.to_mapping(), "partners": state.partners, INHERITED: state.inherited,
             PENDING_LINE: json_safe(line)}))
         _own_evaluation(line, held_out, state, started)
         pending = line
-        write_live_report(out, config, json_safe(line), privacy_report(config, state.partners))
+        write_live_report(out, config, json_safe(line),
+                          privacy_report(config, state.partners, state.inherited))
     if pending is not None:  # the final model: the only one no TRAIN Message carries
         started = time.time()
         evals = evaluate_phase(grid, config, state, fingerprint)
         pending["seconds"] = round(pending.get("seconds", 0.0) + time.time() - started, 3)
         last_line = _write_line(out, config, pending, evals, tracker)
-    report = privacy_report(config, state.partners)
+    report = privacy_report(config, state.partners, state.inherited)
     write_privacy_report(out, report)
     export_model(out, config, labels, state.arrays, report,
                  last_line or last_metrics_line(out / METRICS_FILE))

@@ -28,6 +28,8 @@ class RunState:
     arrays: dict[str, np.ndarray]
     partners: dict[str, dict[str, Any]] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)  # node id -> partner name, as replied
+    # partner-level histories of the release init-from continues (server.central_dp)
+    inherited: dict[str, Any] = field(default_factory=dict)
 
 
 def absent(messages: list[Message], names: dict[int, str]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from common.privacy import epsilon_of
 from common.warm_start import PRIVACY_NOTE, lineage_of
 from common.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
                             finite_or_none, json_safe)
+from server.central_dp import INHERITED, absent_partner_level
 from server.model_card import model_card
 from server.release import write_release
 
@@ -46,9 +47,12 @@ def truncate_metrics(out_dir: Path, last_round: int) -> int:
     return max((int(json.loads(ln)["round"]) for ln in keep), default=0)
 
 
-def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]],
+                   inherited: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Per partner: ε, δ, σ, q, steps, C, as computed from the partner's own ledger history;
-    with central-dp also the partner-level ε (server.central_dp) next to it."""
+    with central-dp also the partner-level ε (server.central_dp) next to it. ``inherited``: the
+    partner-level histories of the release this run continues; those of its partners that took
+    no part in this run are carried on (``partner_level_inherited``)."""
     return {
         "dp": config.dp,
         "level": "sample-level DP at each partner (DP-SGD, Opacus RDP accountant)",
@@ -63,6 +67,7 @@ def privacy_report(config: RunConfig, partners: Mapping[str, Mapping[str, Any]])
             "noise_multiplier": config.central_noise_multiplier if config.central_dp else None,
             "clip_norm": config.update_clip_norm if config.central_dp else None,
             "delta": config.delta if config.central_dp else None,
+            INHERITED: absent_partner_level(inherited or {}, partners),
         },
         "partners": {name: dict(rec) for name, rec in sorted(partners.items())},
         **public_data_note(config),
@@ -82,7 +87,8 @@ def record_partner(partners: dict[str, dict[str, Any]], name: str, metrics: Mapp
                     config: RunConfig, history_json: str) -> None:
     """Record what a reply says the partner spent: every reply that trained carries the
     partner's whole ledger history, whether its update is then used, rejected or lost with a
-    dropout (a refusal carries none). A history that does not parse is logged, not recorded."""
+    dropout (a refusal or a failure carries it when the partner spent first: record_spending).
+    A history that does not parse is logged, not recorded."""
     try:
         history = [(float(s), float(q), int(n)) for s, q, n in json.loads(history_json or "[]")]
     except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -108,6 +114,21 @@ def record_partner(partners: dict[str, dict[str, Any]], name: str, metrics: Mapp
         **{k: v for k, v in partners.get(name, {}).items()  # server.central_dp's
            if k.startswith("partner_level_")},
     }
+
+
+def record_spending(partners: dict[str, dict[str, Any]], name: str, config: RunConfig,
+                    history_json: str) -> None:
+    """Record the history a reply without a usable update carries (a refusal or a failure after
+    the partner spent ε, a noisy evaluation): the partner's ε, steps and history follow it, the
+    rest of its record stays; a partner not recorded yet gets a record of no round trained."""
+    fresh: dict[str, dict[str, Any]] = {}
+    record_partner(fresh, name, {}, config, history_json)
+    if name not in fresh:  # the history did not parse (logged)
+        return
+    if name in partners:
+        partners[name].update({k: fresh[name][k] for k in ("epsilon", "steps", "history")})
+    else:
+        partners[name] = {**fresh[name], "rounds_trained": 0}
 
 
 def write_privacy_report(out_dir: Path, report: Mapping[str, Any]) -> None:

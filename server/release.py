@@ -21,6 +21,7 @@ from common.release import (FORMAT, RELEASE_FILE, WEIGHTS_FILE, check_continues,
                             layout_of, read_release, release_weights, weights_bytes)
 from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none, json_safe
 from common.warm_start import lineage_of
+from server.central_dp import INHERITED
 
 logger = logging.getLogger(__name__)
 LIBRARIES = ("flwr", "opacus", "torch", "transformers", "peft")
@@ -90,7 +91,8 @@ def release_record(config: RunConfig, labels: tuple[str, ...],
     partners = {name: {"epsilon": finite_or_none(p.get("epsilon")), "steps": p.get("steps"),
                        "rounds_trained": p.get("rounds_trained"),
                        **{k: v for k, v in p.items()
-                          if k in ("unit", "persons", "partner_level_epsilon")}}
+                          if k in ("unit", "persons", "partner_level_epsilon",
+                                   "partner_level_history", "partner_level_unbounded")}}
                 for name, p in sorted((report.get("partners") or {}).items())}
     return {
         "format": FORMAT, "release_id": release_id(weights_sha256, created),
@@ -101,6 +103,7 @@ def release_record(config: RunConfig, labels: tuple[str, ...],
         "epsilon_note": "each partner's ε over every release from its data source (its own "
                         "ledger), so cumulative over this release and its ancestors",
         "partners": partners, "code": code_version(), "evaluation": _evaluation(final),
+        INHERITED: (report.get("partner_level") or {}).get(INHERITED) or {},
         "base_model": {"name": config.base_model or None,  # None: the bundled MiniLM
                        "warm_start": lineage_of(config.base_model)},
         "frozen_fingerprint": fingerprint, "trainable_layout": layout_of(arrays),

@@ -85,24 +85,28 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
     batch_size = fixed_batch_size(config.batch_size)
 
     def take_keys(nid: int, reply: Message) -> None:
-        pk1, pk2 = reply.content.config_records[P.SECAGG][P.SECAGG_PUBLIC_KEYS]  # type: ignore
+        record = reply.content.config_records[P.SECAGG]
+        pk1, pk2 = record[P.SECAGG_PUBLIC_KEYS]  # type: ignore[misc]
+        (signer,), (signature,) = record[P.SECAGG_SIGNERS], record[P.SECAGG_SIGNATURES]  # type: ignore[misc]
         values = dict(reply.content.metric_records[P.METRICS])
         examples = float(values[P.NUM_EXAMPLES])  # type: ignore[arg-type]
         if config.dp:  # its DP sampling rate must agree with its claim (common.weights)
             check_claim(values, batch_size)  # type: ignore[arg-type]
-        proto.add_keys(nid, pk1, pk2, examples)
+        proto.add_keys(nid, pk1, pk2, signer, signature, examples)  # type: ignore[arg-type]
         metrics[nid] = values  # type: ignore[assignment]
 
     _collect(grid, config, state, messages, P.SECAGG_SETUP, failures, traffic, take_keys, evals)
     evals.missing(failures, f"round {rnd} train reply")
     proto.check_setup()
     nodes = sorted(proto.keys)
-    keys = [k for n in nodes for k in proto.keys[n]]
-    _collect(grid, config, state, [_stage_message(rnd, n, {
-        P.SECAGG_STAGE: P.SECAGG_SHARE_KEYS, P.SECAGG_NODES: nodes, P.SECAGG_PUBLIC_KEYS: keys})
-        for n in nodes], P.SECAGG_SHARE_KEYS, failures, traffic,
-        lambda nid, r: proto.add_ciphertexts(nid, list(r.content.config_records[P.SECAGG][
-            P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_CIPHERTEXTS])))
+    listed = {P.SECAGG_STAGE: P.SECAGG_SHARE_KEYS, P.SECAGG_NODES: nodes,
+              P.SECAGG_PUBLIC_KEYS: [k for n in nodes for k in proto.keys[n][:2]],
+              P.SECAGG_SIGNERS: [proto.keys[n][2] for n in nodes],
+              P.SECAGG_SIGNATURES: [proto.keys[n][3] for n in nodes]}
+    _collect(grid, config, state, [_stage_message(rnd, n, listed) for n in nodes],
+             P.SECAGG_SHARE_KEYS, failures, traffic,
+             lambda nid, r: proto.add_ciphertexts(nid, list(r.content.config_records[P.SECAGG][
+                 P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_CIPHERTEXTS])))
     proto.need(proto.sharers, P.SECAGG_SHARE_KEYS)
     _collect(grid, config, state, [_stage_message(rnd, n, {
         P.SECAGG_STAGE: P.SECAGG_MASK, P.SECAGG_SOURCES: proto.forward_for(n)[0],
@@ -112,10 +116,16 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
             nid, r.content.array_records[P.ARRAYS][P.SECAGG_MASKED].numpy()))
     proto.need(proto.masked, P.SECAGG_MASK)
     _collect(grid, config, state, [_stage_message(rnd, n, {
-        P.SECAGG_STAGE: P.SECAGG_UNMASK, P.SECAGG_ACTIVE: proto.masked,
-        P.SECAGG_DEAD: proto.dead()}) for n in proto.masked], P.SECAGG_UNMASK, failures, traffic,
-        lambda nid, r: proto.add_unmask_shares(nid, list(r.content.config_records[P.SECAGG][
-            P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_SHARES])))
+        P.SECAGG_STAGE: P.SECAGG_CHECK, P.SECAGG_SUMMED: proto.masked}) for n in proto.masked],
+        P.SECAGG_CHECK, failures, traffic, lambda nid, r: proto.add_signature(
+            nid, r.content.config_records[P.SECAGG][P.SECAGG_SIGNATURES][0]))  # type: ignore
+    proto.need(proto.signatures, P.SECAGG_CHECK)
+    signed = {P.SECAGG_STAGE: P.SECAGG_UNMASK, P.SECAGG_NODES: list(proto.signatures),
+              P.SECAGG_SIGNATURES: list(proto.signatures.values())}
+    _collect(grid, config, state, [_stage_message(rnd, n, signed) for n in proto.signatures],
+             P.SECAGG_UNMASK, failures, traffic,
+             lambda nid, r: proto.add_unmask_shares(nid, list(r.content.config_records[P.SECAGG][
+                 P.SECAGG_NODES]), list(r.content.config_records[P.SECAGG][P.SECAGG_SHARES])))
     return _finish(config, state, rnd, proto, metrics, failures, traffic, started)
 
 
@@ -150,6 +160,7 @@ def _finish(config: RunConfig, state: RunState, rnd: int, proto: SecAggRound,
             "upload_bytes": sum(traffic["upload"].values()),
             "download_bytes": sum(traffic["download"].values()),
             "secagg": {"partners": len(proto.keys), "threshold": proto.threshold,
+                       "signed_view": len(proto.signatures),
                        "dropped_after_keys": [names[n] for n in proto.dead()],
                        "aggregate_norm": norm, "upload_bytes_per_partner": traffic["upload"],
                        "download_bytes_per_stage": traffic["download"]}}

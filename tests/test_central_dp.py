@@ -233,3 +233,57 @@ def test_a_coordinator_crash_after_a_release_is_counted_on_resume(
     for record in report.values():
         assert len(record["partner_level_history"]) == len(made)
         assert record["partner_level_epsilon"] == pytest.approx(fresh_epsilon(3), rel=1e-9)
+
+
+def test_partner_level_epsilon_is_cumulative_across_init_from(tiny_bert: str,
+                                                             tmp_path: Path) -> None:
+    """Issue 33 item 12: a run continuing a release (init-from) starts each partner's
+    partner-level history from the release's, so the child's ε composes both runs' releases
+    (2 + 1 here), as its release.json says ("cumulative over this release and its ancestors");
+    a partner of the parent that takes no part in the child is carried on, for the next."""
+    from common.release import read_release
+    from server.central_dp import INHERITED, inherited_partner_level
+    from server.coordinator import run_federation
+    from simulations.local_grid import LocalGrid
+
+    config = RunConfig(base_model=tiny_bert, examples_per_partner=20, max_length=16,
+                       batch_size=8, dp_plan_check=False, local_epochs=1, num_rounds=2, dp=False,
+                       central_dp=True, central_noise_multiplier=Z, update_clip_norm=C,
+                       min_partners=1, out_dir=str(tmp_path / "parent"))
+    parent = run_federation(LocalGrid(config, 2), config)
+    child_config = config.replace(out_dir=str(tmp_path / "child"), num_rounds=1,
+                                  init_from=str(parent / "model"))
+    child = run_federation(LocalGrid(child_config, 1, run_id=2), child_config)  # partner-0 only
+    report = json.loads((child / "privacy_report.json").read_text())
+    record = read_release(child / "model").record
+    mine = report["partners"]["partner-0"]
+    assert mine["partner_level_history"] == [[Z, 1.0, 1]] * 3
+    assert mine["partner_level_epsilon"] == pytest.approx(fresh_epsilon(3), rel=1e-9)
+    assert record["partners"]["partner-0"]["partner_level_epsilon"] == \
+        mine["partner_level_epsilon"]
+    assert record[INHERITED] == {"partner-1": [[Z, 1.0, 1]] * 2}  # its parent rounds, kept
+    assert inherited_partner_level(record) == {"partner-0": [[Z, 1.0, 1]] * 3,
+                                               "partner-1": [[Z, 1.0, 1]] * 2}
+
+
+def test_an_ancestor_without_central_dp_leaves_no_partner_level_bound() -> None:
+    from server.central_dp import inherited_partner_level
+
+    plain = {"run_config": {"central-dp": False},
+             "partners": {"a": {"rounds_trained": 2}, "b": {"rounds_trained": 0}}}
+    assert inherited_partner_level(plain) == {"a": None, "b": []}
+    older = {"run_config": {"central-dp": True, "central-noise-multiplier": Z},
+             "partners": {"a": {"rounds_trained": 2, "partner_level_epsilon": 1.0}}}
+    assert inherited_partner_level(older) == {"a": [[Z, 1.0, 1]] * 2}  # over-counts, never under
+    carried = {**older, "partner_level_inherited": {"b": None, "c": [[Z, 1.0, 1]]}}
+    assert inherited_partner_level(carried) == {"a": [[Z, 1.0, 1]] * 2, "b": None,
+                                                "c": [[Z, 1.0, 1]]}
+    partners: dict[str, dict] = {"a": {}, "c": {}}
+    line = record_round(partners, ["a", "c"], [10, 10], CentralDP(Z, C, 2, DELTA), 0.5,
+                        inherited_partner_level(plain))
+    assert partners["a"]["partner_level_epsilon"] is None and partners["a"][
+        "partner_level_unbounded"]
+    assert partners["c"]["partner_level_epsilon"] == pytest.approx(fresh_epsilon(1), rel=1e-9)
+    assert line["central_dp"]["max_partner_level_epsilon"] is None  # one partner has no bound
+    assert inherited_partner_level({"run_config": {"central-dp": True},
+                                    "partners": {"a": partners["a"]}}) == {"a": None}

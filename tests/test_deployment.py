@@ -48,11 +48,13 @@ class Processes:
         self.logs, self.procs, self.marks = logs, {}, {}
         self.unclean: list[str] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None,
+              ) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")
         self.marks[name] = uuid.uuid4().hex
         proc = subprocess.Popen([CLI, *args], stdout=log, stderr=subprocess.STDOUT,
-                                env={**ENV, MARK: self.marks[name]}, start_new_session=True)
+                                env={**ENV, **(env or {}), MARK: self.marks[name]},
+                                start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -144,15 +146,19 @@ def two_partners(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str):
 
 
 def start_partner(federation, name: str, max_epsilon: float, *extra: str,
-                  key: bool = True) -> subprocess.Popen:
+                  key: bool = True, env: dict[str, str] | None = None,
+                  allow_unlearnable: bool = True) -> subprocess.Popen:
     root, port, procs = federation
     data = write_reviews(root / f"{name}.csv", seed=sum(map(ord, name)))
+    # 40 training rows cannot learn: every run here says dp-plan-check = false, and each
+    # partner's own policy must allow such rounds too (issue 33 item 2)
     args = ["partner", "start", "--coordinator", f"127.0.0.1:{port}", "--data", str(data),
             "--max-epsilon", str(max_epsilon), "--name", name, "--port", str(free_port()),
-            "--ledger-dir", str(root / "ledgers" / name), *extra]
+            "--ledger-dir", str(root / "ledgers" / name),
+            *(["--allow-unlearnable-rounds"] if allow_unlearnable else []), *extra]
     if key:
         args += ["--ca", str(root / "fed" / "ca.crt"), "--key", str(root / "keys" / name)]
-    return procs.start(name, *args)
+    return procs.start(name, *args, env=env)
 
 
 def enroll(federation, name: str) -> None:
@@ -379,3 +385,45 @@ def test_secure_aggregation_over_tls_survives_a_partner_killed_after_key_sharing
         assert np.abs(fedavg).max() > 10 * bound  # the update is not lost in the tolerance
         procs.procs.pop("org-z")
         procs.marks.pop("org-z")
+
+
+@pytest.mark.heavy  # two runs over TLS with a real partner: minutes
+@pytest.mark.xdist_group("flower-deployment-oracle")
+def test_a_coordinator_cannot_buy_exact_evaluations(tmp_path_factory, tiny_bert: str) -> None:
+    """Issue 33 item 2, black-box through the CLI: a crafted run (σ = 1000, a batch of every
+    row, dp-plan-check = false) costs almost no ε a round and would buy one exact evaluation per
+    round. A partner started with `--max-evaluations 1` refuses it in the pre-flight as unable
+    to learn (its ledger untouched); started again with `--allow-unlearnable-rounds`, it trains
+    the crafted rounds but answers one exact evaluation, refuses the others and records
+    nothing for them."""
+    from common.storage import read_sealed_json
+
+    crafted = ["--rounds", "3", "--labels", "neg,pos", "--set", f'base-model="{tiny_bert}"',
+               "--set", "max-length=16", "--set", "batch-size=64", "--set", "local-epochs=1",
+               "--set", "noise-multiplier=1000.0", "--set", "dp-plan-check=false",
+               "--set", "min-partners=1", "--set", "round-timeout=300.0"]
+    with open_federation(tmp_path_factory.mktemp("oracle")) as fed:
+        root, _, procs = fed
+        enroll(fed, "org-o")
+        start_partner(fed, "org-o", 50.0, "--max-evaluations", "1", allow_unlearnable=False)
+        first = cli("run", "--coordinator", str(root / "fed"), "--out", str(root / "out1"),
+                    *crafted)
+        assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
+        last = first.stderr.strip().splitlines()[-1]
+        assert "pre-flight: 0 of 1" in last and "allow-unlearnable-rounds" in last, last
+        ledgers = root / "ledgers" / "org-o"
+        assert not list(ledgers.glob("org-o@*.json"))  # refused: nothing spent or recorded
+        procs.stop("org-o")
+        start_partner(fed, "org-o", 50.0, "--max-evaluations", "1")
+        second = cli("run", "--coordinator", str(root / "fed"), "--out", str(root / "out2"),
+                     *crafted)
+        assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+        lines = [json.loads(x) for x in (root / "out2" / "metrics.jsonl").read_text()
+                 .splitlines()]
+        assert list(lines[0]["eval_per_partner"]) == ["org-o"]
+        for line in lines[1:]:
+            assert not line["eval_per_partner"]
+            assert "max-evaluations is 1" in line["eval_failures"][0]["reason"]
+        [ledger] = ledgers.glob("org-o@*.json")
+        body = read_sealed_json(ledger)
+        assert len(body["answers"]) == 1 and len(body["releases"]) == 3

@@ -15,6 +15,7 @@ from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.release import monitoring_config, read_release
+from common.storage import read_sealed_json
 from server.monitoring import drift_check
 from simulations.cli import main
 
@@ -131,7 +132,11 @@ def test_a_partner_whose_new_data_drifted_is_flagged(release: Path, tmp_path: Pa
     assert sent["tp/pos"] == 0 and sent["fn/pos"] == 10
     audit = [json.loads(x) for x in (out / "ledgers" / "audit.jsonl").read_text().splitlines()]
     assert {a["message"] for a in audit} == {"monitoring"}
-    assert not list((out / "ledgers").glob("*@*.json"))  # no ledger: no ε spent
+    answered = {path.name.split("@")[0]: read_sealed_json(path)
+                for path in (out / "ledgers").glob("*@*.json")}
+    assert sorted(answered) == ["partner-0", "partner-1", "partner-2"]  # their answers counted
+    for body in answered.values():  # two monitoring answers each (issue 33 item 2), no ε spent
+        assert not body["releases"] and [a["what"] for a in body["answers"]] == ["monitoring"] * 2
 
 
 def test_partner_evaluate_scores_groups(release: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.deploy import PartnerPolicy, supernode_env
+from client.deploy import PartnerPolicy, runner_command, supernode_command, supernode_env
 from common.keys import check_partner_name, generate_node_keys, load_node_public_key
 from common.errors import ConfigError
 from server.certificates import create_ca_and_server_cert
@@ -70,9 +70,18 @@ def test_partner_policy_is_validated_and_goes_into_the_node_config(tmp_path: Pat
                                     delta=1e-5, ledger_dir=tmp_path), **bad})
 
 
-def test_the_supernode_polls_for_tasks_faster_unless_the_partner_chose() -> None:
+def test_the_partners_runner_answers_for_a_supernode_in_process_isolation(tmp_path: Path) -> None:
+    """`partner start` runs client.runner, which starts the SuperNode: Flower starts no
+    ClientApp of its own (process isolation), and the runner gets the partner's approved code."""
+    policy = PartnerPolicy(name="org-a", data=tmp_path / "d.csv", max_epsilon=8.0, delta=1e-5,
+                           ledger_dir=tmp_path / "ledger", extra=(("allowed-code", "ab,cd"),))
+    supernode = supernode_command(policy, "127.0.0.1:9092", None, None, 9101, insecure=True)
+    assert supernode[supernode.index("--isolation") + 1] == "process"
+    command = runner_command(policy, supernode, 9101)
+    assert command[1:4] == ["-P", "-m", "client.runner"]
+    assert command[-len(supernode):] == supernode
+    assert command[command.index("--address") + 1] == "127.0.0.1:9101"
+    assert command[command.index("--allowed-code") + 1] == "ab,cd"
     env = supernode_env({"PATH": "/bin", "FLWR_TELEMETRY_ENABLED": "1"})
-    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.2" and env["PATH"] == "/bin"
     assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
-    mine = supernode_env({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "2"})
-    assert mine["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2"
+    assert env["PATH"] == "/bin"

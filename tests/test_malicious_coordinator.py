@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,7 @@ from client.policy import PartnerSettings
 from common.wire.records import to_array_record
 from common import protocol as P
 from common.config import RunConfig
-from common.errors import PrivacyError
+from common.errors import PrivacyError, UpdateError
 from common.secagg_params import check_setup, setup_parameters, threshold_for
 from server.aggregation import fedavg
 from server.secagg import SecAggRound
@@ -48,10 +48,20 @@ class Round:
     contexts: dict[int, Context] = field(default_factory=dict)
     refusals: dict[int, str] = field(default_factory=dict)
     deltas: dict[int, np.ndarray] = field(default_factory=dict)
+    keys: dict[int, Path] = field(default_factory=dict)  # enrolled keys; none = simulated
+
+    def node_config(self, nid: int) -> dict[str, Any]:
+        """Simulated partner i of n (its signing key and peers come from the run's seed), or a
+        partner with its enrolled key (its peers: the key's directory)."""
+        if nid in self.keys:
+            return {"partner-name": f"p{nid}", "secagg-key": str(self.keys[nid])}
+        return {"partner-name": f"p{nid}", "partition-id": list(self.examples).index(nid),
+                "num-partitions": len(self.examples)}
 
     def partner(self, nid: int) -> PartnerSettings:
-        return PartnerSettings(f"p{nid}", ledger_dir=str(Path(self.config.out_dir) / "ledger"),
-                               min_partners=self.min_partners.get(nid, 0))
+        settings = PartnerSettings.from_node_config(self.node_config(nid))
+        return replace(settings, ledger_dir=str(Path(self.config.out_dir) / "ledger"),
+                       min_partners=self.min_partners.get(nid, 0))
 
     def send(self, stage: str, nid: int, values: dict[str, Any]) -> RecordDict | None:
         msg = Message(content=RecordDict({
@@ -59,7 +69,8 @@ class Round:
             P.SECAGG: ConfigRecord({P.SECAGG_STAGE: stage, **self.tamper(stage, nid, values)})}),
             dst_node_id=nid, message_type=MessageType.TRAIN, group_id="1")
         if stage == P.SECAGG_SETUP:  # what client/app.py does: train, then secagg.start
-            self.contexts[nid] = Context(1, nid, {}, RecordDict(), self.config.to_mapping())
+            self.contexts[nid] = Context(1, nid, self.node_config(nid), RecordDict(),
+                                         self.config.to_mapping())
             rng = np.random.default_rng(nid)
             self.deltas[nid] = rng.normal(0, 0.05, SIZE)
             content = RecordDict({
@@ -88,14 +99,18 @@ class Round:
             reply = self.send(P.SECAGG_SETUP, nid, {P.SECAGG_THRESHOLD: proto.threshold,
                                                     **params})
             if reply is not None:
-                pk1, pk2 = reply.config_records[P.SECAGG][P.SECAGG_PUBLIC_KEYS]
-                proto.add_keys(nid, pk1, pk2, self.examples[nid])
+                rec = reply.config_records[P.SECAGG]
+                (signer,), (signature,) = rec[P.SECAGG_SIGNERS], rec[P.SECAGG_SIGNATURES]
+                proto.add_keys(nid, *rec[P.SECAGG_PUBLIC_KEYS], signer, signature,
+                               self.examples[nid])
         proto.check_setup()
         nodes = sorted(proto.keys)
-        keys = [k for n in nodes for k in proto.keys[n]]
+        listed = {P.SECAGG_NODES: nodes,
+                  P.SECAGG_PUBLIC_KEYS: [k for n in nodes for k in proto.keys[n][:2]],
+                  P.SECAGG_SIGNERS: [proto.keys[n][2] for n in nodes],
+                  P.SECAGG_SIGNATURES: [proto.keys[n][3] for n in nodes]}
         for nid in nodes:
-            reply = self.send(P.SECAGG_SHARE_KEYS, nid, {P.SECAGG_NODES: nodes,
-                                                         P.SECAGG_PUBLIC_KEYS: keys})
+            reply = self.send(P.SECAGG_SHARE_KEYS, nid, listed)
             if reply is not None:
                 rec = reply.config_records[P.SECAGG]
                 proto.add_ciphertexts(nid, list(rec[P.SECAGG_NODES]),
@@ -109,8 +124,17 @@ class Round:
                 proto.add_masked(nid, reply.array_records[P.ARRAYS][P.SECAGG_MASKED].numpy())
         proto.need(proto.masked, P.SECAGG_MASK)
         for nid in list(proto.masked):
-            reply = self.send(P.SECAGG_UNMASK, nid, {P.SECAGG_ACTIVE: list(proto.masked),
-                                                     P.SECAGG_DEAD: proto.dead()})
+            reply = self.send(P.SECAGG_CHECK, nid, {P.SECAGG_SUMMED: list(proto.masked)})
+            if reply is not None:
+                try:  # a signature of another view is dropped, as server/secagg_phase.py does
+                    proto.add_signature(nid, reply.config_records[P.SECAGG][P.SECAGG_SIGNATURES][0])
+                except UpdateError:
+                    pass
+        proto.need(proto.signatures, P.SECAGG_CHECK)
+        for nid in list(proto.signatures):
+            reply = self.send(P.SECAGG_UNMASK, nid, {
+                P.SECAGG_NODES: list(proto.signatures),
+                P.SECAGG_SIGNATURES: list(proto.signatures.values())})
             if reply is not None:
                 rec = reply.config_records[P.SECAGG]
                 proto.add_unmask_shares(nid, list(rec[P.SECAGG_NODES]),
@@ -216,17 +240,78 @@ def test_min_partners_refuses_a_round_with_fewer_partners(tmp_path: Path) -> Non
 
 
 def test_min_partners_refuses_to_unmask_a_sum_of_too_few(tmp_path: Path) -> None:
-    """Five partners share keys (t = 3), but the coordinator asks to unmask a sum of three,
-    reporting two as dropped: a partner with min-partners = 4 gives no shares, one without that
-    rule does (the threshold alone allows it)."""
+    """Five partners share keys (t = 3), but the coordinator tells two of them that only three
+    are summed: the one with min-partners = 4 signs nothing, the one without that rule signs
+    (the threshold alone allows it). That signature is of another view than the other three
+    signed, so it unmasks nothing; those three unmask the sum of all five."""
     def shrink(stage: str, nid: int, values: dict[str, Any]) -> dict[str, Any]:
-        if stage == P.SECAGG_UNMASK:
-            return {**values, P.SECAGG_ACTIVE: [11, 22, 33], P.SECAGG_DEAD: [44, 55]}
+        if stage == P.SECAGG_CHECK and nid in (11, 22):
+            return {**values, P.SECAGG_SUMMED: [11, 22, 33]}
         return values
 
-    rnd = Round(config_for(tmp_path, secagg_threshold=0.51),
-                {11: 40.0, 22: 60.0, 33: 100.0, 44: 10.0, 55: 20.0}, tamper=shrink,
+    examples = {11: 40.0, 22: 60.0, 33: 100.0, 44: 10.0, 55: 20.0}
+    rnd = Round(config_for(tmp_path, secagg_threshold=0.51), examples, tamper=shrink,
                 min_partners={11: 4})
-    rnd.run()
-    assert "at least 4 must be in it" in rnd.refusals[11]
-    assert 22 not in rnd.refusals and 22 in rnd.run().unmaskers
+    proto = rnd.run()
+    assert "at least 4 must be in it" in rnd.refusals[11] and set(rnd.refusals) == {11}
+    assert sorted(proto.signatures) == sorted(proto.unmaskers) == [33, 44, 55]
+    mean, error = proto.mean_update()
+    expected = fedavg([({"w": rnd.deltas[n]}, w) for n, w in examples.items()])["w"]
+    assert np.max(np.abs(mean - expected)) <= error
+
+
+def _forged(nid: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """Keys the coordinator makes up for a node, signed with a key of its own."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from client.secagg_protocol import PartnerSecAgg
+    from common.secagg_identity import Identity
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    params = {P.SECAGG_THRESHOLD: 3, **setup_parameters(config_for(Path(".")))}
+    return PartnerSecAgg().setup(nid, params, Identity(key, {}))
+
+
+def add_forged_partner(stage: str, nid: int, values: dict[str, Any]) -> dict[str, Any]:
+    """At share-keys, list a made-up node 99 beside the real ones (a threshold of 3, announced
+    at setup, is what 4 partners need: the forgery passes every check but the signatures)."""
+    if stage == P.SECAGG_SETUP:
+        return {**values, P.SECAGG_THRESHOLD: 3}
+    if stage != P.SECAGG_SHARE_KEYS:
+        return values
+    pk1, pk2, signer, signature = _forged(99)
+    return {**values, P.SECAGG_NODES: [*values[P.SECAGG_NODES], 99],
+            P.SECAGG_PUBLIC_KEYS: [*values[P.SECAGG_PUBLIC_KEYS], pk1, pk2],
+            P.SECAGG_SIGNERS: [*values[P.SECAGG_SIGNERS], signer],
+            P.SECAGG_SIGNATURES: [*values[P.SECAGG_SIGNATURES], signature]}
+
+
+def test_a_forged_partner_is_refused_by_every_partner(tmp_path: Path) -> None:
+    rnd = Round(config_for(tmp_path), {11: 40.0, 22: 60.0, 33: 100.0}, tamper=add_forged_partner)
+    with pytest.raises(Exception, match="threshold"):  # nobody shares keys with it
+        rnd.run()
+    assert set(rnd.refusals) == {11, 22, 33}
+    assert all("not among this partner's peers" in r for r in rnd.refusals.values())
+    audit = [json.loads(line) for line in
+             (tmp_path / "run" / "ledger" / "audit.jsonl").read_text().splitlines()]
+    assert "not among this partner's peers" in audit[-1]["refused"]
+
+
+def test_enrolled_keys_sign_a_round_and_a_stranger_is_refused(tmp_path: Path) -> None:
+    """Partners with `consortium partner keygen` keys (peers: the keys' directory) complete a
+    round; a partner whose key is not in that directory is refused by the others."""
+    from common.keys import generate_node_keys
+
+    examples = {11: 40.0, 22: 60.0, 33: 100.0, 44: 70.0}
+    keys = {n: generate_node_keys(tmp_path / "keys", f"p{n}")[0] for n in (11, 22, 33)}
+    keys[44] = generate_node_keys(tmp_path / "elsewhere", "p44")[0]
+    (tmp_path / "elsewhere" / "p11.pub").write_bytes((tmp_path / "keys" / "p11.pub").read_bytes())
+    rnd = Round(config_for(tmp_path), {n: examples[n] for n in (11, 22, 33)}, keys=keys)
+    mean, error = rnd.run().mean_update()
+    expected = fedavg([({"w": rnd.deltas[n]}, w) for n, w in rnd.examples.items()])["w"]
+    assert not rnd.refusals and np.max(np.abs(mean - expected)) <= error
+    rnd = Round(config_for(tmp_path, secagg_threshold=0.51), examples, keys=keys)
+    with pytest.raises(Exception, match="threshold"):
+        rnd.run()  # p44 knows only p11; the others know no p44: every partner refuses
+    assert set(rnd.refusals) == {11, 22, 33, 44}
+    assert "not among this partner's peers" in rnd.refusals[11]

@@ -16,7 +16,7 @@ from client.secagg import PartnerSecAgg
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import UpdateError
-from common.secagg_params import MOD_RANGE, threshold_for
+from common.secagg_params import threshold_for
 from common.storage import read_sealed_json
 from common.weights import capped_weight, check_claimed_examples
 from server.aggregation import RoundFold
@@ -84,27 +84,18 @@ def test_a_claim_its_own_sampling_rate_contradicts_is_rejected() -> None:
 def test_secure_aggregation_caps_an_inflated_claim() -> None:
     """The coordinator caps the announced claim, the partner masks min(n, W) / W of its own
     run config's W; the unmasked mean gives the inflater CAP / (CAP + 30) of the weight."""
+    from common.secagg_identity import simulated_identity
     from server.secagg import SecAggRound
+    from tests.test_secagg import play_round
 
     deltas = {1: np.array([1.0, 0, 0]), 2: np.array([1.0, 0, 0]), 3: np.array([1.0, 0, 0]),
               4: np.array([0, 1.0, 0])}
     claims = {1: 10.0, 2: 10.0, 3: 10.0, 4: LIE}
     levels = 2**22
     proto = SecAggRound(threshold_for(4, 0.6), 10.0, levels, 3, CAP)
-    params = {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: 10.0,
-              P.SECAGG_QUANTIZATION_RANGE: levels, P.SECAGG_MOD_RANGE: MOD_RANGE}
     partners = {n: PartnerSecAgg() for n in deltas}
-    for nid, partner in partners.items():
-        proto.add_keys(nid, *partner.setup(nid, params), claims[nid])
-        partner.weight, partner.max_weight = claims[nid], CAP
-    for nid, partner in partners.items():
-        proto.add_ciphertexts(nid, *partner.share_keys(dict(proto.keys)))
-    for nid, partner in partners.items():
-        proto.add_masked(nid, partner.mask(*proto.forward_for(nid), deltas[nid],
-                                           partner.ratio()))
-    for nid, partner in partners.items():
-        proto.add_unmask_shares(nid, *partner.unmask(list(proto.masked), proto.dead()))
-    mean, error = proto.mean_update()
+    ids = {n: simulated_identity(0, n - 1, len(deltas)) for n in deltas}
+    mean, error = play_round(proto, partners, ids, claims, CAP, deltas)
     assert partners[4].ratio() == 1.0 and proto.weights[4] == capped_weight(LIE, CAP) == CAP
     np.testing.assert_allclose(mean, [30 / 50, 20 / 50, 0], atol=error + 1e-12)
 

@@ -32,7 +32,9 @@ def _config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
 
 
 def _own(tmp_path: Path, data: Path, **policy) -> PartnerSettings:
-    """org-a with its own data file and, as a real partner must, its own ledger-dir."""
+    """org-a with its own data file and, as a real partner must, its own ledger-dir; its
+    policy lets the tiny data's unlearnable plans train (the run's dp-plan-check cannot)."""
+    policy = {"allow_unlearnable_rounds": True, **policy}
     return PartnerSettings(name="org-a", data_path=str(data), ledger_dir=str(tmp_path / "ledgers"),
                            **policy)
 
@@ -57,8 +59,9 @@ def test_run_config_cannot_open_a_fresh_ledger(tiny_bert: str, tmp_path: Path,
     spent = []
     for i, change in enumerate(runs):
         spent.append(_round(_config(tiny_bert, tmp_path, **change), partner, run=f"run-{i}"))
-    with sentiment_csv.open("a") as handle:
-        handle.write("the food was great good fine 9,pos,food\n")
+    with sentiment_csv.open("a") as handle:  # 12 rows: the keyed split holds one out at random,
+        handle.writelines(f"the food was great good fine {i},pos,food\n" for i in range(12))
+        # so all twelve land in the held-out fifth with probability 0.2 ** 12
     spent.append(_round(_config(tiny_bert, tmp_path), partner, run="run-appended"))
     body = _ledger(tmp_path)
     assert [r["run_id"] for r in body["releases"]] == [f"run-{i}" for i in range(4)] + [
@@ -203,7 +206,8 @@ def test_the_run_config_cannot_place_a_real_partners_ledger(tiny_bert: str, tmp_
     a run config's ledger-dir (the coordinator's choice: an empty directory is ε = 0) is never
     used for it, and without a node-config ledger-dir the round is refused, nothing spent."""
     config = _config(tiny_bert, tmp_path, ledger_dir=str(tmp_path / "fresh"))
-    no_dir = PartnerSettings(name="org-a", data_path=str(sentiment_csv))
+    no_dir = PartnerSettings(name="org-a", data_path=str(sentiment_csv),
+                             allow_unlearnable_rounds=True)
     with pytest.raises(ConfigError, match="sets no ledger-dir"):
         _round(config, no_dir)
     assert not (tmp_path / "fresh").exists()

@@ -16,6 +16,7 @@ from common.errors import DataError
 from common.groups import group_counts, group_scores, reported_groups
 from common.privacy import epsilon_of
 
+KEY = bytes(32)  # a partner secret, for the splits computed here
 RARE = (7,)  # the person of group X: held out at both partners (1 <= X < 3 rows; checked)
 
 
@@ -104,7 +105,7 @@ def test_simulate_refuses_a_missing_person_column_and_writes_nothing(tmp_path, c
 def test_a_persons_rows_are_held_out_together(tmp_path: Path):
     data = load_text_dataset(people_csv(tmp_path / "p.csv"), "text", "label", ("neg", "pos"),
                              person_column="person")
-    train, test = split_held_out(data, 0.3)
+    train, test = split_held_out(data, 0.3, KEY)
     assert test.persons and not set(train.persons) & set(test.persons)
 
 
@@ -132,15 +133,16 @@ def test_people_end_to_end(tiny_bert: str, tmp_path: Path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.tokenizer, name)
 
-    monkeypatch.setattr(client.received, "load_tokenizer", lambda config: Spy(real(config)))
+    monkeypatch.setattr(client.received, "load_tokenizer",
+                        lambda config, **kwargs: Spy(real(config, **kwargs)))
 
     from common.partition import partition_indices
 
     data = people_csv(tmp_path / "people.csv")
     full = load_text_dataset(data, "text", "label", ("neg", "pos"), person_column="person",
                              subgroup_column="sex")
-    held_out_x = [split_held_out(full.subset(rows), 0.4)[1].subgroups.count("X")
-                  for rows in partition_indices(full, 2, "iid", 42)]
+    held_out_x = [split_held_out(full.subset(rows), 0.4, None)[1].subgroups.count("X")
+                  for rows in partition_indices(full, 2, "iid", 42)]  # simulated: public hash
     assert all(1 <= n < 3 for n in held_out_x)  # so suppression is what keeps X out
     assert all(p in data.read_text() for p in PLANTED)
     out = tmp_path / "run"
@@ -235,18 +237,21 @@ def test_partner_start_checks_every_rows_person_and_group(tmp_path: Path):
         check_partner_data(policy(**{"group-column": "age"}))
 
 
-def test_corrections_relabel_held_out_and_replace_or_add_training_rows():
+def test_corrections_relabel_rows_where_they_are_and_add_new_ones_by_the_split():
     from common.data import TextDataset, apply_corrections
 
     names = ("neg", "pos")
     train = TextDataset(("a", "b", "b", "c"), (0, 0, 0, 1), names)
     test = TextDataset(("h1", "h2"), (0, 1), names)
     fixes = TextDataset(("b", "h2", "new", "b"), (1, 0, 1, 1), names)
-    train2, test2, counts = apply_corrections(train, test, fixes)
-    assert list(zip(train2.texts, train2.labels)) == [("a", 0), ("c", 1), ("b", 1), ("new", 1)]
+    train2, test2, counts = apply_corrections(train, test, fixes, 0.0, KEY)  # "new": training
+    assert list(zip(train2.texts, train2.labels)) == [("a", 0), ("b", 1), ("b", 1), ("c", 1),
+                                                      ("new", 1)]
     assert list(zip(test2.texts, test2.labels)) == [("h1", 0), ("h2", 0)]  # never into training
-    assert counts == {"corrections": 3, "held_out_relabelled": 1, "training_rows_replaced": 2,
-                      "training_rows_added": 2}
+    assert counts == {"corrections": 3, "held_out_relabelled": 1, "held_out_added": 0,
+                      "training_rows_relabelled": 2, "training_rows_added": 1}
+    train3, test3, _ = apply_corrections(train, test, fixes, 0.999999, KEY)  # "new": held out
+    assert "new" in test3.texts and "new" not in train3.texts
 
 
 def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str,
@@ -267,6 +272,7 @@ def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str
                        dp_plan_check=False, local_epochs=1, num_rounds=1, delta=1e-3,
                        out_dir=str(tmp_path / "out"), ledger_dir=str(tmp_path / "ledgers"))
     partner = PartnerSettings.from_node_config({"data-path": str(data),
+                                                "allow-unlearnable-rounds": True,
                                                 "corrections": str(fixes),
                                                 "ledger-dir": str(tmp_path / "ledgers")})
     model = build_model(config, ("neg", "pos"))
@@ -276,7 +282,8 @@ def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str
     assert "reviewed new note" not in audit
     corrections = json.loads(audit.splitlines()[-1])["corrections"]
     assert corrections["corrections"] == 2
-    assert corrections["held_out_relabelled"] + corrections["training_rows_added"] == 2
+    assert sum(corrections[k] for k in ("held_out_relabelled", "training_rows_relabelled",
+                                        "held_out_added", "training_rows_added")) == 2
 
 
 def test_a_groups_floor_counts_distinct_persons():

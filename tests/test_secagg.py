@@ -12,6 +12,7 @@ import pytest
 from client.secagg_protocol import PartnerSecAgg, quantized_vector
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, SimulatedDropout, UpdateError
+from common.secagg_identity import simulated_identity
 from common.storage import read_sealed_json
 from server.aggregation import fedavg
 from server.secagg import (MOD_RANGE, SecAggError, SecAggRound, check_mean_update,
@@ -20,6 +21,11 @@ from common import protocol as P
 
 CLIP, LEVELS = 10.0, 2**22
 NODES = [7, 1_000_003, 2**63 + 11, 42]  # Flower node ids are unsigned 64-bit
+
+
+def identities(nodes):
+    """Each node's signing key and peers: simulated partners 0 … n − 1 of a run with seed 0."""
+    return {nid: simulated_identity(0, i, len(nodes)) for i, nid in enumerate(nodes)}
 
 
 def run_protocol(deltas: dict[int, np.ndarray], weights: dict[int, float], share: float = 0.6,
@@ -32,11 +38,12 @@ def run_protocol(deltas: dict[int, np.ndarray], weights: dict[int, float], share
     params = {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: CLIP,
               P.SECAGG_QUANTIZATION_RANGE: LEVELS, P.SECAGG_MOD_RANGE: MOD_RANGE}
     partners = {nid: PartnerSecAgg() for nid in deltas}
+    ids = identities(list(deltas))
     for nid, partner in partners.items():  # setup
-        proto.add_keys(nid, *partner.setup(nid, params), weights[nid])
+        proto.add_keys(nid, *partner.setup(nid, params, ids[nid]), weights[nid])
     proto.check_setup()
     for nid, partner in partners.items():  # share keys
-        proto.add_ciphertexts(nid, *partner.share_keys(dict(proto.keys)))
+        proto.add_ciphertexts(nid, *partner.share_keys(dict(proto.keys), ids[nid]))
     views = {}
     for nid in proto.sharers:  # collect masked vectors; the dropouts never send theirs
         if nid in drop_after_keys:
@@ -46,10 +53,37 @@ def run_protocol(deltas: dict[int, np.ndarray], weights: dict[int, float], share
         views[nid] = partner.mask(*proto.forward_for(nid), deltas[nid], partner.ratio())
         proto.add_masked(nid, views[nid])
     proto.need(proto.masked, "collect masked vectors")  # as server/secagg_phase.py does
-    for nid in proto.masked:  # unmask
-        proto.add_unmask_shares(nid, *partners[nid].unmask(list(proto.masked), proto.dead()))
+    for nid in proto.masked:  # consistency check
+        proto.add_signature(nid, partners[nid].check(list(proto.masked), ids[nid]))
+    signed = list(proto.signatures), list(proto.signatures.values())
+    for nid in proto.signatures:  # unmask
+        proto.add_unmask_shares(nid, *partners[nid].unmask(*signed))
     mean, error = proto.mean_update()
     return mean, error, views, proto
+
+
+def play_round(proto, partners: dict, ids: dict, weights: dict[int, float], max_weight: float,
+               deltas: dict[int, np.ndarray]):
+    """Every stage with every partner answering (``partners`` may hold forgers); returns
+    (mean, error bound)."""
+    for nid, partner in partners.items():
+        proto.add_keys(nid, *partner.setup(nid, proto_params(proto), ids[nid]), weights[nid])
+        partner.weight, partner.max_weight = weights[nid], max_weight
+    for nid, partner in partners.items():
+        proto.add_ciphertexts(nid, *partner.share_keys(dict(proto.keys), ids[nid]))
+    for nid, partner in partners.items():
+        proto.add_masked(nid, partner.mask(*proto.forward_for(nid), deltas[nid], partner.ratio()))
+    for nid, partner in partners.items():
+        proto.add_signature(nid, partner.check(list(proto.masked), ids[nid]))
+    signed = list(proto.signatures), list(proto.signatures.values())
+    for nid, partner in partners.items():
+        proto.add_unmask_shares(nid, *partner.unmask(*signed))
+    return proto.mean_update()
+
+
+def proto_params(proto) -> dict:
+    return {P.SECAGG_THRESHOLD: proto.threshold, P.SECAGG_CLIPPING_RANGE: proto.clipping_range,
+            P.SECAGG_QUANTIZATION_RANGE: proto.quantization_range, P.SECAGG_MOD_RANGE: MOD_RANGE}
 
 
 def make_updates(n: int, size: int, seed: int = 0):
@@ -100,23 +134,37 @@ def test_partners_refuse_what_would_reveal_an_update() -> None:
     partner = PartnerSecAgg()
     params = {P.SECAGG_THRESHOLD: 2, P.SECAGG_CLIPPING_RANGE: CLIP,
               P.SECAGG_QUANTIZATION_RANGE: LEVELS, P.SECAGG_MOD_RANGE: MOD_RANGE}
-    partner.setup(5, params)
+    ids = identities([1, 2, 3, 4, 5])
+    partner.setup(5, params, ids[5])
     with pytest.raises(PrivacyError, match="order"):  # no unmask before masking
-        partner.unmask([5, 6], [])
+        partner.unmask([5, 6], [b"", b""])
     with pytest.raises(PrivacyError, match="unsafe"):
-        PartnerSecAgg().setup(5, {**params, P.SECAGG_THRESHOLD: 1})
-    low = PartnerSecAgg()
-    low.setup(1, params)  # t = 2 of 5 partners: a coordinator could get both secrets of one
+        PartnerSecAgg().setup(5, {**params, P.SECAGG_THRESHOLD: 1}, ids[5])
+    low, others = PartnerSecAgg(), {n: PartnerSecAgg() for n in range(2, 6)}
+    # t = 2 of 5 partners: a coordinator could get both secrets of one
+    keys = {1: low.setup(1, params, ids[1]),
+            **{n: p.setup(n, params, ids[n]) for n, p in others.items()}}
     with pytest.raises(PrivacyError, match="above half"):
-        low.share_keys({1: (low.pk1, low.pk2), **{n: (bytes([n]), bytes([n, n]))
-                                                  for n in range(2, 6)}})
+        low.share_keys(keys, ids[1])
+    for summed, reason in (([1, 2, 3], "only partners it masked with"),  # 3 never shared keys
+                           ([1], "hold this partner"), ([2, 2], "repeats")):
+        a, b = PartnerSecAgg(), PartnerSecAgg()
+        keys = {1: a.setup(1, params, ids[1]), 2: b.setup(2, params, ids[2])}
+        _, texts = a.share_keys(keys, ids[1])
+        b.share_keys(keys, ids[2])
+        b.mask([1], texts, np.zeros(4), 1.0)
+        with pytest.raises(PrivacyError, match=reason):
+            b.check(summed, ids[2])
+        with pytest.raises(PrivacyError, match="order"):  # one view signed per round, at most
+            b.check([1, 2], ids[2])
     a, b = PartnerSecAgg(), PartnerSecAgg()
-    keys = {1: a.setup(1, params), 2: b.setup(2, params)}
-    _, texts = a.share_keys(keys)
-    b.share_keys(keys)
+    keys = {1: a.setup(1, params, ids[1]), 2: b.setup(2, params, ids[2])}
+    _, texts = a.share_keys(keys, ids[1])
+    b.share_keys(keys, ids[2])
     b.mask([1], texts, np.zeros(4), 1.0)
-    with pytest.raises(PrivacyError, match="inconsistent"):  # both secrets of partner 1
-        b.unmask([1, 2], [1])
+    signature = b.check([2, 1], ids[2])
+    with pytest.raises(PrivacyError, match="at least the threshold 2"):  # its own alone: < t
+        b.unmask([2], [signature])
 
 
 def test_the_coordinator_rejects_a_bad_aggregate() -> None:
@@ -212,6 +260,7 @@ def test_rounds_through_the_apps_with_a_dropout(tiny_bert: str, tmp_path: Path,
     assert len(first["secagg"]["dropped_after_keys"]) == 1 and first["secagg"]["threshold"] == 2
     assert len(first["partners_replied"]) == 2 and len(second["partners_replied"]) == 3
     assert first["secagg"]["aggregate_norm"] is not None
+    assert first["secagg"]["signed_view"] == 2 and second["secagg"]["signed_view"] == 3
     # round 1's model, evaluated by every partner that trained it, dropout included, in the
     # clear beside round 2's keys; the final model in its own EVALUATE Messages
     assert len(first["eval_per_partner"]) == len(second["eval_per_partner"]) == 3

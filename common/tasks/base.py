@@ -97,6 +97,9 @@ class Task(ABC):
     one_label_per_text: ClassVar[bool] = False  # the privacy audit's canaries need one
     # de-identification replaces spans of whole texts (``texts`` of str); tagged words cannot
     maskable_text: ClassVar[bool] = False
+    # L2 norm by which one example can move its evaluation's num-examples and tp / fp / fn
+    # counts, for noisy answers (common.oracle); None = unbounded (no evaluation = dp)
+    count_sensitivity: ClassVar[float | None] = None
 
     def check_config(self, config: TaskConfig) -> None:
         """Reject settings this task cannot run with; ConfigError naming the key."""

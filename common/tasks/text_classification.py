@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -31,6 +32,7 @@ class TextClassification(Task):
     widget_text = "The striker scored twice as the home team won the cup final."
     one_label_per_text = True
     maskable_text = True
+    count_sensitivity = math.sqrt(3)  # n, and tp of its class or fp and fn of two classes
 
     def infer_labels(self, config: TaskConfig) -> tuple[str, ...]:
         return infer_labels(config.data, config.label_column)
