@@ -100,12 +100,14 @@ def sentiment_csv(tmp_path: Path) -> Path:
 def _worker_local_superlink_ports() -> None:
     """Each pytest-xdist worker gets its own ports for Flower's local SuperLink (Flower's own
     variables, read by `flwr run` and `consortium simulate`), so simulations on different
-    workers can overlap."""
+    workers can overlap. CONSORTIUM_TEST_PORT_BASE (default 39091) moves the whole block, so
+    two suites on one machine (two checkouts) do not share a SuperLink."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    base = int(os.environ.get("CONSORTIUM_TEST_PORT_BASE", "39091"))
     if worker.startswith("gw") and worker[2:].isdigit():
         offset = 100 * (int(worker[2:]) + 1)
-        os.environ.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(39091 + offset))
-        os.environ.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(39093 + offset))
+        os.environ.setdefault("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", str(base + offset))
+        os.environ.setdefault("FLWR_LOCAL_CONTROL_API_PORT", str(base + 2 + offset))
 
 
 _worker_local_superlink_ports()
