@@ -73,8 +73,9 @@ ERROR_MODEL = "partner-model-error"  # the base model cannot be loaded or does n
 ERROR_LEDGER = "partner-ledger-error"  # its privacy ledger or a checkpoint cannot be read
 ERROR_UPDATE = "partner-update-error"  # the weights it received do not fit the model
 ERROR_INTERNAL = "partner-internal-error"  # anything else
+ERROR_STOPPED = "partner-stopped"  # its operator stopped it (SIGINT / SIGTERM) mid-Message
 ERROR_REASONS = (ERROR_DATA, ERROR_CONFIG, ERROR_MODEL, ERROR_LEDGER, ERROR_UPDATE,
-                 ERROR_INTERNAL)
+                 ERROR_INTERNAL, ERROR_STOPPED)
 
 # Secure aggregation (server/secagg.py <-> client/secagg.py): one ConfigRecord SECAGG in both
 # directions; SECAGG_STAGE in the coordinator's record says which step a TRAIN message asks for

@@ -38,8 +38,8 @@ from server.outputs import (METRICS_FILE, append_metrics, export_model, json_saf
                             truncate_metrics, write_privacy_report)
 from server.report import write_live_report, write_report
 from server.monitoring import run_monitoring
-from server.messaging import (Evaluations, RunState, absent, gpu_line, make_messages, partner_name,
-                              stream_replies)
+from server.messaging import (STOPPED, Evaluations, RunState, absent, gpu_line, make_messages,
+                              partner_name, stream_replies)
 from server.run_data import last_metrics_line
 from server.tracking import Tracker, open_tracker
 from server.secagg_phase import secure_train_phase
@@ -123,9 +123,11 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
         logger.warning("round %d: %s", rnd, failure)
     if len(fold.accepted) < config.min_partners:
         said = "; ".join(f"{f.get('partner')}: {brief(str(f.get('reason')))}" for f in failures)
-        kept = ("the last checkpoint is kept: fix the partners, then resume" if rnd > 1 else
-                "no round finished, so there is nothing to resume: fix the partners, then start "
-                "again")
+        left = [str(f.get("partner")) for f in failures if f.get("reason") == STOPPED]
+        fix = (f"start {', '.join(left)} again with the same `consortium partner start` command"
+               if left else "fix the partners")
+        kept = (f"the last checkpoint is kept: {fix}, then resume" if rnd > 1 else
+                f"no round finished, so there is nothing to resume: {fix}, then start again")
         raise RunStopped(f"round {rnd}: {len(fold.accepted)} usable update(s), min-partners is "
                          f"{config.min_partners}. {said}. {kept}")
     state.arrays = fold.result()

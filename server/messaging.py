@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore.inflatable.inflatable_utils import ObjectPushError
@@ -93,9 +94,8 @@ def stream_replies(grid: Grid, messages: list[Message], timeout: float,
             node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             sent.discard(node)
             if reply.has_error():
-                reason = (reply.error.reason or "").strip().splitlines()
                 failures.append({"partner": names.get(node, f"node-{node}"),
-                                 "reason": reason[-1] if reason else f"code {reply.error.code}"})
+                                 "reason": error_reason(reply)})
                 continue
             names[node] = partner_name(reply)
             yield reply
@@ -103,6 +103,21 @@ def stream_replies(grid: Grid, messages: list[Message], timeout: float,
             time.sleep(poll)
     failures.extend({"partner": names.get(node, f"node-{node}"),
                      "reason": f"no reply within round-timeout {timeout:g} s"} for node in sent)
+
+
+STOPPED = "stopped by its operator (a clean stop, not a crash)"
+
+
+def error_reason(reply: Message) -> str:
+    """An error reply in words: a partner's fixed reason code, a clean stop named as such, and
+    Flower's lost heartbeat said for what it is."""
+    lines = (reply.error.reason or "").strip().splitlines()
+    if lines and lines[-1] == P.ERROR_STOPPED:
+        return STOPPED
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return ("its node went away without a word: no heartbeat (its process was killed, or its "
+                "machine or connection failed)")
+    return lines[-1] if lines else f"code {reply.error.code}"
 
 
 def partner_name(reply: Message) -> str:

@@ -49,6 +49,7 @@ from client.runner.tasks import claim, claims_client
 from client.runner.workers import Workers
 from common import protocol as P
 from common.code_hash import app_code, code_hash, fab_code
+from common.processes import StopOnSignal, Stopped
 from tests.test_code_pinning import SHIM, TAG, checkout, install, pyc
 
 NODE = 7
@@ -227,5 +228,32 @@ def test_a_worker_killed_mid_message_gets_an_error_reply_and_the_next_a_fresh_wo
         reply = answer_next(api, runner)
         assert reply.has_error() and reply.error.reason in P.ERROR_REASONS  # the App answered
         assert runner.workers.current.pid != first and runner.workers.current.alive()
+    finally:
+        runner.workers.stop()
+
+
+def test_a_partner_stopped_mid_message_tells_the_coordinator_it_stopped(
+        api: SuperNodeApi, tmp_path: Path) -> None:
+    """SIGTERM while the worker answers: the Message gets the ``partner-stopped`` reply (the
+    coordinator names a clean stop, not a lost node), and the stop goes on (Stopped)."""
+    app_dir = checkout(tmp_path / "app")
+    node = {"partner-name": "org-a", "ledger-dir": str(tmp_path / "ledgers")}
+    runner = Runner(api.address, Gate("org-a", (), own_root=app_dir), Workers(os.environ))
+
+    def stop_once_the_worker_runs() -> None:
+        deadline = time.time() + 60
+        while runner.workers.current is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # it is importing the App's modules: mid-Message
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        api.offer(build_fab_from_disk(app_dir), node, server_round=2)
+        token = claim(claims_client(api.address, SECRET))
+        threading.Thread(target=stop_once_the_worker_runs, daemon=True).start()
+        with StopOnSignal(), pytest.raises(Stopped):
+            runner.answer(token)
+        reply = api.reply()
+        assert reply.has_error() and reply.error.reason == P.ERROR_STOPPED
     finally:
         runner.workers.stop()

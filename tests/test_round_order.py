@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MessageType
+from flwr.app import Error, Message, MessageType
+from flwr.common.constant import ErrorCode
 
 import server.coordinator as coordinator
 from client.policy import PartnerSettings
 from client.received import prepare
+from common import protocol as P
 from common.config import RunConfig
+from common.errors import RunStopped
 from common.model import build_model, trainable_state
 from common.synthetic import LABELS
 from server.evaluation import summarize_round
@@ -172,3 +175,32 @@ def test_a_partner_not_connected_at_a_rounds_start_is_a_recorded_dropout(
     assert {"partner": "partner-2", "reason": "not connected when the round started"} \
         in lines[1]["failures"]
     assert not lines[0]["failures"] and not lines[2]["failures"]
+
+
+@dataclass
+class StoppingPartnerGrid(LocalGrid):
+    """In round 2, partner-2's operator stops it mid-Message (the runner's ``partner-stopped``
+    reply) and partner-1's node vanishes (the SuperLink's NODE_UNAVAILABLE)."""
+
+    def _answer(self, msg: Message) -> Message | None:
+        reply = super()._answer(msg)
+        pid = msg.metadata.dst_node_id - 1
+        if msg.metadata.message_type == MessageType.TRAIN and int(
+                msg.content.config_records[P.CONFIG][P.ROUND]) == 2 and pid in (1, 2):
+            code, reason = ((ErrorCode.CLIENT_APP_RAISED_EXCEPTION, P.ERROR_STOPPED) if pid == 2
+                            else (ErrorCode.NODE_UNAVAILABLE, "Node Unavailable"))
+            return Message(Error(code=code, reason=reason), reply_to=msg)
+        return reply
+
+
+def test_a_clean_partner_stop_is_named_and_the_fix_is_to_restart_it_then_resume(
+        tiny_bert: str, tmp_path: Path) -> None:
+    config = _config(tiny_bert, tmp_path, min_partners=2)
+    with pytest.raises(RunStopped) as stopped:
+        coordinator.run_federation(StoppingPartnerGrid(config, PARTNERS), config)
+    said = str(stopped.value)
+    assert "partner-2: stopped by its operator (a clean stop, not a crash)" in said
+    assert "partner-1: its node went away without a word: no heartbeat" in said
+    assert ("the last checkpoint is kept: start partner-2 again with the same `consortium "
+            "partner start` command, then resume") in said
+    assert "heartbeat within" not in said  # Flower's wording for a lost node is not used

@@ -74,7 +74,7 @@ class Runner:
 
     def answer(self, token: str) -> None:
         """Pull the task's inputs, answer its Message, push the reply; never raises."""
-        task = Task(self.address, token)
+        task, inputs = Task(self.address, token), None
         try:
             started = time.perf_counter()
             inputs = task.pull()
@@ -90,11 +90,29 @@ class Runner:
                 time.perf_counter() - started, pulled - started, times[0], times[1],
                 time.perf_counter() - replying, worker.pid if worker else "-",
                 rss_bytes(os.getpid()) / 2**20, worker.rss_bytes() / 2**20 if worker else 0)
+        except Stopped:  # its operator stopped it: the coordinator learns that, not a crash
+            if inputs is not None:
+                self.stopped(task, inputs)
+            raise
         except Exception:  # noqa: BLE001 - one task's failure must not stop the partner
             logger.exception("%s could not answer a task; the SuperNode answers it with an "
                              "error once its claim expires", self.gate.name)
         finally:
             task.finish()
+
+    def stopped(self, task: Task, inputs: Inputs) -> None:
+        """The Message being answered when SIGINT / SIGTERM came gets the ``partner-stopped``
+        reply, so the coordinator names a clean stop (not a lost heartbeat). Whatever the App
+        recorded in the ledger before stays recorded: a stop over-counts, never under-counts."""
+        what, number = pinning.describe(inputs.message)
+        logger.warning("%s: stopped while answering %s %d of run %d; the coordinator is told",
+                       self.gate.name, what, number, inputs.context.run_id)
+        try:
+            task.reply(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                     reason=P.ERROR_STOPPED), reply_to=inputs.message),
+                       inputs.context, "the partner was stopped by its operator")
+        except Exception as exc:  # noqa: BLE001 - the SuperNode may be leaving too
+            logger.warning("%s: the stop could not be reported (%s)", self.gate.name, exc)
 
     def reply(self, inputs: Inputs) -> tuple[Message, Context, str, tuple[float, float]]:
         """(reply, Context after it, '' or why the task failed, seconds (check, App))."""
