@@ -15,6 +15,7 @@ and the history (an error reply carries no content), so the privacy report never
 from __future__ import annotations
 
 import logging
+import math
 
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
@@ -126,7 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     out = RecordDict({
         P.ARRAYS: to_array_record(reply.arrays),
         P.METRICS: MetricRecord(reply.metrics),
-        P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
+        P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name, **budget(partner),
                                  P.PRIVACY_HISTORY: history_to_json(reply.history)}),
     })
     _attach(out, evaluation)  # counts, not secret-shared: beside the masked vector under SecAgg
@@ -180,7 +181,13 @@ def _preflight(msg: Message, context: Context, config: RunConfig, partner: Partn
     logger.info("%s accepts the run's plan from round %d (pre-flight; nothing spent)",
                 partner.name, first_round)
     return Message(RecordDict({P.PARTNER: ConfigRecord({P.PARTNER_NAME: partner.name,
-                                                        P.ACCEPTED: 1})}), reply_to=msg)
+                                                        P.ACCEPTED: 1, **budget(partner)})}),
+                   reply_to=msg)
+
+
+def budget(partner: PartnerSettings) -> dict[str, float]:
+    """The partner's own ε budget for the report's chart; none when its policy sets none."""
+    return {P.BUDGET: partner.max_epsilon} if math.isfinite(partner.max_epsilon) else {}
 
 
 def _monitor(msg: Message, context: Context, config: RunConfig,

@@ -62,6 +62,7 @@ FALSE_NEGATIVES = "fn"
 PARTNER_NAME = "name"
 PRIVACY_HISTORY = "privacy-history"  # JSON list of [sigma, q, steps]
 ACCEPTED = "accepted"  # the pre-flight's yes (nothing trained, nothing spent)
+BUDGET = "max-epsilon"  # a partner's own budget (policy max-epsilon), where it set one
 REFUSAL = "refusal"  # why the partner refused the round (budget, policy); nothing was trained
 EVAL_REFUSAL = "evaluation-refusal"  # in a TRAIN reply: why it did not evaluate the received model
 

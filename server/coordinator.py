@@ -58,6 +58,7 @@ def preflight_phase(grid: Grid, config: RunConfig, state: RunState, fingerprint:
     accepted = []
     for reply in stream_replies(grid, messages, config.round_timeout, state.names, failures):
         partner = reply.content.config_records[P.PARTNER]
+        state.take_budget(reply)
         if partner.get(P.ACCEPTED):
             accepted.append(partner_name(reply))
         else:
@@ -104,6 +105,7 @@ def train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int, finger
         name = partner_name(reply)
         evals.take(reply)  # before the update's fate: a refusal to train may still evaluate
         partner = reply.content.config_records[P.PARTNER]
+        state.take_budget(reply)
         if partner.get(P.REFUSAL):
             fold.refuse(name, str(partner[P.REFUSAL]))
             if P.PRIVACY_HISTORY in partner:  # it spent, then refused or failed: still counted
@@ -284,6 +286,8 @@ def _run_rounds(grid: Grid, config: RunConfig, out: Path, labels: tuple[str, ...
         line["max_epsilon"] = (max(e for e in eps if e is not None)
                                if config.dp and all(e is not None for e in eps) else None)
         line["epsilon_per_partner"] = {n: p["epsilon"] for n, p in sorted(state.partners.items())}
+        if state.budgets:
+            line["budget_per_partner"] = dict(sorted(state.budgets.items()))
         state.round = rnd
         save_checkpoint(out / "checkpoints", Checkpoint(rnd, state.arrays, {
             "config": config.to_mapping(), "partners": state.partners, INHERITED: state.inherited,

@@ -31,6 +31,13 @@ class RunState:
     names: dict[int, str] = field(default_factory=dict)  # node id -> partner name, as replied
     # partner-level histories of the release init-from continues (server.central_dp)
     inherited: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, float] = field(default_factory=dict)  # partners' own max-epsilon, as told
+
+    def take_budget(self, reply: Message) -> None:
+        """A partner's own budget, where its reply tells it (a positive finite number)."""
+        value = reply.content.config_records[P.PARTNER].get(P.BUDGET)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            self.budgets[partner_name(reply)] = float(value)
 
 
 def absent(messages: list[Message], names: dict[int, str]) -> list[dict[str, Any]]:

@@ -61,15 +61,29 @@ def metric_plot(s: RunSeries) -> bytes:
     return _png(fig)
 
 
+def limit_lines(s: RunSeries, target: float | None) -> list[tuple[str | None, float, str]]:
+    """The ε chart's horizontal lines: (partner or None for the run's, value, label). Each
+    partner's own budget where its replies told it; the run's target ε otherwise."""
+    lines: list[tuple[str | None, float, str]] = [
+        (name, value, f"{name}'s budget ε = {value:g}")
+        for name, value in sorted(s.budgets.items()) if math.isfinite(value)]
+    if target is not None and math.isfinite(target):
+        lines.append((None, target, f"run's target ε = {target:g}"))
+    return lines
+
+
 def epsilon_plot(s: RunSeries, budget: float | None) -> bytes:
-    """Cumulative ε per partner per round, against the run's target ε."""
+    """Cumulative ε per partner per round, against each partner's own budget (where told) and
+    the run's target ε."""
     fig, ax = _figure("privacy spent: cumulative ε per partner", "ε")
+    colours = {}
     for name, values in sorted(s.epsilon.items()):
-        ax.plot(s.rounds, values, marker="o", label=name)
+        colours[name] = ax.plot(s.rounds, values, marker="o", label=name)[0].get_color()
     finite = [v for values in s.epsilon.values() for v in values if math.isfinite(v)]
-    if budget is not None and math.isfinite(budget):
-        ax.axhline(budget, color="crimson", linestyle="--", label=f"budget ε = {budget:g}")
-        finite.append(budget)
+    for name, value, label in limit_lines(s, budget):
+        ax.axhline(value, color=colours.get(name, "crimson") if name else "crimson",
+                   linestyle=":" if name else "--", label=label)
+        finite.append(value)
     if finite:
         ax.set_ylim(0, max(finite) * 1.15 or 1.0)
     if not any(math.isfinite(v) for values in s.epsilon.values() for v in values):

@@ -52,7 +52,9 @@ def _meaning(dp: bool, budget: float | None, delta: Any, persons: bool = False) 
         return ("<p class='bad'>This run did not use differential privacy (ε = ∞). The updates "
                 "partners sent carry no formal privacy guarantee; treat the shared model like "
                 "any model trained on the data.</p>")
-    target = f" The run's budget was ε = {budget:g}." if budget is not None else ""
+    target = (f" The run's target was ε = {budget:g} per partner; a partner's own budget (its "
+              "policy's max-epsilon, over all runs on its data) is its own limit, drawn in the "
+              "ε chart where the partner told it." if budget is not None else "")
     return (
         "<p><b>What ε (epsilon) means.</b> Each partner trained with DP-SGD: every example's "
         "influence on each step was capped (clipped) and random noise was added. ε bounds how "
@@ -96,7 +98,7 @@ def privacy_summary(data: RunData, s: RunSeries) -> str:
         "the privacy spending (σ, sampling rate, steps) from which ε is computed.</p>")
     if partners:
         privacy = table(["partner", "ε", "ε protects", "δ", "noise σ", "sampling rate q", "steps",
-                         "rounds trained", "within budget"], _partner_rows(partners, budget))
+                         "rounds trained", "within the run's target"], _partner_rows(partners, budget))
         source = ("<p class='note'>From privacy_report.json: ε computed with Opacus' RDP "
                   "accountant from each partner's own ledger of (σ, q, steps), cumulative over "
                   "every round it trained.</p>")

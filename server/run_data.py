@@ -106,6 +106,7 @@ class RunSeries:
     upload: list[float] = field(default_factory=list)
     download: list[float] = field(default_factory=list)
     coordinator: list[float] = field(default_factory=list)  # its own set (server-eval-data)
+    budgets: dict[str, float] = field(default_factory=dict)  # partners' own max-epsilon, told
 
 
 def _partner_values(line: Mapping[str, Any], metric: str) -> dict[str, float]:
@@ -146,6 +147,10 @@ def series(lines: list[dict[str, Any]]) -> RunSeries:
         out.upload.append(number(line, "upload_bytes"))
         out.download.append(number(line, "download_bytes"))
         out.coordinator.append(number(line, "eval_coordinator", metric))
+        told = line.get("budget_per_partner") or {}
+        if not isinstance(told, Mapping):
+            raise ReportError(f"{line['_where']}: budget_per_partner is not an object")
+        out.budgets.update({name: number(line, "budget_per_partner", name) for name in told})
     return out
 
 

@@ -88,7 +88,7 @@ def test_report_is_self_contained_with_embedded_plots(tmp_path: Path):
     assert "fairness gap (best − worst)" in page and "0.2000" in page  # final gap
     assert "worst partner (b)" in page and "For your privacy officer" in page
     assert "<td>neg</td><td>0.8000</td><td>0.5000</td><td>0.6154</td><td>40</td>" in page
-    assert "The run's budget was ε = 8." in page
+    assert "The run's target was ε = 8 per partner" in page
 
 
 def test_report_escapes_partner_names(tmp_path: Path):

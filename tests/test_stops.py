@@ -14,6 +14,8 @@ from common.config import RunConfig
 from common.console import ConsoleFilter, LOG_FILE
 from common.errors import ConsortiumError, RunStopped
 from server.flwr_run import check_finished, log_size
+from server.plots import limit_lines
+from server.run_data import read_metrics, series
 from simulations.local_grid import LocalGrid
 
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -127,7 +129,14 @@ def test_no_partner_spends_when_the_pre_flight_fails(tiny_bert: str, tmp_path: P
         coordinator.run_federation(grid, config)
     assert not list((tmp_path / "ledgers").rglob("*@*.json"))  # no ledger: nothing spent
     assert all(kind == "evaluate" for kind, _, _ in grid.sent)
-    # the same run with both budgets large enough trains
+    # the same run with both budgets large enough trains; the report's ε chart draws each
+    # partner's own budget (issue 37: it drew the run's target ε as "budget ε = 8" for all)
     ok = config.replace(out_dir=str(tmp_path / "out2"), num_rounds=1)
-    coordinator.run_federation(LocalGrid(ok, 2), ok)
+    budgets = {0: {"max-epsilon": 30.0}, 1: {"max-epsilon": 20.0}}
+    out = coordinator.run_federation(LocalGrid(ok, 2, partner_configs=budgets), ok)
     assert len(list((tmp_path / "ledgers").rglob("partner-*@*.json"))) == 2
+    told = {"partner-0": 30.0, "partner-1": 20.0}
+    assert read_metrics(out / "metrics.jsonl")[-1]["budget_per_partner"] == told
+    assert limit_lines(series(read_metrics(out / "metrics.jsonl")), ok.epsilon) == [
+        ("partner-0", 30.0, "partner-0's budget ε = 30"),
+        ("partner-1", 20.0, "partner-1's budget ε = 20"), (None, 8.0, "run's target ε = 8")]
