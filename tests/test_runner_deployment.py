@@ -141,6 +141,20 @@ def worker_pids(procs, name: str) -> list[int]:
     return found
 
 
+def defunct(procs, name: str) -> list[str]:
+    """Exited children nobody reaped (``<defunct>``) under the partner's processes."""
+    parents, found = set(marked(procs.marks[name])), []
+    for entry in Path("/proc").iterdir():
+        try:
+            command, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        state, ppid = rest.split()[:2]
+        if state == "Z" and int(ppid) in parents:
+            found.append(f"{entry.name} {command.split('(', 1)[-1]}")
+    return found
+
+
 def opacus_epsilon(releases: list[dict], delta: float) -> float:
     accountant = RDPAccountant()
     for release in releases:
@@ -218,6 +232,8 @@ def test_a_pinned_partner_refuses_hostile_code_and_survives_its_worker_killed(
     assert trained[-1]["round"] == 3
     assert trained[-1]["epsilon"] == pytest.approx(opacus_epsilon(releases, 1e-5), rel=1e-9)
     assert not (root / "marker-org-a").exists()
+    # no `[flwr-clientapp] <defunct>` pile (issue 37): the runner answers, and reaps its workers
+    assert not defunct(procs, "org-a") and not defunct(procs, "org-b")
 
 
 @pytest.mark.heavy  # ≈ 4 min: three refused runs, then 20 rounds
