@@ -207,7 +207,8 @@ def handle(args: argparse.Namespace) -> int:
                               "same command; a run that stopped meanwhile goes on when the "
                               "coordinator resumes it (`consortium run ... --resume`)",
                       console=node_console(args.verbose),
-                      log=Path(policy.ledger_dir) / "supernode.log")
+                      log=Path(policy.ledger_dir) / "supernode.log",
+                      grace=10.0)  # the runner's drain (3.5 s), then its SuperNode's leave (4 s)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

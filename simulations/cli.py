@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from client import cli as client_cli
 from common.config import RunConfig, epsilon_keys
-from common.errors import ConsortiumError, RunStopped, StoppedBySignal
+from common.errors import ConfigError, ConsortiumError, RunStopped, StoppedBySignal
 from common.logs import configure_logging
 from server import cli as server_cli
 from server import warm_start_cli
@@ -84,6 +85,37 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run's out-dir (holds metrics.jsonl)")
 
 
+def _example_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("example-data", help="write one simulated partner's slice of the embedded "
+                       "news-topic data as a CSV (text,label), e.g. for a local trial")
+    p.add_argument("out", type=Path, help="the CSV to write (refused if it exists)")
+    p.add_argument("--partner", type=int, default=0, help="which partner's label mix (0, 1, …)")
+    p.add_argument("--rows", type=int, default=480)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def example_data(out: Path, partner: int, rows: int, seed: int) -> str:
+    """The embedded data of ``partner`` (common.synthetic) as ``out``; one line saying so."""
+    import csv
+    import io
+
+    from common.storage import atomic_write_bytes
+    from common.synthetic import synthetic_partner_data
+
+    if rows < 1 or partner < 0:
+        raise ConfigError(f"example-data: --rows must be ≥ 1 and --partner ≥ 0 (got {rows}, "
+                          f"{partner})")
+    if out.exists():
+        raise ConfigError(f"example-data: {out} exists; choose another path")
+    data = synthetic_partner_data(partner, rows, seed)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["text", "label"])
+    writer.writerows((t, data.label_names[y]) for t, y in zip(data.texts, data.labels))
+    atomic_write_bytes(out, text.getvalue().encode())
+    return f"{out}: {rows} rows, labels {','.join(data.label_names)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consortium", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     predict_cli.add_parser(sub)
     warm_start_cli.add_parser(sub)
     _report_parser(sub)
+    _example_data_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -110,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return warm_start_cli.handle(args)
         if args.command == "audit":
             return audit.handle(args, parse_set(args.set))
+        if args.command == "example-data":
+            print(example_data(args.out, args.partner, args.rows, args.seed))
         if args.command == "report":
             from server.report import write_report
 

@@ -257,3 +257,22 @@ def test_a_partner_stopped_mid_message_tells_the_coordinator_it_stopped(
         assert reply.has_error() and reply.error.reason == P.ERROR_STOPPED
     finally:
         runner.workers.stop()
+
+
+def test_a_message_that_reaches_a_stopping_partner_is_answered_partner_stopped(
+        api: SuperNodeApi, tmp_path: Path) -> None:
+    """Stopped between Messages: what the SuperNode pulls during the drain (a round sent just
+    before the stop) gets ``partner-stopped``, not a lost node's silence; no worker starts."""
+    app_dir = checkout(tmp_path / "app")
+    runner = Runner(api.address, Gate("org-a", (), own_root=app_dir), Workers(os.environ))
+
+    class Running:  # the SuperNode, still up while the runner drains
+        def poll(self) -> None:
+            return None
+
+    api.offer(build_fab_from_disk(app_dir), {"partner-name": "org-a"}, server_round=3)
+    started = time.monotonic()
+    runner.drain(claims_client(api.address, SECRET), Running(), seconds=0.5)
+    reply = api.reply()
+    assert reply.has_error() and reply.error.reason == P.ERROR_STOPPED
+    assert runner.workers.current is None and time.monotonic() - started < 5

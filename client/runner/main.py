@@ -49,6 +49,10 @@ _ANSWERED = re.compile(
     r"(?P<app>[\d.]+), reply (?P<reply>[\d.]+)\); worker (?P<worker>\S+); RSS MB runner "
     r"(?P<runner_mb>[\d.]+), worker (?P<worker_mb>[\d.]+)")
 SUPERNODE_GRACE = 4.0  # seconds the SuperNode gets to leave before SIGKILL
+# seconds a stopped runner still answers (``partner-stopped``) the Messages its SuperNode pulls:
+# an idle SuperNode asks the SuperLink every 3 s, so a round's Message sent just before the
+# stop is named as a clean stop, not a lost node
+DRAIN = 3.5
 
 
 class Runner:
@@ -60,17 +64,44 @@ class Runner:
     def serve(self, supernode: subprocess.Popen, secret: bytes) -> int:
         """Answer tasks until the SuperNode exits; its exit code."""
         claims = claims_client(self.address, secret)
-        while (code := supernode.poll()) is None:
-            try:
-                token = claim(claims)
-            except httpx.HTTPError:  # the SuperNode is starting, or busy: ask again
-                token = None
-            if token is None:
-                time.sleep(POLL)
-                continue
-            self.answer(token)
+        try:
+            while (code := supernode.poll()) is None:
+                token = self.next_task(claims)
+                if token is not None:
+                    self.answer(token)
+        except Stopped:
+            self.drain(claims, supernode)
+            raise
         logger.info("%s: the SuperNode exited with code %d", self.gate.name, code)
         return code
+
+    def next_task(self, claims: Any) -> str | None:
+        """A claimed task's token; None (after a short wait) when none is pending."""
+        try:
+            token = claim(claims)
+        except httpx.HTTPError:  # the SuperNode is starting, or busy: ask again
+            token = None
+        if token is None:
+            time.sleep(POLL)
+        return token
+
+    def drain(self, claims: Any, supernode: subprocess.Popen, seconds: float = DRAIN) -> None:
+        """Stopped: for ``seconds`` (and 1 s after the last answer, for the SuperNode to push
+        it) every Message the SuperNode pulls gets the ``partner-stopped`` reply."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and supernode.poll() is None:
+            token = self.next_task(claims)
+            if token is None:
+                continue
+            task = Task(self.address, token)
+            try:
+                self.stopped(task, task.pull())
+            except Exception as exc:  # noqa: BLE001 - stopping: the SuperNode answers it
+                logger.warning("%s: a Message that came while stopping was not answered (%s)",
+                               self.gate.name, exc)
+            finally:
+                task.finish()
+            deadline = max(deadline, time.monotonic() + 1.0)
 
     def answer(self, token: str) -> None:
         """Pull the task's inputs, answer its Message, push the reply; never raises."""
