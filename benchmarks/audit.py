@@ -17,9 +17,9 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
-from common.audit import AuditSettings
+from common.evaluation.audit import AuditSettings
 from common.config import RunConfig
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 from simulations.audit import arm_name, parse_epsilon, report, run_arm, write_outputs
 
 # The worst case the audit is meant to measure: canaries repeated and a model that can memorise.

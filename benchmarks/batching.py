@@ -4,7 +4,7 @@ pass, and evaluation in length-sorted batches against data order: seconds, side 
     HF_HUB_OFFLINE=1 python -m benchmarks.batching --dataset sst2 --out results/batching
     HF_HUB_OFFLINE=1 python -m benchmarks.batching --dataset conll2003 --out results/batching
 
-One partner's DP round as ``client.partner`` runs it (``common.training.train_dp``: Poisson
+One partner's DP round as ``client.partner`` runs it (``common.training.loop.train_dp``: Poisson
 sampling, per-sample hooks, one noise draw and one step per batch), FFA-LoRA r = 8 on the bundled
 MiniLM (pooled-lora for SST-2's labels, lora for CoNLL-2003's tags), the planner's batch of 256,
 one epoch over the 80 % of ``--examples`` texts a partner trains on (the rest is its held-out
@@ -39,7 +39,7 @@ def load(dataset: str, root: Path, examples: int, folder: Path) -> tuple[Any, An
     """(run config, encoded training texts) of one partner holding ``examples`` texts."""
     from client.data import PartnerSettings, partner_dataset
     from common.config import RunConfig
-    from common.model import load_tokenizer
+    from common.model.factory import load_tokenizer
     from common.tasks import get_task
 
     spec = DATASETS.get(dataset, dict(max_length=48, labels="", task="text-classification"))
@@ -74,9 +74,9 @@ def partner_arguments(p: argparse.ArgumentParser, out: str) -> argparse.Argument
 
 
 def measure(arm: Arm, config: Any, data: TensorDataset) -> dict[str, Any]:
-    from common.model import build_model
-    from common.evaluation import evaluate, evaluate_tokens
-    from common.training import DPSettings, TrainSettings, _forward, train_dp
+    from common.model.factory import build_model
+    from common.evaluation.scoring import evaluate, evaluate_tokens
+    from common.training.loop import DPSettings, TrainSettings, _forward, train_dp
 
     from common.tasks import get_task
 

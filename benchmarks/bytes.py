@@ -39,8 +39,8 @@ ACCURACY_ARMS = [Arm(c, {"compression": c}) for c in ("none", "fp16", "int8")]
 def full_model_bytes() -> tuple[int, int]:
     """(parameters, fp32 bytes) of the full MiniLM classifier, every parameter counted."""
     from common.config import RunConfig
-    from common.model import build_model
-    from common.synthetic import LABELS
+    from common.model.factory import build_model
+    from common.data.synthetic import LABELS
 
     model = build_model(RunConfig(finetune="full", freeze_embeddings=False), LABELS)
     params = sum(p.numel() for p in model.parameters())
@@ -51,11 +51,11 @@ def measure_bytes(arm: Arm, work: Path, baseline: int) -> dict[str, Any]:
     """One real DP partner round in this mode and compression: the bytes it returns."""
     from client.data import PartnerSettings
     from client.partner import train_round
-    from common.compression import wire_bytes
+    from common.wire.compression import wire_bytes
     from common.config import RunConfig
-    from common.fingerprint import frozen_fingerprint
-    from common.model import build_model, trainable_state
-    from common.synthetic import LABELS
+    from common.training.fingerprint import frozen_fingerprint
+    from common.model.factory import build_model, trainable_state
+    from common.data.synthetic import LABELS
     from common.wire.records import to_array_record
 
     finetune, compression = arm.settings["finetune"], arm.settings["compression"]

@@ -1,4 +1,4 @@
-"""Benchmark: recall of the partner-side PII masker (common.deidentify) on synthetic notes.
+"""Benchmark: recall of the partner-side PII masker (common.deid.deidentify) on synthetic notes.
 
     python -m benchmarks.deid [--notes 300] [--thresholds 0.4,0.2] [--seed 0]
 
@@ -25,7 +25,7 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from benchmarks.pii_notes import NAME_WORD_SENTENCES, PLAIN_SENTENCES, Note, Span, notes
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deid.json"
 PACKAGES = ("presidio-analyzer", "presidio-anonymizer", "spacy", "faker", "tldextract")
@@ -72,8 +72,8 @@ def score(gold: list[Note], masked: tuple[str, ...], listed: set[str]) -> dict[s
 
 def measure(arm: Arm, gold: list[Note]) -> dict[str, Any]:
     started = time.perf_counter()  # from the imports on: what a partner process pays once
-    from common.deid_recognizers import person_names
-    from common.deidentify import Deidentifier
+    from common.deid.recognizers import person_names
+    from common.deid.deidentify import Deidentifier
 
     deid = Deidentifier(score_threshold=arm.settings["score_threshold"])
     loaded = time.perf_counter()

@@ -36,8 +36,8 @@ from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from client.runner.main import answered
 from common.config import RunConfig
-from common.logs import configure_logging
-from common.synthetic import LABELS, synthetic_partner_data
+from common.infra.logs import configure_logging
+from common.data.synthetic import LABELS, synthetic_partner_data
 from simulations.cli import parse_set
 from simulations.simulate import Federation, run_simulation
 
@@ -228,8 +228,9 @@ def main() -> int:
         shutil.rmtree(args.out / name, ignore_errors=True)
     (args.out / "deploy.json").unlink(missing_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    # σ calibrations (common.sigma_cache) start empty and are shared by both engines, so round 1
-    # pays Opacus' search in each and later rounds read it, whatever this machine kept before
+    # σ calibrations (common.privacy.sigma_cache) start empty and are shared by both engines, so
+    # round 1 pays Opacus' search in each and later rounds read it, whatever this machine kept
+    # before
     cache = str((args.out / "sigma-cache").resolve())
     for env in (os.environ, ENV, PARTNER_ENV):
         env["CONSORTIUM_CACHE_DIR"] = cache

@@ -9,12 +9,12 @@
         --out results/dp_recipe_ema.json
 
 Frozen mean-pooled features are computed once (cached under results/), then every arm trains the
-linear head with the project's own DP-SGD path (common.training.train_dp: Opacus, Poisson
+linear head with the project's own DP-SGD path (common.training.loop.train_dp: Opacus, Poisson
 sampling, RDP accountant) and is scored on the 872 GLUE dev sentences (../shared/datasets/sst2/
 test.tsv). Arms: batch × learning rate (raw and L2-normalised features), momentum SGD vs AdamW,
 non-DP, a sweep of n × ε with the planner's automatic batch that calibrates its threshold, and
 n × ε × the learning-rate schedule (constant, linear, cosine decay), and n × ε × the EMA of the
-weights (common.averaging).
+weights (common.training.averaging).
 Skips cleanly when the data set is absent.
 """
 
@@ -36,10 +36,11 @@ from torch.utils.data import TensorDataset
 
 from benchmarks import harness
 from benchmarks.harness import Arm
-from common import planner, training
-from common.data import TextDataset
-from common.privacy import calibrate_noise, poisson_schedule
-from common.schedule import LR_SCHEDULES, LRSchedule
+from common.privacy import planner
+from common.training import loop as training
+from common.data.text import TextDataset
+from common.privacy.ledger import calibrate_noise, poisson_schedule
+from common.training.schedule import LR_SCHEDULES, LRSchedule
 
 logger = logging.getLogger(__name__)
 SST2 = Path(os.environ.get("SST2_DIR",
@@ -63,7 +64,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[int]]:
 
 def features(n_train: int, max_length: int, cache: Path) -> tuple[TensorDataset, TensorDataset]:
     """Mean-pooled MiniLM features of n_train seeded SST-2 training sentences and the dev set."""
-    from common.features import PooledHeadClassifier, pooled_features
+    from common.training.features import PooledHeadClassifier, pooled_features
 
     return encoded_sst2(n_train, max_length, cache, "features", lambda encoder, enc: (
         pooled_features(PooledHeadClassifier(encoder, 2).train(), enc)))
@@ -79,7 +80,7 @@ def encoded_sst2(n_train: int, max_length: int, cache: Path, what: str,
         return TensorDataset(*blob["train"]), TensorDataset(*blob["dev"])
     from transformers import AutoModel, AutoTokenizer
 
-    from common.model import resolve_base_model
+    from common.model.factory import resolve_base_model
 
     path = resolve_base_model("")
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
@@ -240,9 +241,9 @@ def _at_plan(train: TensorDataset, dev: TensorDataset, seeds: int, arm: Arm,
 
 def schedules(train: TensorDataset, dev: TensorDataset, seeds: int,
               out: Path) -> list[dict[str, Any]]:
-    """The lr schedule (common.schedule) at the planner's batch and 1 to 3 × its lr (a decay
-    halves the lr's sum over the run), where DP noise costs accuracy (small n, small ε) and where
-    it does not."""
+    """The lr schedule (common.training.schedule) at the planner's batch and 1 to 3 × its lr (a
+    decay halves the lr's sum over the run), where DP noise costs accuracy (small n, small ε) and
+    where it does not."""
     def measure(arm: Arm) -> dict[str, Any]:
         kind = arm.settings["schedule"]
         return {"arm": "schedule", "schedule": kind,
@@ -257,8 +258,8 @@ def schedules(train: TensorDataset, dev: TensorDataset, seeds: int,
 
 def averaging(train: TensorDataset, dev: TensorDataset, seeds: int,
               out: Path) -> list[dict[str, Any]]:
-    """The EMA of the weights over the steps (common.averaging) at the planner's batch and lr,
-    against the last iterate (decay 0), where DP noise costs accuracy and where it does not."""
+    """The EMA of the weights over the steps (common.training.averaging) at the planner's batch and
+    lr, against the last iterate (decay 0), where DP noise costs accuracy and where it does not."""
     def measure(arm: Arm) -> dict[str, Any]:
         decay = arm.settings["decay"]
         return {"arm": "ema", "ema_decay": decay,

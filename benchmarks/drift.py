@@ -35,7 +35,7 @@ import numpy as np
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from common.config import RunConfig
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
 RELEASE_DOMAINS = ("books", "dvd")  # partner 0, partner 1 (column:domain sorts the values)
@@ -94,7 +94,7 @@ def train_release(config: RunConfig) -> dict[str, Any]:
 
 
 def monitor(config: RunConfig, model: str) -> dict[str, Any]:
-    from common.release import monitoring_config, read_release
+    from common.model.release import monitoring_config, read_release
     from server.coordinator import run_federation
     from simulations.local_grid import LocalGrid
 

@@ -3,12 +3,12 @@
     python -m benchmarks.encoder_recipe --train-examples 4000 --arms pooled-lora:r8:lr3e-3:eps8
     python -m benchmarks.encoder_recipe --preset grid --device cuda --out results/encoder.json
 
-Each arm builds the model with the product's own factory (``common.model.build_model``), trains
-it with the product's DP-SGD (``common.training.train_dp``: Opacus, Poisson sampling, RDP
-accountant, σ from ``common.planner.plan_dp``) or without DP (``train_plain``), and scores it on
-the 872 GLUE dev sentences. An arm is ``MODE:key value:…`` with keys ``r`` (LoRA rank), ``lr``,
-``eps`` (``inf`` = no DP), ``ep`` (epochs), ``b`` (expected batch; default the planner's), ``ffa``
-(FFA-LoRA: the A matrices frozen) and ``lp`` (linear probe first: the head is trained on the
+Each arm builds the model with the product's own factory (``common.model.factory.build_model``),
+trains it with the product's DP-SGD (``common.training.loop.train_dp``: Opacus, Poisson sampling,
+RDP accountant, σ from ``common.privacy.planner.plan_dp``) or without DP (``train_plain``), and
+scores it on the 872 GLUE dev sentences. An arm is ``MODE:key value:…`` with keys ``r`` (LoRA rank),
+``lr``, ``eps`` (``inf`` = no DP), ``ep`` (epochs), ``b`` (expected batch; default the planner's),
+``ffa`` (FFA-LoRA: the A matrices frozen) and ``lp`` (linear probe first: the head is trained on the
 frozen encoder's cached features for ``lp`` epochs, then the adapters and head together; under
 DP both phases share one σ, calibrated so that their composition spends exactly ``eps``).
 Results are rewritten after each arm (``--out``; a run cut off keeps what it measured).
@@ -28,11 +28,13 @@ import torch
 
 from benchmarks import harness
 from benchmarks.dp_recipe import SST2, _read_tsv
-from common import evaluation, planner, training
+from common.evaluation import scoring as evaluation
+from common.privacy import planner
+from common.training import loop as training
 from common.config import RunConfig
-from common.data import TextDataset
-from common.device import resolve_device
-from common.privacy import epsilon_of, poisson_schedule
+from common.data.text import TextDataset
+from common.model.device import resolve_device
+from common.privacy.ledger import epsilon_of, poisson_schedule
 
 logger = logging.getLogger(__name__)
 DELTA, C, MAX_LENGTH = 1e-5, 1.0, 64
@@ -84,8 +86,8 @@ def shared_sigma(phases: list[tuple[float, int]], epsilon: float) -> float:
 def run_arm(arm: dict[str, Any], train: TextDataset, dev: TextDataset, device: torch.device,
             seed: int, base_model: str = "") -> dict[str, Any]:
     """Build, train and score one recipe; the row records σ, q, steps and the ε spent."""
-    from common.features import pooled_features
-    from common.model import build_model, load_tokenizer, trainable_size
+    from common.training.features import pooled_features
+    from common.model.factory import build_model, load_tokenizer, trainable_size
 
     config = RunConfig(finetune=arm["mode"], lora_r=arm["r"], lora_alpha=2 * arm["r"],
                        lora_freeze_a=bool(arm["ffa"]), seed=seed, max_length=MAX_LENGTH,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from common.model import resolve_base_model
+from common.model.factory import resolve_base_model
 
 src, dst = Path(resolve_base_model("")), Path(".gpu/minilm16")
 shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "README.md",

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from common.machine import PACKAGES, cuda_devices, machine, versions  # noqa: F401
-from common.storage import atomic_write_bytes
+from common.infra.machine import PACKAGES, cuda_devices, machine, versions  # noqa: F401
+from common.infra.storage import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 Result = TypeVar("Result")

@@ -31,8 +31,8 @@ from benchmarks import harness
 from benchmarks.dp_recipe import (C, DELTA, EPOCHS, _mean_acc, _run, encoded_sst2,
                                   sst2_missing, train_head)
 from benchmarks.harness import Arm
-from common import planner
-from common.features import mean_pool
+from common.privacy import planner
+from common.training.features import mean_pool
 
 logger = logging.getLogger(__name__)
 # a sentence's features: every layer's mean (embeddings first), then the last layer's max and

@@ -27,13 +27,13 @@ from benchmarks.harness import PACKAGES, Arm, Column
 from benchmarks.utility import write_conll
 from client.data import PartnerSettings, partner_dataset
 from common.config import RunConfig
-from common.logs import configure_logging
-from common.metrics import entity_scores
-from common.model import build_model, load_tokenizer, load_trainable_state
+from common.infra.logs import configure_logging
+from common.evaluation.metrics import entity_scores
+from common.model.factory import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
-from common.tokens import (TokenDataset, encode_tokens, entity_types, load_token_dataset,
+from common.tasks.tokens import (TokenDataset, encode_tokens, entity_types, load_token_dataset,
                            predicted_tags, read_sentences, tag_names)
-from common.evaluation import evaluate_tokens
+from common.evaluation.scoring import evaluate_tokens
 from server.checkpoint import latest_checkpoint
 from simulations.simulate import Federation, run_simulation
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
-from common.audit import AuditSettings
+from common.evaluation.audit import AuditSettings
 from common.config import RunConfig
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
 DOMAINS = ("books", "dvd", "electronics", "kitchen")

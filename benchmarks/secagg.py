@@ -54,7 +54,7 @@ def summarize(lines: list[dict]) -> dict:
 
 def protocol_only(k: int, size: int) -> dict:
     """Setup → unmask for K partners on a LoRA-sized update, one process; seconds per stage."""
-    from common.secagg_identity import simulated_identity
+    from common.wire.secagg_identity import simulated_identity
 
     rng = np.random.default_rng(0)
     proto = SecAggRound(threshold_for(k, 0.6), 10.0, 2**22, size, 100.0)

@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from common.config import RunConfig
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 from simulations.simulate import Federation, run_simulation
 
 DOMAINS = ("amazon_cells", "imdb", "yelp")

@@ -1,10 +1,10 @@
 """Adapters in the top layers only (``lora-layers``): one DP round with the whole encoder run in
 every step, against the same round on the frozen layers' output computed once and kept
-(common.top_layers), side by side.
+(common.training.top_layers), side by side.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.top_layers --out results/top_layers
 
-One partner's DP round as ``client.partner`` runs it (``common.training.train_dp``: Poisson
+One partner's DP round as ``client.partner`` runs it (``common.training.loop.train_dp``: Poisson
 sampling, per-sample hooks, one noise draw and one step per batch, length-sorted pieces), FFA-LoRA
 r = 8 in the top N of the bundled MiniLM's 6 layers + the head on the mean-pooled output, batch
 256, σ = 0.8, one epoch over the 80 % of ``--examples`` seeded SST-2 training phrases a partner
@@ -35,9 +35,9 @@ LAYERS = (1, 2, 3)
 def measure(arm: Arm, config: Any, data: TensorDataset, cache: Path,
             trained: dict[int, dict[str, Any]]) -> dict[str, Any]:
     from client.round_plan import trainable_view
-    from common.model import build_model, trainable_state
+    from common.model.factory import build_model, trainable_state
     from common.tasks import get_task
-    from common.training import DPSettings, TrainSettings, train_dp
+    from common.training.loop import DPSettings, TrainSettings, train_dp
 
     layers, kept = arm.settings["layers"], arm.settings["kept"]
     config = config.replace(lora_layers=layers)

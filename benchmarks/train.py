@@ -9,7 +9,7 @@ instead of the process RSS, each timed pass ends with a CUDA synchronize, and th
 operators by their GPU time.
 
 Same model (the bundled MiniLM), data (the embedded demo set), batch and code path as a partner:
-``common.training.train_dp`` (Poisson sampling, clipping, noise, accountant) vs ``train_plain``
+``common.training.loop.train_dp`` (Poisson sampling, clipping, noise, accountant) vs ``train_plain``
 (shuffled batches, AdamW). Every arm runs in its own fresh process, one after another, so that
 its memory is its own: peak RSS is sampled every 5 ms by a thread (psutil) while training, and
 reported both as the process peak and as the rise above the RSS just before training. Throughput
@@ -76,10 +76,10 @@ def run_arm(finetune: str, arm: str, examples: int, batch: int, max_length: int,
 
     from client.data import PartnerSettings, partner_dataset
     from common.config import RunConfig
-    from common.device import resolve_device
-    from common.model import build_model, load_tokenizer
-    from common.synthetic import LABELS
-    from common.training import DPSettings, TrainSettings, encode, train_dp, train_plain
+    from common.model.device import resolve_device
+    from common.model.factory import build_model, load_tokenizer
+    from common.data.synthetic import LABELS
+    from common.training.loop import DPSettings, TrainSettings, encode, train_dp, train_plain
 
     config = RunConfig(examples_per_partner=math.ceil(examples / 0.8) + 1, max_length=max_length,
                        finetune=finetune, batch_size=batch, seed=7)

@@ -38,8 +38,8 @@ import numpy as np
 from benchmarks import harness
 from benchmarks.harness import Arm, Column
 from common.config import RunConfig
-from common.schedule import LR_SCHEDULES
-from common.logs import configure_logging
+from common.training.schedule import LR_SCHEDULES
+from common.infra.logs import configure_logging
 from simulations.local_grid import LocalGrid
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared/datasets"
@@ -66,7 +66,7 @@ DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, si
 def conll_sentences(root: Path, n_train: int, n_eval: int, seed: int) -> tuple[list, list]:
     """Seeded samples of CoNLL-2003's training file and of its official test file, as
     (words, IOB2 tags) per sentence."""
-    from common.tokens import read_sentences
+    from common.tasks.tokens import read_sentences
 
     rng = np.random.default_rng(seed)
     train, test = read_sentences(root / "train.txt"), read_sentences(root / "test.txt")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.utility import DEFAULT_DIR
 from common.config import RunConfig
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 
 SLS = ("amazon_cells", "imdb", "yelp")
 
@@ -118,8 +118,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.base or args.out / f"base-{args.row}"
     if not base.is_dir():
-        from common.device import resolve_device
-        from common.warm_start_train import TrainSettings
+        from common.model.device import resolve_device
+        from common.model.warm_start_train import TrainSettings
         from server.warm_start_cli import write_warm_start
 
         files, spec = public_files(args.row, args.datasets_dir, args.out, args.public_limit)

@@ -1,6 +1,6 @@
 """What an answer computed on a partner's rows costs it, paid in its ledger *before* the answer
-is computed (common.oracle): an exact answer (evaluation counts, monitoring counts) is counted
-against its ``max-evaluations``; a noisy one (``evaluation = dp``) is a release whose ε its
+is computed (common.evaluation.oracle): an exact answer (evaluation counts, monitoring counts) is
+counted against its ``max-evaluations``; a noisy one (``evaluation = dp``) is a release whose ε its
 ledger composes with DP-SGD's, within ``max-epsilon``. A refusal records nothing. No flwr here.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.oracle import claim_exact_answer, evaluation_release, noisy_counts
-from common.privacy import spend
+from common.evaluation.oracle import claim_exact_answer, evaluation_release, noisy_counts
+from common.privacy.ledger import spend
 from common.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def pay_for_monitoring(config: RunConfig, partner: PartnerSettings, run_id: str)
 
 def noisy_evaluation(config: RunConfig, metrics: Mapping[str, float],
                      noise_multiplier: float) -> dict[str, float]:
-    """The DP answer of an evaluation (common.oracle.noisy_counts), its noise from the OS."""
+    """The DP answer of an evaluation (common.evaluation.oracle.noisy_counts), its noise from the
+    OS."""
     sensitivity = get_task(config.task).count_sensitivity
     assert sensitivity is not None  # pay_for_evaluation refused it otherwise
     return noisy_counts(metrics, sensitivity, noise_multiplier, np.random.default_rng())

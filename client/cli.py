@@ -10,12 +10,12 @@ from typing import Any
 from client import ledger_cli
 from client.deploy import (PartnerPolicy, check_partner_data, runner_command,
                            supernode_command, supernode_env)
-from common.keys import generate_node_keys, load_node_public_key
+from common.infra.keys import generate_node_keys, load_node_public_key
 from common.code_hash import code_hash
-from common.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
+from common.evaluation.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
 from client.policy import DEFAULT_FEATURE_CACHE_DAYS
-from common.console import node_console
-from common.processes import run_tagged
+from common.infra.console import node_console
+from common.infra.processes import run_tagged
 
 
 # a partner's processes never download: a model a run names must be on its disk (--allow-hub)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from client.policy import PartnerSettings
 from common.config import RunConfig
-from common.data import apply_corrections, split_held_out
+from common.data.text import apply_corrections, split_held_out
 from common.errors import ConfigError
 from common.partner_rows import partner_rows as rows_of, simulated_slice as common_slice
-from common.partner_secret import partner_secret
+from common.privacy.partner_secret import partner_secret
 from common.tasks import LabelledData, get_task
 
 
@@ -30,9 +30,9 @@ class PartnerData:
 def partner_data(config: RunConfig, partner: PartnerSettings,
                  labels: tuple[str, ...]) -> PartnerData:
     """``partner_dataset``; then the partner's reviewed ``corrections`` folded in
-    (common.data.apply_corrections: they keep the split); then, when the partner or run asks
+    (common.data.text.apply_corrections: they keep the split); then, when the partner or run asks
     (``deidentify``), personal data masked in both splits before anything is tokenized
-    (common.deidentify). The held-out split is chosen on the original texts, the same with
+    (common.deid.deidentify). The held-out split is chosen on the original texts, the same with
     masking on or off."""
     train, test = partner_dataset(config, partner, labels)
     corrected: dict[str, int] = {}
@@ -80,7 +80,7 @@ _MASKED: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {}
 
 @functools.lru_cache(maxsize=1)
 def _deidentifier():  # built once per process (~3-5 s): Presidio, spaCy, the name list
-    from common.deidentify import Deidentifier
+    from common.deid.deidentify import Deidentifier
 
     return Deidentifier()
 
@@ -89,7 +89,7 @@ def partner_dataset(config: RunConfig, partner: PartnerSettings,
                     labels: tuple[str, ...]) -> tuple[LabelledData, LabelledData]:
     """(train, held-out test) of this partner (``partner_rows``); the held-out rows are chosen
     by each row's text (person) at the partner's own fraction, hashed with its secret
-    (common.data.split_held_out): the same in every run, and not computable by the
+    (common.data.text.split_held_out): the same in every run, and not computable by the
     coordinator."""
     data = partner_rows(config, partner, labels)
     return split_held_out(data, partner.held_out_fraction(config),  # type: ignore[arg-type]

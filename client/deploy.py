@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.keys import check_partner_name, check_private_key_file
+from common.infra.keys import check_partner_name, check_private_key_file
 from client.policy import PartnerSettings
 from common.config import check_device
-from common.data import filled_value, read_rows
+from common.data.text import filled_value, read_rows
 from common.errors import ConfigError, DataError
 
 
@@ -65,7 +65,7 @@ def check_partner_data(policy: PartnerPolicy) -> int:
                             f"{sorted(rows[0][1])}")
     extra = dict(policy.extra)
     if extra.get("deidentify"):
-        from common.deidentify import check_installed
+        from common.deid.deidentify import check_installed
 
         check_installed()  # a partner that asks for masking must not start without it
     if extra.get("corrections"):

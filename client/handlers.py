@@ -32,8 +32,8 @@ from common import protocol as P
 from common.config import RunConfig
 from common.errors import (CheckpointError, ConfigError, ConsortiumError, DataError, ModelError,
                            PrivacyError, ResourceError, SimulatedDropout, UpdateError)
-from common.logs import configure_logging
-from common.secagg_params import check_setup
+from common.infra.logs import configure_logging
+from common.wire.secagg_params import check_setup
 
 logger = logging.getLogger(__name__)
 

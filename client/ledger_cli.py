@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.feature_cache import CACHE_DIR, purge
-from common.ledger_audit import acknowledge, audit_names_ledgers
-from common.partner_secret import SECRET_FILE, partner_secret
+from common.training.feature_cache import CACHE_DIR, purge
+from common.privacy.ledger_audit import acknowledge, audit_names_ledgers
+from common.privacy.partner_secret import SECRET_FILE, partner_secret
 
 ACTIONS = ("acknowledge-ledger", "purge-cache")
 

@@ -1,7 +1,7 @@
 """`consortium partner evaluate`: a partner scores a release on a labelled file of its own and
 keeps the report. The model is built exactly as the run built it (base model + the release's
 trainable weights) and scored by the task's own evaluate, so the numbers are those the run's
-evaluation gives on that file; calibration (ECE) comes from common.calibration.
+evaluation gives on that file; calibration (ECE) comes from common.evaluation.calibration.
 
 Local only: nothing here sends anything. No flwr here.
 """
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from common import protocol as P
-from common.calibration import (confidences_and_correct, expected_calibration_error,
+from common.evaluation.calibration import (confidences_and_correct, expected_calibration_error,
                                 reliability_bins)
 from common.errors import ConfigError
-from common.groups import group_scores
-from common.metrics import per_class_scores, sum_counts
-from common.release import read_release, release_weights
-from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
+from common.evaluation.groups import group_scores
+from common.evaluation.metrics import per_class_scores, sum_counts
+from common.model.release import read_release, release_weights
+from common.infra.storage import atomic_write_bytes, atomic_write_json, finite_or_none
 from common.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class MonitorRequest:
     data: Path  # a labelled file of the partner's, read as the run's task reads files
     text_column: str = ""  # empty = the release's run config
     label_column: str = ""
-    group_column: str = ""  # per-group counts (common.groups), small groups suppressed
+    group_column: str = ""  # per-group counts (common.evaluation.groups), small groups suppressed
     out: Path | None = None  # empty = monitoring/RELEASE_ID
     min_group_size: int = 10  # fewest examples a group's counts are shown for
     allow_hub: bool = False  # download the base model if this machine lacks it (else offline)
@@ -49,7 +49,7 @@ class MonitorRequest:
 
 def _probabilities(model: Any, encoded: Any) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, gold) per scored position: a text, or a tagged word (gold >= 0)."""
-    from common.evaluation import log_probabilities
+    from common.evaluation.scoring import log_probabilities
 
     probs = np.exp(log_probabilities(model, encoded))
     gold = encoded.tensors[-1].numpy()
@@ -63,7 +63,7 @@ def _probabilities(model: Any, encoded: Any) -> tuple[np.ndarray, np.ndarray]:
 def score_release(request: MonitorRequest) -> dict[str, Any]:
     """The report: the task's metrics, per-class counts and scores, and calibration. A file
     the task cannot read is the loader's one-line DataError, raised before any model loads."""
-    from common.model import build_model, load_tokenizer, load_trainable_state
+    from common.model.factory import build_model, load_tokenizer, load_trainable_state
 
     release = read_release(request.model)
     config = release.config()

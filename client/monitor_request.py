@@ -24,7 +24,7 @@ from client.partner import AUDIT_LOG, append_audit, partner_device, weights_sha2
 from client.policy import PartnerSettings
 from common import protocol as P
 from common.config import RunConfig
-from common.device import free_cached
+from common.model.device import free_cached
 from common.errors import DataError, PrivacyError
 from common.sources import run_labels
 from common.tasks import LabelledData, get_task
@@ -88,7 +88,7 @@ def _score(config: RunConfig, partner: PartnerSettings, shared: Mapping[str, np.
     """The task's own evaluate of the base model with ``shared`` loaded, on this partner's
     device; ModelError when the frozen base weights are not the release's."""
     from client.received import shared_model
-    from common.model import load_tokenizer
+    from common.model.factory import load_tokenizer
 
     model = shared_model(config, partner, labels, shared, fingerprint, "the release's")
     device = partner_device(config, partner)

@@ -28,22 +28,22 @@ from client.run_log import claim_evaluation, note_trained
 from common import protocol as P
 from client.round_plan import (batch_and_learning_rate, lr_schedule, memory_batch, round_plan,
                                trainable_view)
-from common.compression import to_wire
+from common.wire.compression import to_wire
 from common.config import RunConfig
-from common.data import data_fingerprint
-from common.feature_cache import CACHE_DIR, feature_cache
-from common.device import free_cached, gpu_memory, resolve_device
+from common.data.text import data_fingerprint
+from common.training.feature_cache import CACHE_DIR, feature_cache
+from common.model.device import free_cached, gpu_memory, resolve_device
 from common.errors import PrivacyError, SimulatedDropout
-from common.person_dp import Persons, train_dp_persons
-from common.model import trainable_state
-from common.ledger_audit import LEDGER_KEY
-from common.privacy import PrivacyLedger, Release, epsilon_of, spend
-from common.resources import check_fits
-from common.storage import append_jsonl, finite_or_none
+from common.training.person_dp import Persons, train_dp_persons
+from common.model.factory import trainable_state
+from common.privacy.ledger_audit import LEDGER_KEY
+from common.privacy.ledger import PrivacyLedger, Release, epsilon_of, spend
+from common.infra.resources import check_fits
+from common.infra.storage import append_jsonl, finite_or_none
 from common.tasks import LabelledData
-from common.training import (DPSettings, TrainSettings, TrainStats, clipping_for, train_dp,
+from common.training.loop import (DPSettings, TrainSettings, TrainStats, clipping_for, train_dp,
                              train_plain)
-from common.updates import clip_update
+from common.wire.updates import clip_update
 
 logger = logging.getLogger(__name__)
 _ANNOUNCED: set[tuple[str, torch.device]] = set()  # (partner, device) pairs already logged
@@ -110,7 +110,7 @@ def _train_private(config: RunConfig, partner: PartnerSettings, prep: Prepared,
         raise PrivacyError(f"delta = {delta:g} is not below 1 / {units} training {unit}s at "
                            f"{partner.name}; use a smaller delta")
     open_ledger(config, partner, known_history)
-    plan = settings.require_plan()  # q, steps and σ from common.planner (logged per round)
+    plan = settings.require_plan()  # q, steps and σ from common.privacy.planner (logged per round)
     q, steps = plan.sample_rate, plan.steps_per_round
     release = Release(run_id, server_round, plan.noise_multiplier, q, steps,
                       examples=len(prep.train), data_sha256=data_fingerprint(prep.train),

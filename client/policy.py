@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config import RunConfig, check_device
-from common.ledger_identity import LedgerId
+from common.privacy.ledger_identity import LedgerId
 from common.partner_rows import RowSource
 from common.errors import ConfigError, PrivacyError
 from common import protocol as P
-from common.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
+from common.evaluation.oracle import DEFAULT_EVALUATION_NOISE, DEFAULT_MAX_EVALUATIONS
 
 # Un-noised values about the training batches a partner may choose to release (default: none)
 BATCH_METRICS = (P.TRAIN_LOSS, P.CLIPPED_FRACTION)
-# full = counts + the exact held-out loss; dp = noisy counts, paid in ε (common.oracle)
+# full = counts + the exact held-out loss; dp = noisy counts, paid in ε (common.evaluation.oracle)
 EVALUATION_MODES = ("counts", "full", "off", "dp")
 MONITORING_MODES = ("off", "counts")  # whether a monitoring request's counts may leave
 DEFAULT_TEST_FRACTION = 0.2  # a real partner's held-out share unless its node config sets one
@@ -230,8 +230,9 @@ class PartnerSettings:
         """This partner's ledger: the one its data-id names, else the one its rows belong to (a
         renamed file, a symlink, another partner name on the same data: the same ledger);
         PrivacyError when it is missing or lower than its audit log says, until the partner
-        acknowledges it (common.ledger_identity.resolve_ledger), before anything is spent."""
-        from common.ledger_identity import resolve_ledger  # reads the data: only when asked
+        acknowledges it (common.privacy.ledger_identity.resolve_ledger), before anything is
+        spent."""
+        from common.privacy.ledger_identity import resolve_ledger  # reads the data: only when asked
         from common.partner_rows import source_digests
 
         rows = None if self.data_id else functools.partial(source_digests, config,

@@ -15,7 +15,7 @@ from client.received import ReceivedModel
 from client.round_plan import round_plan
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.privacy import Release
+from common.privacy.ledger import Release
 
 
 def preflight(config: RunConfig, partner: PartnerSettings, received: ReceivedModel,

@@ -17,8 +17,8 @@ from client.data import partner_data
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import ModelError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_tokenizer, load_trainable_state
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
 from common.tasks import LabelledData, Task, get_task
 

@@ -1,5 +1,5 @@
-"""What a partner's round trains and with which schedule: the DP plan (common.planner) from public
-quantities only (n, ε, δ, rounds, d), and, for pooled-head and head, the head on cached
+"""What a partner's round trains and with which schedule: the DP plan (common.privacy.planner) from
+public quantities only (n, ε, δ, rounds, d), and, for pooled-head and head, the head on cached
 features.
 
 No flwr here; client/partner.py calls these before any ε is spent.
@@ -17,14 +17,14 @@ from torch.utils.data import TensorDataset
 
 from common.config import AUTO, RunConfig
 from common.errors import UnlearnablePlanError
-from common.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
-from common.head_features import cached_head_inputs, trainable_head
-from common.model import trainable_size
-from common.top_layers import cached_top_inputs
-from common.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
+from common.training.features import FEATURE_BATCH, PooledHeadClassifier, cached_pooled_features
+from common.training.head_features import cached_head_inputs, trainable_head
+from common.model.factory import trainable_size
+from common.training.top_layers import cached_top_inputs
+from common.privacy.planner import (NON_PRIVATE_BATCH, DPPlan, default_learning_rate, plan_dp,
                              update_clip_note)
-from common.schedule import LRSchedule
-from common.training import clipping_for
+from common.training.schedule import LRSchedule
+from common.training.loop import clipping_for
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def batch_and_learning_rate(config: RunConfig, plan: DPPlan | None) -> tuple[int
 
 def lr_schedule(config: RunConfig, plan: DPPlan | None, server_round: int, examples: int,
                 batch: int) -> LRSchedule:
-    """This round's part of the run's lr schedule (common.schedule): T = the plan's steps per
-    round under DP, the data loader's (⌈n / batch⌉ per epoch) without."""
+    """This round's part of the run's lr schedule (common.training.schedule): T = the plan's steps
+    per round under DP, the data loader's (⌈n / batch⌉ per epoch) without."""
     steps = (plan.steps_per_round if plan is not None
              else config.local_epochs * math.ceil(examples / batch))
     return LRSchedule.for_round(config.lr_schedule, server_round, config.num_rounds, steps,
@@ -87,11 +87,11 @@ def lr_schedule(config: RunConfig, plan: DPPlan | None, server_round: int, examp
 def memory_batch(config: RunConfig, batch: int, per_person: bool = False) -> tuple[int, bool]:
     """(batch, per-sample gradients?) whose memory the encoder must hold: pooled-head runs the
     encoder only in no-grad feature passes; head's encoder never needs gradients (its inputs
-    are cached, or, past common.head_features.MAX_CACHED_BYTES, computed per step); the head's
-    DP step is small. A DP step with per-sample hooks runs its batch in pieces of at most
-    ``batch-tokens`` padded tokens (common.batching), so it holds at most that many texts of
-    ``max-length`` at once. A per-person step (common.person_dp; ``batch`` = expected persons)
-    runs whole: up to ``max-rows-per-person`` rows of each sampled person."""
+    are cached, or, past common.training.head_features.MAX_CACHED_BYTES, computed per step); the
+    head's DP step is small. A DP step with per-sample hooks runs its batch in pieces of at most
+    ``batch-tokens`` padded tokens (common.training.batching), so it holds at most that many texts
+    of ``max-length`` at once. A per-person step (common.training.person_dp; ``batch`` = expected
+    persons) runs whole: up to ``max-rows-per-person`` rows of each sampled person."""
     if config.finetune == "pooled-head":
         return FEATURE_BATCH, False
     per_sample = config.dp and config.finetune != "head"

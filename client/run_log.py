@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.errors import PrivacyError
-from common.privacy import ledger_lock
-from common.storage import read_sealed_json, write_sealed_json
+from common.privacy.ledger import ledger_lock
+from common.infra.storage import read_sealed_json, write_sealed_json
 
 RUN_LOG_VERSION = 1
 _TRAINED, _EVALUATED = "trained", "evaluated"

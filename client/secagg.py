@@ -6,7 +6,7 @@ ECDH + HKDF shared keys, Fernet encryption of the shares, stochastic quantizatio
 
 1. setup: the partner trains (client.partner.train_round, DP untouched), keeps its update here,
    and answers with two fresh public keys (pk1: mask agreement, pk2: share encryption), signed
-   with its enrolled key (common.secagg_identity; ``identity_of`` says which). The evaluation
+   with its enrolled key (common.wire.secagg_identity; ``identity_of`` says which). The evaluation
    of the model it received (client/app.py) stays in that reply, in the clear: counts, not
    secret-shared, as without secure aggregation.
 2. share-keys: it checks that every listed partner is one of its peers (``secagg-peers``), once,
@@ -27,7 +27,7 @@ The protocol state and maths live in client/secagg_protocol.py; this module is t
 (context.state in, Messages out; client/app.py dispatches here).
 
 Every parameter that shapes the masked input is checked against the run config at each stage
-(common.secagg_params); on a mismatch, a partner or signature it cannot verify, or fewer
+(common.wire.secagg_params); on a mismatch, a partner or signature it cannot verify, or fewer
 partners than the run's or this partner's ``min-partners``, the partner refuses with a refusal
 reply, logged (stages 2 – 5 also in its audit log). client/handlers.py checks the setup
 parameters and the signing key before training, so a bad setup costs no ε; ``start`` checks
@@ -48,8 +48,8 @@ from client.secagg_protocol import PartnerSecAgg
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import PrivacyError, SimulatedDropout
-from common.secagg_identity import Identity, load_identity, simulated_identity
-from common.secagg_params import check_nodes, check_setup, check_survivors
+from common.wire.secagg_identity import Identity, load_identity, simulated_identity
+from common.wire.secagg_params import check_nodes, check_setup, check_survivors
 
 logger = logging.getLogger(__name__)
 _STATE = "consortium-secagg"  # ConfigRecord in context.state: the protocol state

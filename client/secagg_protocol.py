@@ -2,7 +2,7 @@
 consistency check of Bonawitz et al. 2017 against a malicious coordinator): keys, signatures,
 Shamir shares, masks. The stages are described in client/secagg.py, which drives this from
 Messages; the mask maths the coordinator repeats lives in common/wire/secagg.py, the signed
-statements in common/secagg_identity.py.
+statements in common/wire/secagg_identity.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flwr.supercore.primitives.asymmetric import (bytes_to_private_key, bytes_to
 
 from common import protocol as P
 from common.errors import PrivacyError
-from common.secagg_identity import (Identity, fingerprint, key_statement, verify,
+from common.wire.secagg_identity import (Identity, fingerprint, key_statement, verify,
                                     view_statement)
 from common.wire.secagg import mask_vector, pairwise_seed
 

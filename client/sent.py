@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-from common.release import weights_bytes
+from common.model.release import weights_bytes
 
 SENT_DIR = "sent"
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from common.errors import ConfigError
-from common.schedule import LR_SCHEDULES
+from common.training.schedule import LR_SCHEDULES
 from common.tasks import get_task
 
 FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head", "pooled-lora")
 
-AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.planner)
+AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.privacy.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F")
 COMPRESSIONS = ("none", "fp16", "int8")
@@ -97,11 +97,12 @@ class RunConfig:
     freeze_embeddings: bool = _opt(True, "Keep the embedding layer frozen in full fine-tuning.")
     local_epochs: int = _opt(2, "Passes over the partner's training split per round.", min=1)
     batch_size: int | str = _opt(AUTO, "Expected batch size (Poisson sampling: rate = batch / "
-                                       "n); auto = the DP planner's (common.planner: as large "
-                                       "as still leaves enough steps), 32 without DP.", min=1)
+                                       "n); auto = the DP planner's (common.privacy.planner: as "
+                                       "large as still leaves enough steps), 32 without DP.",
+                                 min=1)
     learning_rate: float | str = _opt(AUTO, "AdamW learning rate at the partners; auto = the "
                                             "measured one for the finetune mode and dp "
-                                            "(common.planner.LEARNING_RATE).", gt=0.0)
+                                            "(common.privacy.planner.LEARNING_RATE).", gt=0.0)
     lr_schedule: str = _opt("constant", "The learning rate over the run's planned steps: "
                                         "constant, or a decay towards 0 by the last round "
                                         "(linear, cosine). It continues across rounds, is "
@@ -116,7 +117,8 @@ class RunConfig:
                                  "ε.", ge=0.0, lt=1.0)
     dp_plan_check: bool = _opt(True, "Refuse, before any ε is spent, a DP plan predicted to "
                                      "learn nothing (noise-to-signal over the run above "
-                                     "common.planner.MAX_RUN_RATIO); false = run it anyway.")
+                                     "common.privacy.planner.MAX_RUN_RATIO); false = run it "
+                                     "anyway.")
     epsilon: float = _opt(8.0, "Target ε per partner over all planned rounds (sets σ when "
                                "noise-multiplier is 0).", gt=0.0)
     delta: float = _opt(1e-5, "δ of the (ε, δ) guarantee; must be below 1 / partner examples.",

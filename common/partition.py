@@ -7,7 +7,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from common.config import parse_partition
-from common.data import TextDataset
+from common.data.text import TextDataset
 from common.errors import ConfigError, DataError
 
 

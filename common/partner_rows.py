@@ -1,6 +1,6 @@
 """Where a partner's rows come from (its own file, its slice of the run's file, or the embedded
 demo data), read the same way for training and for recognising which ledger the rows belong to
-(``source_digests``: their keyed digests, common.partner_secret). No flwr here.
+(``source_digests``: their keyed digests, common.privacy.partner_secret). No flwr here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import RunConfig, parse_partition
-from common.partner_secret import row_digests
+from common.privacy.partner_secret import row_digests
 from common.sources import run_labels
 from common.tasks import LabelledData, get_task
 

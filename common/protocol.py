@@ -38,7 +38,7 @@ UPDATE_CLIPPED = "update-clipped"
 TRAIN_SECONDS = "train-seconds"  # wall time of local training alone
 GPU_PEAK_BYTES = "gpu-peak-bytes"  # CUDA partners only: peak allocated during the round
 GPU_RESERVED_BYTES = "gpu-reserved-bytes"  # CUDA only: still reserved after the round's release
-# the partner's DP plan (common.planner), from public quantities only (n, ε, δ, rounds, d)
+# the partner's DP plan (common.privacy.planner), from public quantities only (n, ε, δ, rounds, d)
 PLAN_EXPECTED_BATCH = "plan-expected-batch"
 PLAN_LEARNING_RATE = "plan-learning-rate"
 PLAN_NOISE_TO_SIGNAL = "plan-noise-to-signal"  # predicted, over the run
@@ -52,8 +52,8 @@ MACRO_F1 = "macro-f1"
 ENTITY_F1 = "entity-f1"
 ENTITY_PRECISION = "entity-precision"
 ENTITY_RECALL = "entity-recall"
-# per-class counts in evaluate replies, keyed f"{kind}/{label}" (common.metrics builds them);
-# the coordinator sums them over partners for pooled per-class precision / recall / F1
+# per-class counts in evaluate replies, keyed f"{kind}/{label}" (common.evaluation.metrics builds
+# them); the coordinator sums them over partners for pooled per-class precision / recall / F1
 TRUE_POSITIVES = "tp"
 FALSE_POSITIVES = "fp"
 FALSE_NEGATIVES = "fn"

@@ -9,11 +9,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from common import protocol as P
-from common.compression import from_wire
+from common.wire.compression import from_wire
 from common.errors import UpdateError
-from common.model import check_update_matches
-from common.updates import update_norm
-from common.weights import capped_weight, check_claim, check_weight
+from common.model.factory import check_update_matches
+from common.wire.updates import update_norm
+from common.wire.weights import capped_weight, check_claim, check_weight
 from server.central_dp import CentralDP, clip_exactly, coordinator_rng
 
 
@@ -67,12 +67,13 @@ class RoundFold:
     """One round's aggregation at the coordinator: each reply is validated, then folded in or
     rejected with its reason; one bad partner never stops the round. Each update's weight is
     its claimed example count, checked against its DP sampling rate and capped at ``max_weight``
-    (common.weights), in every mode."""
+    (common.wire.weights), in every mode."""
 
     current: Mapping[str, np.ndarray]  # the shared weights sent this round
     clip_norm: float
     robust: str = ""  # a robust rule (median, trimmed-mean:B, krum:F); empty = streaming FedAvg
-    compression: str = "none"  # how partners encode updates (common.compression); decoded first
+    # how partners encode updates (common.wire.compression); decoded first
+    compression: str = "none"
     central: CentralDP | None = None  # partner-level DP: exact re-clip, noise at result()
     rng: np.random.Generator | None = None  # the central noise's source (coordinator_rng())
     noise_std: float | None = None  # the central σ result() added, for the metrics line

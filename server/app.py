@@ -8,9 +8,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from common.console import STOP_MARK
+from common.infra.console import STOP_MARK
 from common.errors import ConsortiumError
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 from server.coordinator import run_federation
 
 logger = logging.getLogger(__name__)

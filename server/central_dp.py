@@ -60,7 +60,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.errors import PrivacyError, UpdateError
-from common.privacy import epsilon_of
+from common.privacy.ledger import epsilon_of
 
 ALL_PARTNERS_ASKED = 1.0  # sampling rate of a round that asks every connected partner
 # release.json / privacy report / checkpoint key: the partner-level histories of the partners of
@@ -105,7 +105,7 @@ def coordinator_rng() -> np.random.Generator:
 
 def partner_level_epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     """ε of a partner's central releases [(z, q, 1) per round its update was averaged in],
-    by Opacus' RDP accountant (common.privacy.epsilon_of)."""
+    by Opacus' RDP accountant (common.privacy.ledger.epsilon_of)."""
     return epsilon_of([(float(z), float(q), int(n)) for z, q, n in history], delta)
 
 
@@ -189,7 +189,7 @@ def parent_partner_level(config: RunConfig) -> dict[str, list[list[float]] | Non
     """inherited_partner_level of the release ``init-from`` names; {} for a first release."""
     if not config.init_from:
         return {}
-    from common.release import read_release
+    from common.model.release import read_release
 
     return inherited_partner_level(read_release(config.init_from).record)
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ConfigError
-from common.storage import atomic_write_bytes
+from common.infra.storage import atomic_write_bytes
 
 VALID_DAYS = 365
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import CheckpointError, ConfigError
-from common.storage import atomic_write_bytes, read_sealed_json, write_sealed_json
+from common.infra.storage import atomic_write_bytes, read_sealed_json, write_sealed_json
 
 logger = logging.getLogger(__name__)
 KEEP = 2

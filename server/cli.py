@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from common.config import RunConfig, epsilon_keys
-from common.keys import load_node_public_key
+from common.infra.keys import load_node_public_key
 from common.errors import ConsortiumError
-from common.release import check_against_model, monitoring_config, read_release
+from common.model.release import check_against_model, monitoring_config, read_release
 from common.sources import run_labels
-from common.console import LOG_FILE, ConsoleFilter, node_console
-from common.processes import run_tagged
+from common.infra.console import LOG_FILE, ConsoleFilter, node_console
+from common.infra.processes import run_tagged
 from server import deploy
 from server.flwr_run import check_finished, log_size, staged_app, write_run_config
 

@@ -20,11 +20,11 @@ from common.wire.records import from_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConsortiumError, RunStopped
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
 from common.sources import run_labels
-from common.warm_start import check_public_disjoint
-from common.weights import fixed_batch_size
+from common.model.warm_start import check_public_disjoint
+from common.wire.weights import fixed_batch_size
 from server.aggregation import RoundFold
 from server.central_dp import (INHERITED, CentralDP, coordinator_rng, parent_partner_level,
                                record_round)

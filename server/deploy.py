@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.keys import check_partner_name, load_node_public_key
+from common.infra.keys import check_partner_name, load_node_public_key
 from common.errors import ConfigError, ConsortiumError
-from common.storage import atomic_write_bytes, atomic_write_json
+from common.infra.storage import atomic_write_bytes, atomic_write_json
 from server.certificates import create_ca_and_server_cert
 
 logger = logging.getLogger(__name__)

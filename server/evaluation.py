@@ -11,8 +11,8 @@ import math
 from typing import Any, Mapping
 
 from common import protocol as P
-from common.groups import group_scores, split_group_key
-from common.metrics import per_class_scores, split_count_key, sum_counts
+from common.evaluation.groups import group_scores, split_group_key
+from common.evaluation.metrics import per_class_scores, split_count_key, sum_counts
 from common.tasks import get_task
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pathspec
 
 from common.config import RunConfig
-from common.console import LOG_FILE, stop_reason
+from common.infra.console import LOG_FILE, stop_reason
 from common.errors import ConsortiumError, RunStopped
 from server.monitoring_report import SUMMARY_JSON
 

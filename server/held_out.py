@@ -16,9 +16,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from common.config import RunConfig
-from common.device import resolve_device
+from common.model.device import resolve_device
 from common.errors import ConfigError
-from common.model import build_model, load_tokenizer, load_trainable_state
+from common.model.factory import build_model, load_tokenizer, load_trainable_state
 from common.tasks import LabelledData, get_task
 
 

@@ -8,9 +8,9 @@ import math
 from typing import Any, Mapping
 
 from common.config import RunConfig
-from common.export import POOLED_MODES, loaders
+from common.model.export import POOLED_MODES, loaders
 from common.tasks import get_task
-from common.warm_start import lineage_of
+from common.model.warm_start import lineage_of
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (bundled copy)"
 
@@ -47,8 +47,8 @@ def _privacy(config: RunConfig, partners: Mapping[str, Mapping[str, Any]]) -> li
               for name, p in sorted(partners.items())]
     plans = {name: p["plan"] for name, p in sorted(partners.items()) if p.get("plan")}
     if plans:
-        lines += ["", "Each partner's DP plan (common.planner; from public n, ε, δ, rounds and "
-                  "trainable size only):", "",
+        lines += ["", "Each partner's DP plan (common.privacy.planner; from public n, ε, δ, rounds "
+                  "and trainable size only):", "",
                   "| partner | expected batch | learning rate | predicted noise-to-signal |",
                   "|---|---|---|---|"]
         lines += [f"| {_cell(name)} | {_num(p.get('expected_batch'), 1)} | "
@@ -124,7 +124,7 @@ def _evaluation(final: Mapping[str, Any] | None) -> list[str]:
 
 
 def _warm_start(config: RunConfig) -> list[str]:
-    """The public data a warm-started base model was adapted on (common.warm_start)."""
+    """The public data a warm-started base model was adapted on (common.model.warm_start)."""
     lineage = lineage_of(config.base_model)
     if lineage is None:
         return []

@@ -25,9 +25,9 @@ from flwr.serverapp import Grid
 
 from common import protocol as P
 from common.config import RunConfig
-from common.groups import group_scores
-from common.release import Release, check_continues, read_release, release_weights
-from common.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
+from common.evaluation.groups import group_scores
+from common.model.release import Release, check_continues, read_release, release_weights
+from common.infra.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
                             finite_or_none, json_safe)
 from common.tasks import get_task
 from server.messaging import make_messages, partner_name, stream_replies

@@ -14,11 +14,11 @@ import numpy as np
 
 from common import protocol as P
 from common.config import RunConfig
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_trainable_state, save_model
-from common.privacy import epsilon_of
-from common.warm_start import PRIVACY_NOTE, lineage_of
-from common.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_trainable_state, save_model
+from common.privacy.ledger import epsilon_of
+from common.model.warm_start import PRIVACY_NOTE, lineage_of
+from common.infra.storage import (append_jsonl, atomic_write_bytes, atomic_write_json,
                             finite_or_none, json_safe)
 from server.central_dp import INHERITED, absent_partner_level
 from server.model_card import model_card

@@ -1,7 +1,7 @@
 """Writing a release's lineage into the exported model directory: ``release.json`` (id, parent,
 run config, each partner's ε at release time, δ, privacy unit, code version, the final
 evaluation) and ``release_weights.npz`` (the trainable weights exactly as the coordinator held
-them, which a continuing run starts from). The format is read back by common.release."""
+them, which a continuing run starts from). The format is read back by common.model.release."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import numpy as np
 from common.code_hash import running_code_hash
 from common.config import RunConfig
 from common.errors import ConsortiumError
-from common.release import (FORMAT, RELEASE_FILE, WEIGHTS_FILE, check_continues, check_layout,
+from common.model.release import (FORMAT, RELEASE_FILE, WEIGHTS_FILE, check_continues, check_layout,
                             layout_of, read_release, release_weights, weights_bytes)
-from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none, json_safe
-from common.warm_start import lineage_of
+from common.infra.storage import atomic_write_bytes, atomic_write_json, finite_or_none, json_safe
+from common.model.warm_start import lineage_of
 from server.central_dp import INHERITED
 
 logger = logging.getLogger(__name__)

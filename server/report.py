@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config import RunConfig
-from common.storage import atomic_write_bytes
+from common.infra.storage import atomic_write_bytes
 from server.evaluation import extremes, megabytes
 from server.report_text import budget_of, privacy_summary, table
 from server.run_data import METRICS_FILE, RunData, RunSeries, load_run, series

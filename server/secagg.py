@@ -33,10 +33,10 @@ from flwr.common.secure_aggregation.quantization import dequantize
 
 from common import protocol as P
 from common.errors import ConsortiumError, UpdateError
-from common.secagg_identity import key_statement, verify, view_statement
-from common.secagg_params import MOD_RANGE, threshold_for  # noqa: F401 (re-exported)
+from common.wire.secagg_identity import key_statement, verify, view_statement
+from common.wire.secagg_params import MOD_RANGE, threshold_for  # noqa: F401 (re-exported)
 from common.wire.secagg import mask_vector, pairwise_seed
-from common.weights import capped_weight
+from common.wire.weights import capped_weight
 
 logger = logging.getLogger(__name__)
 

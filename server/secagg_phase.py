@@ -19,8 +19,8 @@ from flwr.serverapp import Grid
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConsortiumError, UpdateError
-from common.secagg_params import setup_parameters, threshold_for
-from common.weights import check_claim, fixed_batch_size
+from common.wire.secagg_params import setup_parameters, threshold_for
+from common.wire.weights import check_claim, fixed_batch_size
 from server.messaging import (Evaluations, RunState, gpu_line, make_messages, partner_name,
                               stream_replies)
 from server.outputs import record_partner
@@ -90,7 +90,7 @@ def secure_train_phase(grid: Grid, config: RunConfig, state: RunState, rnd: int,
         (signer,), (signature,) = record[P.SECAGG_SIGNERS], record[P.SECAGG_SIGNATURES]  # type: ignore[misc]
         values = dict(reply.content.metric_records[P.METRICS])
         examples = float(values[P.NUM_EXAMPLES])  # type: ignore[arg-type]
-        if config.dp:  # its DP sampling rate must agree with its claim (common.weights)
+        if config.dp:  # its DP sampling rate must agree with its claim (common.wire.weights)
             check_claim(values, batch_size)  # type: ignore[arg-type]
         proto.add_keys(nid, pk1, pk2, signer, signature, examples)  # type: ignore[arg-type]
         metrics[nid] = values  # type: ignore[assignment]

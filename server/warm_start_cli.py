@@ -1,5 +1,5 @@
 """`consortium warm-start`: adapt the base model on public data (no partner's row, no ε) and
-write it as a base-model directory (common.warm_start) that runs and partners take as
+write it as a base-model directory (common.model.warm_start) that runs and partners take as
 ``base-model``."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import warm_start as W
+from common.model import warm_start as W
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.storage import atomic_write_bytes, atomic_write_json
+from common.infra.storage import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from common.device import resolve_device
-    from common.warm_start_train import TrainSettings
+    from common.model.device import resolve_device
+    from common.model.warm_start_train import TrainSettings
 
     return TrainSettings(epochs=args.epochs, learning_rate=args.learning_rate,
                          batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
@@ -96,8 +96,8 @@ def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: 
     leaves nothing)."""
     from transformers import AutoModel
 
-    from common import warm_start_train as T
-    from common.model import load_tokenizer, resolve_base_model
+    from common.model import warm_start_train as T
+    from common.model.factory import load_tokenizer, resolve_base_model
     from common.tasks import get_task
 
     datasets, labels, files = public_examples(config, paths, objective)

@@ -21,14 +21,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common import audit as A
+from common.evaluation import audit as A
 from common.config import RunConfig
-from common.data import TextDataset, split_train_test
+from common.data.text import TextDataset, split_train_test
 from common.errors import ConfigError, PrivacyError
 from common.sources import run_labels
-from common.storage import atomic_write_bytes, atomic_write_json, finite_or_none
+from common.infra.storage import atomic_write_bytes, atomic_write_json, finite_or_none
 from common.tasks import get_task
-from common.machine import machine, versions
+from common.infra.machine import machine, versions
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,11 @@ def train_arm(config: RunConfig, model: Any, encoded: Any, n: int,
     """Train on ``encoded`` (n examples, or with ``persons`` n persons: per-person DP) once;
     the privacy numbers from Opacus' accountant."""
     from client.round_plan import batch_and_learning_rate
-    from common.model import trainable_size
-    from common.person_dp import train_dp_persons
-    from common.planner import plan_dp
-    from common.privacy import epsilon_of
-    from common.training import DPSettings, TrainSettings, clipping_for, train_dp, train_plain
+    from common.model.factory import trainable_size
+    from common.training.person_dp import train_dp_persons
+    from common.privacy.planner import plan_dp
+    from common.privacy.ledger import epsilon_of
+    from common.training.loop import DPSettings, TrainSettings, clipping_for, train_dp, train_plain
 
     plan = None  # one round; the audit measures leakage, so an unlearnable plan is not refused
     if config.dp and config.delta < 1.0 / n:
@@ -148,10 +148,10 @@ def run_arm(config: RunConfig, settings: A.AuditSettings,
     """One audit: canaries in, train, measure. Returns the arm's record for audit.json.
     ``unit`` = person: per-person DP-SGD, each canary's copies one canary person."""
     from client.round_plan import trainable_view
-    from common.model import build_model, load_tokenizer  # torch & co. only when auditing
-    from common.person_dp import Persons
-    from common.evaluation import evaluate, log_probabilities
-    from common.training import encode
+    from common.model.factory import build_model, load_tokenizer  # torch & co. only when auditing
+    from common.training.person_dp import Persons
+    from common.evaluation.scoring import evaluate, log_probabilities
+    from common.training.loop import encode
 
     started = time.time()
     train, test = partner_data(config)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from client import cli as client_cli
 from common.config import RunConfig, epsilon_keys
 from common.errors import ConfigError, ConsortiumError, RunStopped, StoppedBySignal
-from common.logs import configure_logging
+from common.infra.logs import configure_logging
 from server import cli as server_cli
 from server import warm_start_cli
 from simulations import audit, plan_cli, predict_cli
@@ -95,12 +95,12 @@ def _example_data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def example_data(out: Path, partner: int, rows: int, seed: int) -> str:
-    """The embedded data of ``partner`` (common.synthetic) as ``out``; one line saying so."""
+    """The embedded data of ``partner`` (common.data.synthetic) as ``out``; one line saying so."""
     import csv
     import io
 
-    from common.storage import atomic_write_bytes
-    from common.synthetic import synthetic_partner_data
+    from common.infra.storage import atomic_write_bytes
+    from common.data.synthetic import synthetic_partner_data
 
     if rows < 1 or partner < 0:
         raise ConfigError(f"example-data: --rows must be ≥ 1 and --partner ≥ 0 (got {rows}, "

@@ -59,14 +59,14 @@ def _int(text: str) -> int | str:
 
 
 def _dims(config: RunConfig, num_labels: int) -> int:
-    from common.model import build_model, trainable_size
+    from common.model.factory import build_model, trainable_size
 
     return trainable_size(build_model(config, tuple(f"label-{i}" for i in range(num_labels))))
 
 
 def handle(args: argparse.Namespace) -> int:
     """Print the plan; a plan predicted to learn nothing exits 2 with the refusal's advice."""
-    from common.planner import plan_dp, update_clip_note
+    from common.privacy.planner import plan_dp, update_clip_note
 
     config = _config(args)
     dims = args.trainable_dims or _dims(config, args.num_labels)
@@ -94,13 +94,13 @@ def handle(args: argparse.Namespace) -> int:
 def _against_budget(args: argparse.Namespace, plan) -> int:
     """With --ledger / --spent: ε after the run, composed with what was spent; with
     --max-epsilon, exit 2 and say what still fits when the plan would pass the budget."""
-    from common.privacy import epsilon_of, fits_note
+    from common.privacy.ledger import epsilon_of, fits_note
 
     if args.ledger is None and args.spent is None:
         return 0
     run = [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)] * plan.rounds
     if args.ledger is not None:
-        from common.storage import read_sealed_json
+        from common.infra.storage import read_sealed_json
 
         releases = read_sealed_json(args.ledger)["releases"]
         history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]

@@ -1,5 +1,5 @@
 """`consortium predict MODEL_DIR --data FILE`: a release's labels for a file, through the loader
-its model card names (common.export.Predictor), and its score when the file is labelled."""
+its model card names (common.model.export.Predictor), and its score when the file is labelled."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from common.errors import DataError, ModelError
-from common.export import Prediction, Predictor
+from common.model.export import Prediction, Predictor
 
 FORMATS = ("labels", "csv", "jsonl")
 

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from common.config import RunConfig, parse_partition
 from common.errors import ConfigError, ConsortiumError
-from common.release import Release, check_against_model, monitoring_config, read_release
+from common.model.release import Release, check_against_model, monitoring_config, read_release
 from common.sources import run_labels
 from common.tasks import get_task
-from common.warm_start import check_disjoint
+from common.model.warm_start import check_disjoint
 from server.checkpoint import check_same_config, latest_checkpoint
 from server.held_out import read_held_out
 from server.tracking import check_tracking
 from common.partition import partition_indices
-from common.console import LOG_FILE, ConsoleFilter
-from common.processes import run_tagged
+from common.infra.console import LOG_FILE, ConsoleFilter
+from common.infra.processes import run_tagged
 from server.flwr_run import (APP_DIR, check_finished, log_size, resume_hint, staged_app,
                              write_run_config)
 
@@ -68,7 +68,7 @@ def preflight(config: RunConfig, federation: Federation) -> RunConfig:
                           "share): Ray hides the GPUs from partners that reserve none")
     task = get_task(config.task)
     if config.deidentify:
-        from common.deidentify import check_installed
+        from common.deid.deidentify import check_installed
 
         check_installed()
         if not task.maskable_text:

@@ -18,8 +18,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-# σ calibrations (common.sigma_cache) kept for every test process and the Flower processes they
-# start, outside the user's own cache; a kept σ is re-checked with Opacus before any use
+# σ calibrations (common.privacy.sigma_cache) kept for every test process and the Flower processes
+# they start, outside the user's own cache; a kept σ is re-checked with Opacus before any use
 os.environ.setdefault("CONSORTIUM_CACHE_DIR",
                       str(Path(tempfile.gettempdir()) / f"consortium-test-cache-{os.getuid()}"))
 
@@ -28,7 +28,7 @@ def make_tiny_bert(directory: Path) -> Path:
     """A 2-layer, 32-wide random BERT with a word-level vocabulary of the synthetic data."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from common import synthetic
+    from common.data import synthetic
 
     words = set()
     for pool in (synthetic._SUBJECTS, synthetic._VERBS, synthetic._FILLER,
@@ -64,7 +64,7 @@ def make_ner_bert(directory: Path) -> Path:
     import torch
     from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
 
-    from common import synthetic_ner
+    from common.tasks import synthetic_ner
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
              *sorted(synthetic_ner.vocabulary() | {"john", "##son", "visited"})]
@@ -132,7 +132,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _our_loggers_propagate() -> None:
     """configure_logging() (run by the apps that some tests drive in-process) stops our
     loggers propagating; caplog listens at the root, so every test starts with it restored."""
-    from common.logs import PACKAGES
+    from common.infra.logs import PACKAGES
 
     for name in PACKAGES:
         logging.getLogger(name).propagate = True

@@ -1,4 +1,4 @@
-"""server.aggregation (FedAvg, update validation) and common.updates (update clipping)."""
+"""server.aggregation (FedAvg, update validation) and common.wire.updates (update clipping)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.errors import UpdateError
-from common.updates import clip_update, update_norm
+from common.wire.updates import clip_update, update_norm
 from server.aggregation import WeightedMean, fedavg, validate_update
 
 

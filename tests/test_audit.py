@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
-from common import audit as A
-from common.data import TextDataset
+from common.evaluation import audit as A
+from common.data.text import TextDataset
 from common.errors import ConfigError, DataError
 from simulations.cli import main
 

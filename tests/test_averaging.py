@@ -1,5 +1,6 @@
-"""The EMA of the weights (common.averaging): its maths, and that a DP round with it runs the same
-DP-SGD (the same noisy iterates, σ, q, steps: the same ε) and ends at the iterates' average."""
+"""The EMA of the weights (common.training.averaging): its maths, and that a DP round with it runs
+the same DP-SGD (the same noisy iterates, σ, q, steps: the same ε) and ends at the iterates'
+average."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common import training
-from common.averaging import WeightAverage
+from common.training import loop as training
+from common.training.averaging import WeightAverage
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.privacy import epsilon_of
-from common.training import DPSettings, TrainSettings, train_dp, train_plain
+from common.privacy.ledger import epsilon_of
+from common.training.loop import DPSettings, TrainSettings, train_dp, train_plain
 
 
 def test_the_average_is_the_ema_of_the_iterates_from_the_first() -> None:

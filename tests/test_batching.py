@@ -1,6 +1,6 @@
-"""Length-sorted micro-batches (common.batching): how a batch is cut, and that a DP round run in
-pieces is the same DP-SGD as the batch in one pass (same weights, steps and accountant history,
-with noise), while evaluation keeps every result at its text's place."""
+"""Length-sorted micro-batches (common.training.batching): how a batch is cut, and that a DP round
+run in pieces is the same DP-SGD as the batch in one pass (same weights, steps and accountant
+history, with noise), while evaluation keeps every result at its text's place."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.batching import micro_batches, sorted_batches
+from common.training.batching import micro_batches, sorted_batches
 from common.config import RunConfig
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
-from common.evaluation import evaluate, evaluate_tokens
-from common.training import DPSettings, TrainSettings, train_dp, train_plain
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
+from common.evaluation.scoring import evaluate, evaluate_tokens
+from common.training.loop import DPSettings, TrainSettings, train_dp, train_plain
 
 
 def _mask(lengths: list[int], width: int = 16) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.encoder_recipe import parse_arm
 from benchmarks.utility import DATASETS, agnews_rows, conll_sentences, final_score, write_conll
-from common.tokens import read_sentences
+from common.tasks.tokens import read_sentences
 
 
 def test_an_arm_reads_its_keys_and_refuses_unknown_ones() -> None:

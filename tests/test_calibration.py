@@ -1,11 +1,11 @@
-"""common.calibration: ECE and its reliability table against a hand-computed case."""
+"""common.evaluation.calibration: ECE and its reliability table against a hand-computed case."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.calibration import (confidences_and_correct, expected_calibration_error,
+from common.evaluation.calibration import (confidences_and_correct, expected_calibration_error,
                                 reliability_bins)
 
 

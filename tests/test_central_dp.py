@@ -241,7 +241,7 @@ def test_partner_level_epsilon_is_cumulative_across_init_from(tiny_bert: str,
     partner-level history from the release's, so the child's ε composes both runs' releases
     (2 + 1 here), as its release.json says ("cumulative over this release and its ancestors");
     a partner of the parent that takes no part in the child is carried on, for the next."""
-    from common.release import read_release
+    from common.model.release import read_release
     from server.central_dp import INHERITED, inherited_partner_level
     from server.coordinator import run_federation
     from simulations.local_grid import LocalGrid

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from common.processes import StopOnSignal, Stopped, pids_with
+from common.infra.processes import StopOnSignal, Stopped, pids_with
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("consortium"))

@@ -10,9 +10,9 @@ import pytest
 from client.data import PartnerSettings, partner_dataset
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.model import build_model, load_tokenizer, trainable_state
-from common.synthetic import LABELS
-from common.training import DPSettings, TrainSettings, clipping_for, encode, train_dp
+from common.model.factory import build_model, load_tokenizer, trainable_state
+from common.data.synthetic import LABELS
+from common.training.loop import DPSettings, TrainSettings, clipping_for, encode, train_dp
 
 
 def _round(config: RunConfig, clipping: str, bound: float) -> tuple[dict, object]:

@@ -98,22 +98,22 @@ def test_approve_sees_every_file_the_fab_would_carry(tmp_path: Path,
     assert status == 0 and shadowed != reviewed
     shutil.rmtree(shadow.parent)
 
-    privacy = app_dir / "common" / "privacy.py"
-    caches = app_dir / "common" / "__pycache__"
+    privacy = app_dir / "common" / "privacy" / "ledger.py"
+    caches = privacy.parent / "__pycache__"
     caches.mkdir()
     for name, content in [(f"x.{TAG}.pyc", pyc("x = 1", privacy)),  # a cache of no source
-                          (f"privacy.{TAG}.pyc", pyc("def spend(*a): pass", privacy))]:
+                          (f"ledger.{TAG}.pyc", pyc("def spend(*a): pass", privacy))]:
         (caches / name).write_bytes(content)
         status, out, err = approve(app_dir, capsys)
         assert status == 2 and not out
-        assert f"common/__pycache__/{name}" in err and "no reviewed source vouches" in err
+        assert f"common/privacy/__pycache__/{name}" in err and "no reviewed source vouches" in err
         (caches / name).unlink()
 
     import py_compile
 
     py_compile.compile(str(privacy), doraise=True)  # Python's own cache of the reviewed source
-    (caches / "privacy.cpython-311-pytest-8.3.5.pyc").write_bytes(b"another tool's cache")
-    (caches / f"data.{TAG}.pyc").write_bytes(pyc("x = 2", privacy))  # stale: data.py's size
+    (caches / "ledger.cpython-311-pytest-8.3.5.pyc").write_bytes(b"another tool's cache")
+    (caches / f"planner.{TAG}.pyc").write_bytes(pyc("x = 2", privacy))  # stale: planner.py's size
     assert approve(app_dir, capsys)[:2] == (0, reviewed)  # differs, so Python recompiles it
 
 
@@ -129,16 +129,17 @@ def test_an_installed_app_is_hashed_file_by_file(tmp_path: Path) -> None:
     assert pinning.unapproved(node, clean) == ""
     import py_compile
 
-    py_compile.compile(str(clean / "common" / "privacy.py"), doraise=True)  # Python's own
+    # Python's own
+    py_compile.compile(str(clean / "common" / "privacy" / "ledger.py"), doraise=True)
     assert pinning.unapproved(node, clean) == ""
-    planted = clean / "common" / "__pycache__" / f"privacy.{TAG}.pyc"
-    planted.write_bytes(pyc("def spend(*a): pass", clean / "common" / "privacy.py"))
+    planted = clean / "common" / "privacy" / "__pycache__" / f"ledger.{TAG}.pyc"
+    planted.write_bytes(pyc("def spend(*a): pass", clean / "common" / "privacy" / "ledger.py"))
     reason = pinning.unapproved(node, clean)
-    assert f"common/__pycache__/privacy.{TAG}.pyc" in reason and "org-a" in reason
+    assert f"common/privacy/__pycache__/ledger.{TAG}.pyc" in reason and "org-a" in reason
     planted.unlink()
-    (clean / "common" / "__pycache__" / f"x.{TAG}.pyc").write_bytes(b"\0" * 32)
+    (clean / "common" / "privacy" / "__pycache__" / f"x.{TAG}.pyc").write_bytes(b"\0" * 32)
     assert pinning.unapproved(node, clean)  # no source: not Python's own
-    shutil.rmtree(clean / "common" / "__pycache__")
+    shutil.rmtree(clean / "common" / "privacy" / "__pycache__")
     (clean / "notes.txt").write_text("a file `flwr build` would not carry\n")
     assert "is not in org-a's allowed-code list" in pinning.unapproved(node, clean)
 

@@ -12,11 +12,11 @@ from client.data import PartnerSettings
 from client.partner import train_round
 from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
-from common.compression import (SCALE_SUFFIX, decode_update, encode_update, from_wire, to_wire,
+from common.wire.compression import (SCALE_SUFFIX, decode_update, encode_update, from_wire, to_wire,
                                 wire_bytes)
 from common.config import RunConfig
 from common.errors import ConfigError, UpdateError
-from common.updates import update_norm
+from common.wire.updates import update_norm
 from server.aggregation import RoundFold
 from tests.test_partner_round import shared_start, tiny_config
 

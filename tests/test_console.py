@@ -1,6 +1,6 @@
 """The default console filter, on lines as `flwr run --stream` prints them (from a demo run)."""
 
-from common.console import ConsoleFilter, clean
+from common.infra.console import ConsoleFilter, clean
 
 STREAM = [
     "\x1b[92mINFO \x1b[0m:      Starting Flower Simulation\n",

@@ -239,7 +239,7 @@ def secrets_in_layers(archive: Path, names: set[str], needles: list[bytes]) -> t
         if not entry.isfile():
             continue
         files += 1
-        seen_source |= path == "app/common/keys.py"
+        seen_source |= path == "app/common/infra/keys.py"
         stream, tail = tar.extractfile(entry), b""
         while chunk := stream.read(1 << 22):
             window = tail + chunk

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from common.config import RunConfig
-from common.logs import PACKAGES
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS, synthetic_partner_data
+from common.infra.logs import PACKAGES
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS, synthetic_partner_data
 
 
 @pytest.fixture

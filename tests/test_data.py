@@ -1,4 +1,4 @@
-"""common.data: reading CSV / TSV / JSONL(.gz) files, label mapping, splits, fingerprints."""
+"""common.data.text: reading CSV / TSV / JSONL(.gz) files, label mapping, splits, fingerprints."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from common.data import (TextDataset, data_fingerprint, infer_labels, load_text_dataset,
+from common.data.text import (TextDataset, data_fingerprint, infer_labels, load_text_dataset,
                          read_rows, split_train_test)
 from common.errors import DataError
 

@@ -1,4 +1,4 @@
-"""common.deidentify: planted personal data is masked, counted per type, never logged, and the
+"""common.deid.deidentify: planted personal data is masked, counted per type, never logged, and the
 engine neither needs a downloaded model nor touches the network."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.deidentify import ENTITY_TYPES, Deidentifier
+from common.deid.deidentify import ENTITY_TYPES, Deidentifier
 from common.errors import ConfigError
 
 PLANTED = [  # (note, the planted value, the type it must be masked as)
@@ -135,7 +135,7 @@ def test_without_presidio_the_error_names_the_install_command(monkeypatch):
 
 
 def test_importing_the_module_does_not_import_presidio():
-    code = ("import sys, common.deidentify; "
+    code = ("import sys, common.deid.deidentify; "
             "print(sorted(m for m in ('presidio_analyzer', 'spacy', 'faker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from client.partner import AUDIT_LOG
-from common.processes import pids_with
+from common.infra.processes import pids_with
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("consortium"))
@@ -338,7 +338,7 @@ def test_secure_aggregation_over_tls_survives_a_partner_killed_after_key_sharing
     from client.partner import weights_sha256
     from client.sent import read_sent
     from common.config import RunConfig
-    from common.model import build_model, trainable_state
+    from common.model.factory import build_model, trainable_state
     from server.checkpoint import latest_checkpoint
 
     with open_federation(tmp_path_factory.mktemp("secagg")) as fed:
@@ -396,7 +396,7 @@ def test_a_coordinator_cannot_buy_exact_evaluations(tmp_path_factory, tiny_bert:
     to learn (its ledger untouched); started again with `--allow-unlearnable-rounds`, it trains
     the crafted rounds but answers one exact evaluation, refuses the others and records
     nothing for them."""
-    from common.storage import read_sealed_json
+    from common.infra.storage import read_sealed_json
 
     crafted = ["--rounds", "3", "--labels", "neg,pos", "--set", f'base-model="{tiny_bert}"',
                "--set", "max-length=16", "--set", "batch-size=64", "--set", "local-epochs=1",

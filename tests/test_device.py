@@ -13,7 +13,7 @@ from client.data import PartnerSettings
 from client.partner import evaluate_round, train_round
 from common import protocol as P
 from common.config import RunConfig
-from common.device import free_cached, gpu_memory, resolve_device
+from common.model.device import free_cached, gpu_memory, resolve_device
 from common.errors import ConfigError
 from server.messaging import gpu_line
 from tests.test_partner_round import shared_start, tiny_config

@@ -14,8 +14,8 @@ import pytest
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.release import monitoring_config, read_release
-from common.storage import read_sealed_json
+from common.model.release import monitoring_config, read_release
+from common.infra.storage import read_sealed_json
 from server.monitoring import drift_check
 from simulations.cli import main
 

@@ -16,11 +16,12 @@ from seqeval.metrics.sequence_labeling import get_entities
 from client.data import PartnerSettings
 from client.partner import train_round
 from common import protocol as P
-from common import synthetic, synthetic_ner
+from common.data import synthetic
+from common.tasks import synthetic_ner
 from common.config import RunConfig
-from common.export import Predictor, loaders
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
+from common.model.export import Predictor, loaders
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
 from common.sources import run_labels
 from server.held_out import HeldOutSet
 from server.outputs import export_model
@@ -153,7 +154,7 @@ def test_every_loader_the_card_names_predicts_as_the_coordinator(
         assert sum(map(len, reference)) > 0  # real entities were compared
         for name, spans in results.items():
             assert spans == reference, name
-        from common.metrics import entity_scores
+        from common.evaluation.metrics import entity_scores
 
         predicted = [list(p.label) for p in Predictor(out).predict(sentences)]
         f1 = entity_scores(data.tag_strings(), predicted).f1

@@ -11,9 +11,9 @@ from pathlib import Path
 from client.partner import train_round
 from client.policy import PartnerSettings
 from common.config import RunConfig
-from common.feature_cache import DAY, purge
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
+from common.training.feature_cache import DAY, purge
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
 from common.sources import run_labels
 from simulations.cli import main
 

@@ -1,5 +1,5 @@
-"""finetune = "head" on cached inputs (common.head_features): the classifier sees exactly what it
-sees inside the model, the inputs are computed once and kept on the partner's disk, and a DP
+"""finetune = "head" on cached inputs (common.training.head_features): the classifier sees exactly
+what it sees inside the model, the inputs are computed once and kept on the partner's disk, and a DP
 round on them spends what Opacus' accountant says and trains the model that is exported."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import torch
 from client.data import PartnerSettings
 from client.partner import train_round
 from client.round_plan import trainable_view
-from common import head_features as H
+from common.training import head_features as H
 from common import protocol as P
 from common.config import RunConfig
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_tokenizer, trainable_state
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_tokenizer, trainable_state
 from common.sources import run_labels
-from common.synthetic import LABELS
-from common.tokens import TokenDataset, encode_tokens
-from common.training import encode, model_logits
+from common.data.synthetic import LABELS
+from common.tasks.tokens import TokenDataset, encode_tokens
+from common.training.loop import encode, model_logits
 from tests.test_ner import ner_config
 from tests.test_partner_round import recomputed_epsilon
 from tests.test_pooled_head import _texts

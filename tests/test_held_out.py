@@ -9,7 +9,7 @@ import pytest
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConfigError, DataError
-from common.model import build_model, trainable_state
+from common.model.factory import build_model, trainable_state
 from server.evaluation import summarize_held_out
 from server.held_out import HeldOutSet
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.deploy import PartnerPolicy, runner_command, supernode_command, supernode_env
-from common.keys import check_partner_name, generate_node_keys, load_node_public_key
+from common.infra.keys import check_partner_name, generate_node_keys, load_node_public_key
 from common.errors import ConfigError
 from server.certificates import create_ca_and_server_cert
 

@@ -17,10 +17,10 @@ from client.partner import train_round
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.fingerprint import frozen_fingerprint
-from common.ledger_identity import ROWS_DIR, recognise
-from common.model import build_model, trainable_state
-from common.partner_secret import SECRET_FILE, row_digests
+from common.training.fingerprint import frozen_fingerprint
+from common.privacy.ledger_identity import ROWS_DIR, recognise
+from common.model.factory import build_model, trainable_state
+from common.privacy.partner_secret import SECRET_FILE, row_digests
 from simulations.cli import main
 
 DELTA = 1e-5

@@ -22,7 +22,7 @@ from common.wire.records import to_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import PrivacyError, UpdateError
-from common.secagg_params import check_setup, setup_parameters, threshold_for
+from common.wire.secagg_params import check_setup, setup_parameters, threshold_for
 from server.aggregation import fedavg
 from server.secagg import SecAggRound
 
@@ -265,7 +265,7 @@ def _forged(nid: int) -> tuple[bytes, bytes, bytes, bytes]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from client.secagg_protocol import PartnerSecAgg
-    from common.secagg_identity import Identity
+    from common.wire.secagg_identity import Identity
 
     key = ec.generate_private_key(ec.SECP384R1())
     params = {P.SECAGG_THRESHOLD: 3, **setup_parameters(config_for(Path(".")))}
@@ -300,7 +300,7 @@ def test_a_forged_partner_is_refused_by_every_partner(tmp_path: Path) -> None:
 def test_enrolled_keys_sign_a_round_and_a_stranger_is_refused(tmp_path: Path) -> None:
     """Partners with `consortium partner keygen` keys (peers: the keys' directory) complete a
     round; a partner whose key is not in that directory is refused by the others."""
-    from common.keys import generate_node_keys
+    from common.infra.keys import generate_node_keys
 
     examples = {11: 40.0, 22: 60.0, 33: 100.0, 44: 70.0}
     keys = {n: generate_node_keys(tmp_path / "keys", f"p{n}")[0] for n in (11, 22, 33)}

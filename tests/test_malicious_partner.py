@@ -16,9 +16,9 @@ from client.secagg import PartnerSecAgg
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import UpdateError
-from common.secagg_params import threshold_for
-from common.storage import read_sealed_json
-from common.weights import capped_weight, check_claimed_examples
+from common.wire.secagg_params import threshold_for
+from common.infra.storage import read_sealed_json
+from common.wire.weights import capped_weight, check_claimed_examples
 from server.aggregation import RoundFold
 
 CAP = 20.0  # max-partner-weight
@@ -84,7 +84,7 @@ def test_a_claim_its_own_sampling_rate_contradicts_is_rejected() -> None:
 def test_secure_aggregation_caps_an_inflated_claim() -> None:
     """The coordinator caps the announced claim, the partner masks min(n, W) / W of its own
     run config's W; the unmasked mean gives the inflater CAP / (CAP + 30) of the weight."""
-    from common.secagg_identity import simulated_identity
+    from common.wire.secagg_identity import simulated_identity
     from server.secagg import SecAggRound
     from tests.test_secagg import play_round
 

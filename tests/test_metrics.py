@@ -1,4 +1,4 @@
-"""common.metrics: accuracy and macro-F1 against values computed by hand."""
+"""common.evaluation.metrics: accuracy and macro-F1 against values computed by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from common.metrics import (accuracy, class_counts, macro_f1, per_class_scores, split_count_key,
-                            sum_counts)
+from common.evaluation.metrics import (accuracy, class_counts, macro_f1, per_class_scores,
+                                       split_count_key, sum_counts)
 
 Y_TRUE = [0, 0, 1, 1, 2]
 Y_PRED = [0, 1, 1, 1, 0]

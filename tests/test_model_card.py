@@ -6,8 +6,8 @@ from pathlib import Path
 
 from common import protocol as P
 from common.config import RunConfig
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 from server.evaluation import summarize_round
 from server.model_card import model_card
 from server.outputs import export_model

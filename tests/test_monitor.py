@@ -12,7 +12,7 @@ import pytest
 from client.monitor import MonitorRequest, evaluate_release
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.model import build_model, load_tokenizer, load_trainable_state, trainable_state
+from common.model.factory import build_model, load_tokenizer, load_trainable_state, trainable_state
 from common.sources import run_labels
 from common.tasks import get_task
 

@@ -14,17 +14,17 @@ from seqeval.metrics.sequence_labeling import get_entities
 from client.data import PartnerSettings, partner_dataset
 from client.partner import evaluate_round, train_round
 from common import protocol as P
-from common import synthetic_ner
+from common.tasks import synthetic_ner
 from common.config import RunConfig
 from common.errors import ConfigError, DataError
-from common.metrics import entity_count_metrics, entity_scores
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_tokenizer, load_trainable_state, trainable_state
+from common.evaluation.metrics import entity_count_metrics, entity_scores
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_tokenizer, load_trainable_state, trainable_state
 from common.sources import run_labels
-from common.tokens import (IGNORE, TokenDataset, align_labels, encode_tokens,
+from common.tasks.tokens import (IGNORE, TokenDataset, align_labels, encode_tokens,
                            load_token_dataset, predicted_tags, read_sentences, tag_names, to_iob2)
-from common.evaluation import evaluate_tokens
-from common.training import _loss
+from common.evaluation.scoring import evaluate_tokens
+from common.training.loop import _loss
 
 TOKEN_TASK = "token-classification"
 

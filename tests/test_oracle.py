@@ -23,11 +23,11 @@ from client import app
 from client.policy import PartnerSettings
 from common import protocol as P
 from common.config import RunConfig
-from common.metrics import class_counts
-from common.oracle import DEFAULT_MAX_EVALUATIONS, claim_exact_answer, noisy_counts
-from common.privacy import epsilon_of
-from common.storage import read_sealed_json
-from common.synthetic import LABELS
+from common.evaluation.metrics import class_counts
+from common.evaluation.oracle import DEFAULT_MAX_EVALUATIONS, claim_exact_answer, noisy_counts
+from common.privacy.ledger import epsilon_of
+from common.infra.storage import read_sealed_json
+from common.data.synthetic import LABELS
 from common.tasks import get_task
 from common.wire.records import history_from_json, to_array_record
 from tests.test_partner_policy import Partner, eval_refusal, refusal

@@ -1,13 +1,13 @@
-"""common.partition (splitting one data set across partners) and common.synthetic."""
+"""common.partition (splitting one data set across partners) and common.data.synthetic."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.data import TextDataset
+from common.data.text import TextDataset
 from common.errors import ConfigError
-from common.synthetic import LABELS, label_mix, synthetic_partner_data
+from common.data.synthetic import LABELS, label_mix, synthetic_partner_data
 from common.partition import partition_indices
 
 DOMAINS = ("web", "news", "forum")

@@ -15,9 +15,9 @@ from client.partner import train_round
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import BudgetExceededError, ConfigError, PrivacyError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.privacy import PrivacyLedger, Release, epsilon_of, spend
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.privacy.ledger import PrivacyLedger, Release, epsilon_of, spend
 
 DELTA = 1e-5
 
@@ -153,7 +153,7 @@ def test_concurrent_spenders_cannot_both_pass_the_budget(tmp_path: Path) -> None
 
 def test_version_one_ledgers_are_folded_in(tmp_path: Path, tiny_bert: str,
                                            sentiment_csv: Path) -> None:
-    from common.storage import write_sealed_json
+    from common.infra.storage import write_sealed_json
 
     old = {"version": 1, "data_fingerprint": "f" * 64, "releases": [
         {"run_id": "old", "round": 1, "noise_multiplier": 1.0, "sample_rate": 0.2, "steps": 5}]}
@@ -172,7 +172,7 @@ def test_a_refusal_states_the_rounds_and_the_run_epsilon_that_still_fit(tmp_path
     from opacus.accountants import RDPAccountant
     from opacus.accountants.utils import get_noise_multiplier
 
-    from common.privacy import what_fits
+    from common.privacy.ledger import what_fits
 
     def composed(history) -> float:
         accountant = RDPAccountant()

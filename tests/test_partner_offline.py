@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-import common.model
+import common.model.factory
 from client.monitor_request import answer_monitoring
 from client.policy import PartnerSettings
 from client.received import prepare
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 from simulations.cli import main
 
 
@@ -52,9 +52,10 @@ def test_a_partner_loads_the_base_model_from_its_own_disk_unless_it_allows_the_h
                 return real.from_pretrained(path, **kwargs)
         return Spy
 
-    library = common.model.transformers  # the module common.model resolves auto classes in
-    monkeypatch.setattr(common.model, "AutoTokenizer", spy(library.AutoTokenizer))
-    monkeypatch.setattr(common.model, "AutoModel", spy(library.AutoModel))  # pooled-head
+    # the module common.model.factory resolves auto classes in
+    library = common.model.factory.transformers
+    monkeypatch.setattr(common.model.factory, "AutoTokenizer", spy(library.AutoTokenizer))
+    monkeypatch.setattr(common.model.factory, "AutoModel", spy(library.AutoModel))  # pooled-head
     monkeypatch.setattr(library, "AutoModelForSequenceClassification",  # head, lora, full
                         spy(library.AutoModelForSequenceClassification))
     for finetune in ("pooled-head", "head"):

@@ -19,9 +19,9 @@ from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.code_hash import code_hash, running_code_hash
 from common.config import RunConfig
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,7 @@ def test_unknown_release_metric_is_a_config_error() -> None:
 
 def test_bad_secure_aggregation_setup_is_refused_before_any_epsilon(tiny_bert: str,
                                                                      tmp_path: Path) -> None:
-    from common.secagg_params import setup_parameters
+    from common.wire.secagg_params import setup_parameters
 
     partner = Partner(tiny_bert, tmp_path, secure_aggregation=True, min_partners=2)
     params = {**setup_parameters(partner.config), P.SECAGG_THRESHOLD: 2,

@@ -17,9 +17,9 @@ from common.wire.records import from_array_record, to_array_record
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import BudgetExceededError, ConfigError, ModelError, PrivacyError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,9 +51,9 @@ sys.path.insert(0, {root!r})
 from client.data import PartnerSettings, partner_dataset
 from client.partner import train_round
 from common.config import RunConfig
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 config = RunConfig.from_mapping(json.loads({config!r}))
 model = build_model(config, LABELS)
 reply = train_round(config, PartnerSettings(name="p0"), trainable_state(model),

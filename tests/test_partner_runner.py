@@ -49,7 +49,7 @@ from client.runner.tasks import claim, claims_client
 from client.runner.workers import Workers
 from common import protocol as P
 from common.code_hash import app_code, code_hash, fab_code
-from common.processes import StopOnSignal, Stopped
+from common.infra.processes import StopOnSignal, Stopped
 from tests.test_code_pinning import SHIM, TAG, checkout, install, pyc
 
 NODE = 7
@@ -162,8 +162,8 @@ def hostile_fabs(app_dir: Path, marker: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(out, "w") as archive:
         for name, content in files.items():
             archive.writestr(name, content)
-        archive.writestr(f"common/__pycache__/privacy.{TAG}.pyc",
-                         pyc(shim, app_dir / "common" / "privacy.py"))
+        archive.writestr(f"common/privacy/__pycache__/ledger.{TAG}.pyc",
+                         pyc(shim, app_dir / "common" / "privacy" / "ledger.py"))
     fabs["stray .pyc"] = out.getvalue()
     return fabs
 

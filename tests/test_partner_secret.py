@@ -15,7 +15,7 @@ from client.data import partner_data, partner_dataset
 from client.policy import PartnerSettings
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.partner_secret import SECRET_FILE, partner_secret
+from common.privacy.partner_secret import SECRET_FILE, partner_secret
 
 LABELS = ("neg", "pos")
 

@@ -11,10 +11,10 @@ import pytest
 
 from common import protocol as P
 from common.config import RunConfig
-from common.data import load_text_dataset, split_held_out
+from common.data.text import load_text_dataset, split_held_out
 from common.errors import DataError
-from common.groups import group_counts, group_scores, reported_groups
-from common.privacy import epsilon_of
+from common.evaluation.groups import group_counts, group_scores, reported_groups
+from common.privacy.ledger import epsilon_of
 
 KEY = bytes(32)  # a partner secret, for the splits computed here
 RARE = (7,)  # the person of group X: held out at both partners (1 <= X < 3 rows; checked)
@@ -189,7 +189,7 @@ def test_people_end_to_end(tiny_bert: str, tmp_path: Path, monkeypatch):
 
 def test_a_ledger_never_mixes_persons_and_examples(tmp_path: Path):
     from common.errors import PrivacyError
-    from common.privacy import Release, spend
+    from common.privacy.ledger import Release, spend
 
     path = tmp_path / "ledger.json"
     spend(path, "src", Release("r1", 1, 1.0, 0.1, 10), 1e-5, 100.0)
@@ -208,7 +208,7 @@ def test_a_ledger_never_mixes_persons_and_examples(tmp_path: Path):
 def test_a_per_person_claim_is_checked_against_its_q(claim, error):
     """A malicious partner's per-person reply: its persons must fit q, its rows its persons."""
     from common.errors import UpdateError
-    from common.weights import check_claim
+    from common.wire.weights import check_claim
 
     metrics = {P.SAMPLE_RATE: 0.25, P.PER_PERSON: 1.0, **claim}
     if error is None:
@@ -238,7 +238,7 @@ def test_partner_start_checks_every_rows_person_and_group(tmp_path: Path):
 
 
 def test_corrections_relabel_rows_where_they_are_and_add_new_ones_by_the_split():
-    from common.data import TextDataset, apply_corrections
+    from common.data.text import TextDataset, apply_corrections
 
     names = ("neg", "pos")
     train = TextDataset(("a", "b", "b", "c"), (0, 0, 0, 1), names)
@@ -260,8 +260,8 @@ def test_a_partners_corrections_train_and_only_their_count_leaves(tiny_bert: str
     audit log carry counts only."""
     from client.partner import train_round
     from client.policy import PartnerSettings
-    from common.fingerprint import frozen_fingerprint
-    from common.model import build_model, trainable_state
+    from common.training.fingerprint import frozen_fingerprint
+    from common.model.factory import build_model, trainable_state
 
     data = tmp_path / "mine.csv"
     data.write_text("text,label\n" + "".join(f"note {i} was {'good' if i % 2 else 'bad'},"

@@ -1,4 +1,4 @@
-"""Per-person DP-SGD (common.person_dp) against a slow, obviously correct reference: each
+"""Per-person DP-SGD (common.training.person_dp) against a slow, obviously correct reference: each
 person's mean gradient computed on its own, clipped, summed; noise of the right scale; ε per person
 by Opacus' RDP accountant at the persons' sampling rate."""
 
@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common import training
-from common.person_dp import Persons, step_rows, train_dp_persons
-from common.planner import plan_dp
-from common.privacy import epsilon_of
-from common.training import DPSettings, TrainSettings
+from common.training import loop as training
+from common.training.person_dp import Persons, step_rows, train_dp_persons
+from common.privacy.planner import plan_dp
+from common.privacy.ledger import epsilon_of
+from common.training.loop import DPSettings, TrainSettings
 
 C = 0.05  # small enough that most persons are clipped, so clipping is tested, not skipped
 
@@ -43,7 +43,7 @@ def _sgd(monkeypatch) -> None:
     """Plain SGD at lr 1: the weights move by exactly the private gradient."""
     monkeypatch.setattr(training, "make_optimizer", lambda model, lr, *_: torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=lr))
-    import common.person_dp as person_dp
+    import common.training.person_dp as person_dp
     monkeypatch.setattr(person_dp, "make_optimizer", training.make_optimizer)
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, UnlearnablePlanError
-from common.planner import (MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp,
+from common.privacy.planner import (MAX_RUN_RATIO, SIGNAL_FRACTION, auto_batch, plan_dp,
                             update_clip_note)
 from simulations.cli import main
 
@@ -227,7 +227,7 @@ def test_a_partner_logs_the_update_clip_advice_with_its_plan(caplog) -> None:
 def test_plan_against_a_ledger_says_what_still_fits(capsys, tmp_path) -> None:
     """`consortium plan --ledger`: the run composed with the partner's spent ε (Opacus'
     accountant over both), and with --max-epsilon the rounds and run ε that still fit."""
-    from common.privacy import PrivacyLedger, Release, epsilon_of
+    from common.privacy.ledger import PrivacyLedger, Release, epsilon_of
 
     ledger = PrivacyLedger(tmp_path / "org-a.json", "src")
     ledger.record(Release("earlier", 1, 0.9, 0.1, 40))

@@ -15,13 +15,13 @@ from client.partner import train_round
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import UnlearnablePlanError
-from common.features import PooledHeadClassifier, pooled_features
-from common.fingerprint import frozen_fingerprint
-from common.model import (build_model, load_tokenizer, load_trainable_state, save_model,
+from common.training.features import PooledHeadClassifier, pooled_features
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import (build_model, load_tokenizer, load_trainable_state, save_model,
                           trainable_state)
-from common.synthetic import LABELS
-from common.evaluation import text_metrics
-from common.training import _forward, encode
+from common.data.synthetic import LABELS
+from common.evaluation.scoring import text_metrics
+from common.training.loop import _forward, encode
 
 
 def pooled_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
@@ -54,7 +54,7 @@ def test_features_are_kept_on_the_partners_disk_and_reused(tiny_bert: str, tmp_p
                                                            monkeypatch) -> None:
     import stat
 
-    from common import features as F
+    from common.training import features as F
 
     config = pooled_config(tiny_bert, tmp_path)
     model = build_model(config, LABELS)
@@ -131,6 +131,6 @@ def test_export_reloads_in_one_line_with_the_same_logits(tiny_bert: str, tmp_pat
 
 
 def _texts(texts: tuple[str, ...]):
-    from common.data import TextDataset
+    from common.data.text import TextDataset
 
     return TextDataset(texts, (0,) * len(texts), LABELS)

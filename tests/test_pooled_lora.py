@@ -17,11 +17,11 @@ from client.partner import train_round
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.features import PooledHeadClassifier
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_tokenizer, save_model, trainable_state
-from common.synthetic import LABELS
-from common.training import DPSettings, TrainSettings, _forward, encode, train_dp
+from common.training.features import PooledHeadClassifier
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_tokenizer, save_model, trainable_state
+from common.data.synthetic import LABELS
+from common.training.loop import DPSettings, TrainSettings, _forward, encode, train_dp
 
 
 def lora_config(tiny_bert: str, tmp_path: Path, **changes) -> RunConfig:
@@ -65,7 +65,7 @@ def test_lora_layers_puts_adapters_in_the_top_layers_only(tiny_bert: str, tmp_pa
 
 def test_head_lr_scale_gives_the_head_its_own_learning_rate(tiny_bert: str,
                                                             tmp_path: Path) -> None:
-    from common.training import make_optimizer
+    from common.training.loop import make_optimizer
 
     model = build_model(lora_config(tiny_bert, tmp_path, lora_freeze_a=True), LABELS)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -126,7 +126,7 @@ def test_export_merges_the_adapters_and_reloads_with_the_same_logits(tiny_bert: 
 def test_dp_sgd_runs_through_empty_poisson_batches(tiny_bert: str, tmp_path: Path,
                                                    monkeypatch) -> None:
     """Any mode that runs the encoder per step (here LoRA on [CLS]; the fix is in _forward)."""
-    from common import training
+    from common.training import loop as training
 
     sizes: list[int] = []
     forward = training.model_logits
@@ -151,6 +151,6 @@ def test_token_classification_refuses_pooled_lora() -> None:
 
 
 def _texts(texts: tuple[str, ...]):
-    from common.data import TextDataset
+    from common.data.text import TextDataset
 
     return TextDataset(texts, (0,) * len(texts), LABELS)

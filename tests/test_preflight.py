@@ -7,9 +7,9 @@ from torch import nn
 
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.model import build_model
-from common.synthetic import LABELS
-from common.training import validate_for_dp
+from common.model.factory import build_model
+from common.data.synthetic import LABELS
+from common.training.loop import validate_for_dp
 
 
 class BrokenModel(nn.Module):

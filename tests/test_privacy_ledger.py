@@ -1,4 +1,5 @@
-"""common.privacy: ε from Opacus' RDP accountant, σ calibration, the persistent privacy ledger."""
+"""common.privacy.ledger: ε from Opacus' RDP accountant, σ calibration, the persistent privacy
+ledger."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from opacus.accountants import RDPAccountant
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from common.errors import BudgetExceededError, CheckpointError, PrivacyError
-from common.privacy import (PrivacyLedger, Release, calibrate_noise, epsilon_of,
+from common.privacy.ledger import (PrivacyLedger, Release, calibrate_noise, epsilon_of,
                             poisson_schedule)
 
 DELTA = 1e-5

@@ -1,4 +1,4 @@
-"""common.processes.stop_tagged: everything a tagged command started stops, also a child whose
+"""common.infra.processes.stop_tagged: everything a tagged command started stops, also a child whose
 environment no longer shows the tag (Ray's agents, renamed with setproctitle) and that outlives
 its parent's death."""
 
@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.processes import RUN_TAG, new_tag, stop_tagged, with_descendants
+from common.infra.processes import RUN_TAG, new_tag, stop_tagged, with_descendants
 
 
 def _alive(pid: int) -> bool:

@@ -1,10 +1,11 @@
-"""common.progress: the partner's per-round bar counts steps, and is off unless someone watches."""
+"""common.training.progress: the partner's per-round bar counts steps, and is off unless someone
+watches."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.progress import ENV, RoundProgress, progress_enabled
+from common.training.progress import ENV, RoundProgress, progress_enabled
 
 
 @pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True),

@@ -17,8 +17,8 @@ from client.policy import PartnerSettings
 from common.code_hash import running_code_hash
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.release import check_layout, read_release, release_weights
-from common.storage import read_sealed_json
+from common.model.release import check_layout, read_release, release_weights
+from common.infra.storage import read_sealed_json
 from simulations.cli import main
 
 LABELS = ("neg", "pos")
@@ -219,7 +219,7 @@ def test_a_second_release_continues_the_first(release_1: Path, tiny_bert: str,
 def test_a_release_from_before_a_setting_existed_continues_with_its_default() -> None:
     """A release written before `lora-freeze-a` existed has no such key: it trained with the
     default (false), so a LoRA run with the default continues it, and one with FFA does not."""
-    from common.release import Release, check_continues
+    from common.model.release import Release, check_continues
 
     record = {"labels": ["a", "b"], "run_config": {
         k: v for k, v in RunConfig(finetune="lora").to_mapping().items() if k != "lora-freeze-a"}}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from common.errors import ReportError
-from common.logs import PACKAGES
+from common.infra.logs import PACKAGES
 from server.report import REPORT_FILE, write_report
 from server.run_data import read_metrics, series
 from simulations.cli import main as cli_main

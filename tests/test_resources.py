@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-import common.resources as resources
+import common.infra.resources as resources
 from client.data import PartnerSettings
 from client.partner import train_round
 from common.config import RunConfig
 from common.errors import ResourceError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 
 
 def test_estimate_grows_with_batch_length_and_dp(tiny_bert: str) -> None:

@@ -22,8 +22,8 @@ from client.received import prepare
 from common import protocol as P
 from common.config import RunConfig
 from common.errors import RunStopped
-from common.model import build_model, trainable_state
-from common.synthetic import LABELS
+from common.model.factory import build_model, trainable_state
+from common.data.synthetic import LABELS
 from server.evaluation import summarize_round
 from simulations.local_grid import LocalGrid
 
@@ -147,7 +147,7 @@ def test_report_html_is_there_after_round_1_and_a_stopped_run_keeps_it(
 
 
 def _eval_csv(tmp_path: Path) -> Path:
-    from common.synthetic import synthetic_partner_data
+    from common.data.synthetic import synthetic_partner_data
 
     data = synthetic_partner_data(40, 30, seed=3)
     path = tmp_path / "eval.csv"

@@ -84,11 +84,11 @@ def planted_pyc(source: Path) -> bytes:
 def hostile_fabs(app_dir: Path, which: tuple[str, ...]) -> bytes:
     """The approved App's FAB plus the hostile files named in ``which``: "module" (an extra
     ``tomllib.py``, which the code check reads TOML with), "opacus" (a shadow ``opacus/``),
-    "pyc" (a planted ``common/__pycache__/privacy.<tag>.pyc``)."""
+    "pyc" (a planted ``common/privacy/__pycache__/ledger.<tag>.pyc``)."""
     files = {"module": ("tomllib.py", shim(1).encode()),
              "opacus": ("opacus/__init__.py", shim(2).encode()),
-             "pyc": (f"common/__pycache__/privacy.{TAG}.pyc",
-                     planted_pyc(app_dir / "common" / "privacy.py"))}
+             "pyc": (f"common/privacy/__pycache__/ledger.{TAG}.pyc",
+                     planted_pyc(app_dir / "common" / "privacy" / "ledger.py"))}
     with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app_dir))) as archive:
         contents = {n: archive.read(n) for n in archive.namelist()}
     out = io.BytesIO()
@@ -196,7 +196,7 @@ def test_a_pinned_partner_refuses_hostile_code_and_survives_its_worker_killed(
     hostile = submit(root, app_dir, hostile_fabs(app_dir, ("module", "opacus", "pyc")),
                      "hostile", 1, **{"base-model": tiny_bert})
     assert not (root / "marker-org-a").exists()
-    assert {"opacus", "common.privacy.pyc"} <= set(
+    assert {"opacus", "common.privacy.ledger.pyc"} <= set(
         (root / "marker-org-b").read_text().split()), "the control: org-b ran the shims"
     refused = [a for a in audit(root, "org-a") if "refused" in a]  # pre-flight, round 1
     assert refused and all("compiled code" in a["refused"] for a in refused), refused

@@ -1,5 +1,5 @@
-"""The learning rate over a run (common.schedule): its maths, that the optimizer steps at it in a
-DP round, that it costs no ε, and that a partner's later rounds run its later steps."""
+"""The learning rate over a run (common.training.schedule): its maths, that the optimizer steps at
+it in a DP round, that it costs no ε, and that a partner's later rounds run its later steps."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from client.data import PartnerSettings
 from client.partner import train_round
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.planner import plan_dp
-from common.schedule import LRSchedule, lr_factor
-from common.training import DPSettings, TrainSettings, train_dp
+from common.privacy.planner import plan_dp
+from common.training.schedule import LRSchedule, lr_factor
+from common.training.loop import DPSettings, TrainSettings, train_dp
 from tests.test_partner_round import shared_start, tiny_config
 
 

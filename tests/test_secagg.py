@@ -12,8 +12,8 @@ import pytest
 from client.secagg_protocol import PartnerSecAgg, quantized_vector
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyError, SimulatedDropout, UpdateError
-from common.secagg_identity import simulated_identity
-from common.storage import read_sealed_json
+from common.wire.secagg_identity import simulated_identity
+from common.infra.storage import read_sealed_json
 from server.aggregation import fedavg
 from server.secagg import (MOD_RANGE, SecAggError, SecAggRound, check_mean_update,
                            threshold_for)

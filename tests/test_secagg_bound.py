@@ -15,7 +15,7 @@ import pytest
 
 from client.secagg_protocol import PartnerSecAgg
 from common.errors import UpdateError
-from common.secagg_identity import simulated_identity
+from common.wire.secagg_identity import simulated_identity
 from server.aggregation import validate_update
 from server.secagg import (AggregateBounds, SecAggRound, aggregate_bounds, check_mean_update)
 from tests.test_secagg import play_round

@@ -21,7 +21,7 @@ from flwr.common.secure_aggregation.quantization import dequantize
 from client.secagg_protocol import PartnerSecAgg
 from common import protocol as P
 from common.errors import PrivacyError
-from common.secagg_identity import Identity, key_statement, simulated_identity
+from common.wire.secagg_identity import Identity, key_statement, simulated_identity
 from common.wire.secagg import mask_vector, pairwise_seed
 from server.secagg import MOD_RANGE, SecAggRound
 

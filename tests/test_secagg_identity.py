@@ -1,6 +1,6 @@
-"""Who a partner is under secure aggregation (common.secagg_identity, client.secagg.identity_of):
-its enrolled key signs, its peers' directory says whom it accepts; simulated partners derive
-both from the run's seed."""
+"""Who a partner is under secure aggregation (common.wire.secagg_identity,
+client.secagg.identity_of): its enrolled key signs, its peers' directory says whom it accepts;
+simulated partners derive both from the run's seed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from client.policy import PartnerSettings
 from client.secagg import identity_of
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.keys import generate_node_keys, load_node_public_key
-from common.secagg_identity import (fingerprint, key_statement, load_identity,
+from common.infra.keys import generate_node_keys, load_node_public_key
+from common.wire.secagg_identity import (fingerprint, key_statement, load_identity,
                                     simulated_identity, verify, view_statement)
 
 
@@ -89,9 +89,9 @@ def test_a_partner_without_its_key_refuses_before_any_epsilon(tiny_bert: str,
 
     from client import app
     from common import protocol as P
-    from common.fingerprint import frozen_fingerprint
-    from common.model import build_model, trainable_state
-    from common.secagg_params import setup_parameters
+    from common.training.fingerprint import frozen_fingerprint
+    from common.model.factory import build_model, trainable_state
+    from common.wire.secagg_params import setup_parameters
     from common.wire.records import to_array_record
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0

@@ -1,4 +1,5 @@
-"""common.sigma_cache: a σ calibrated once is kept on disk, and never trusted without a check."""
+"""common.privacy.sigma_cache: a σ calibrated once is kept on disk, and never trusted without a
+check."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import stat
 import pytest
 from opacus.accountants import RDPAccountant
 
-from common import sigma_cache
-from common.privacy import CALIBRATION_TOLERANCE, calibrate_noise, epsilon_of
+from common.privacy import sigma_cache
+from common.privacy.ledger import CALIBRATION_TOLERANCE, calibrate_noise, epsilon_of
 
 DELTA = 1e-5
 ARGS = (3.0, DELTA, 0.125, 24)
@@ -55,7 +56,7 @@ def test_a_tampered_sigma_is_refused_and_searched_again(cache, caplog, scale):
     (entry,) = entries
     cache.write_text(json.dumps({entry: sigma * scale}))
     calibrate_noise.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="common.privacy"):
+    with caplog.at_level(logging.WARNING, logger="common.privacy.ledger"):
         assert calibrate_noise(*ARGS) == sigma
     assert "calibrating again" in caplog.text
     assert json.loads(cache.read_text()) == {entry: sigma}
@@ -75,7 +76,7 @@ def test_an_unwritable_folder_costs_a_search_and_one_warning(tmp_path, monkeypat
     blocker.write_text("")
     monkeypatch.setenv("CONSORTIUM_CACHE_DIR", str(blocker / "cache"))
     calibrate_noise.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="common.sigma_cache"):
+    with caplog.at_level(logging.WARNING, logger="common.privacy.sigma_cache"):
         first = calibrate_noise(*ARGS)
         calibrate_noise.cache_clear()
         assert calibrate_noise(*ARGS) == first

@@ -21,10 +21,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from client.data import PartnerSettings, partner_dataset
 from common.config import RunConfig
-from common.model import build_model, load_tokenizer, load_trainable_state
+from common.model.factory import build_model, load_tokenizer, load_trainable_state
 from common.sources import run_labels
-from common.evaluation import evaluate
-from common.training import encode
+from common.evaluation.scoring import evaluate
+from common.training.loop import encode
 from server.checkpoint import latest_checkpoint
 from simulations.cli import main
 from simulations.simulate import _port_in_use, local_superlink_ports

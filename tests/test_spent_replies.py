@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.policy import PartnerSettings
 from common import protocol as P
 from common.config import RunConfig
-from common.privacy import PrivacyLedger, epsilon_of
+from common.privacy.ledger import PrivacyLedger, epsilon_of
 from common.wire.records import history_from_json
 from tests.test_partner_policy import Partner, refusal
 

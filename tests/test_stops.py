@@ -11,7 +11,7 @@ import pytest
 
 import server.coordinator as coordinator
 from common.config import RunConfig
-from common.console import ConsoleFilter, LOG_FILE
+from common.infra.console import ConsoleFilter, LOG_FILE
 from common.errors import ConsortiumError, RunStopped
 from server.flwr_run import check_finished, log_size
 from server.plots import limit_lines
@@ -91,7 +91,7 @@ def test_a_requested_stop_is_not_an_error_and_exits_as_the_shell_does(
     import signal
     import threading
 
-    from common.processes import run_tagged
+    from common.infra.processes import run_tagged
     from simulations import cli
 
     def stopped_run(*_args, **_kwargs):

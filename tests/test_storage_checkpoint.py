@@ -1,4 +1,4 @@
-"""common.storage (atomic, sealed JSON) and server.checkpoint (round checkpoints, resume)."""
+"""common.infra.storage (atomic, sealed JSON) and server.checkpoint (round checkpoints, resume)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.errors import CheckpointError, ConfigError
-from common.storage import atomic_write_bytes, read_sealed_json, write_sealed_json
+from common.infra.storage import atomic_write_bytes, read_sealed_json, write_sealed_json
 from server import checkpoint as ckpt_mod
 from server.checkpoint import (Checkpoint, check_same_config, config_diff, latest_checkpoint,
                                save_checkpoint)

@@ -14,12 +14,12 @@ import pytest
 from client.data import PartnerSettings, partner_dataset
 from client.partner import evaluate_round, train_round
 from common import protocol as P
-from common import synthetic
+from common.data import synthetic
 from common.config import RunConfig
-from common.data import TextDataset
+from common.data.text import TextDataset
 from common.errors import ConfigError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
 from common.sources import run_labels
 from common.tasks import get_task, register_task, task_names
 from common.tasks.text_classification import TextClassification
@@ -143,7 +143,7 @@ def test_a_taken_name_cannot_be_registered_again() -> None:
 
 PACKAGES = ("common", "client", "server", "simulations", "benchmarks")
 TASK_MODULES = ROOT / "common" / "tasks"
-DATA_MODULES = {ROOT / "common" / "data.py", ROOT / "common" / "tokens.py"}
+DATA_MODULES = {ROOT / "common" / "data" / "text.py", ROOT / "common" / "tasks" / "tokens.py"}
 DATA_CLASSES = {"TextDataset", "TokenDataset"}
 TASK_CONSTANTS = {"TEXT_TASK", "TOKEN_TASK", "TASKS"}
 

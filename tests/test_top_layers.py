@@ -16,14 +16,14 @@ from torch.utils.data import TensorDataset
 from client.data import PartnerSettings
 from client.partner import train_round
 from client.round_plan import trainable_view
-from common import head_features as H
+from common.training import head_features as H
 from common import protocol as P
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, load_tokenizer, trainable_state
-from common.synthetic import LABELS
-from common.encoder_layout import first_adapted_layer, frozen_below
-from common.top_layers import TopLayers, can_cache
-from common.training import DPSettings, TrainSettings, _forward, encode, train_dp
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, load_tokenizer, trainable_state
+from common.data.synthetic import LABELS
+from common.training.encoder_layout import first_adapted_layer, frozen_below
+from common.training.top_layers import TopLayers, can_cache
+from common.training.loop import DPSettings, TrainSettings, _forward, encode, train_dp
 from tests.test_partner_round import recomputed_epsilon
 from tests.test_pooled_lora import _texts, lora_config
 
@@ -126,14 +126,14 @@ def test_an_encoder_of_another_layout_runs_whole_and_the_log_says_so(caplog) -> 
 
     from transformers import DistilBertConfig, DistilBertModel
 
-    from common.features import PooledHeadClassifier
+    from common.training.features import PooledHeadClassifier
 
     encoder = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=2,
                                                n_heads=2, max_position_embeddings=16))
     model = PooledHeadClassifier(encoder, 2, adapters=True)  # DistilBERT: transformer.layer
     data = TensorDataset(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long),
                          torch.zeros(2, dtype=torch.long))
-    with caplog.at_level(logging.INFO, logger="common.top_layers"):
+    with caplog.at_level(logging.INFO, logger="common.training.top_layers"):
         assert trainable_view(model, data)[0] is model
     assert "no BERT-style encoder.layer list" in caplog.text
     assert not frozen_below(encoder) and not can_cache(model)

@@ -15,12 +15,12 @@ import pytest
 from client.data import PartnerSettings
 from client.partner import train_round
 from common import protocol as P
-from common import synthetic
+from common.data import synthetic
 from common.config import RunConfig
 from common.errors import ConfigError, ModelError, PrivacyError
-from common.fingerprint import frozen_fingerprint
-from common.model import build_model, trainable_state
-from common.warm_start import LINEAGE_FILE
+from common.training.fingerprint import frozen_fingerprint
+from common.model.factory import build_model, trainable_state
+from common.model.warm_start import LINEAGE_FILE
 from simulations.cli import main
 from simulations.simulate import Federation, preflight
 

