@@ -8,9 +8,11 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from common.errors import ConfigError
@@ -26,6 +28,10 @@ COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 TRACKERS = ("", "tensorboard", "mlflow")
+# a base-model directory's measured recipe (`consortium choose-recipe`): what finetune = auto
+# becomes for its task, and the keys that go with it
+RECIPE_FILE = "consortium-recipe.json"
+RECIPE_KEYS = ("finetune", "lora-freeze-a", "lora-layers")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -72,7 +78,9 @@ class RunConfig:
     examples_per_partner: int = _opt(600, "Size of each partner's embedded synthetic data set.",
                                      min=20)
     max_length: int = _opt(48, "Tokens per text after truncation.", min=8, max=512)
-    finetune: str = _opt("auto", "auto (pooled-head for text-classification, head for "
+    finetune: str = _opt("auto", "auto (the recipe `consortium choose-recipe` measured for "
+                                 "this base model and task, if its directory holds one; else "
+                                 "pooled-head for text-classification, head for "
                                  "token-classification), "
                                  "lora (adapters + head trained and sent), full (every layer "
                                  "but, by default, the embeddings), head (the classifier "
@@ -214,8 +222,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         task = get_task(self.task)  # ConfigError naming the key and the known tasks
-        if self.finetune == "auto":  # the task's DP-friendly choice, resolved once, here
-            object.__setattr__(self, "finetune", task.auto_finetune)
+        if self.finetune == "auto":  # resolved once, here: measured for this base model, or
+            self._resolve_auto(task.name, task.auto_finetune)  # the task's DP-friendly choice
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         parse_partition(self.partition)
@@ -231,6 +239,16 @@ class RunConfig:
         if len(set(self.label_list)) != len(self.label_list):
             raise ConfigError(f"labels={self.labels!r} repeats a label; list each label once.")
         task.check_config(self)
+
+    def _resolve_auto(self, task: str, default: str) -> None:
+        """finetune = auto: the base model's measured recipe for this task (RECIPE_FILE in its
+        directory), its keys applied where this config holds their defaults; else ``default``."""
+        keys = measured_recipe(self.base_model, task)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, value in (keys or {"finetune": default}).items():
+            name = key.replace("-", "_")
+            if name == "finetune" or getattr(self, name) == defaults[name]:
+                object.__setattr__(self, name, value)
 
     def _check_central_dp(self) -> None:
         why = {"aggregation": (self.aggregation != "fedavg", f"{self.aggregation!r}: its noise "
@@ -383,3 +401,35 @@ def epsilon_keys(epsilon: float) -> dict[str, Any]:
     if math.isinf(epsilon) and epsilon > 0:
         return {"dp": False}
     return {"epsilon": epsilon}
+
+
+def read_recipes(path: Path) -> Mapping[str, Any]:
+    """RECIPE_FILE's recipes by task; empty when there is no file. A file that does not read
+    as one is a ConfigError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        recipes = json.loads(path.read_text(encoding="utf-8"))["recipes"]
+        if not isinstance(recipes, dict):
+            raise TypeError("recipes is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a measured recipe ({exc}); remove it or write it again "
+                          "with `consortium choose-recipe --write`") from None
+    return recipes
+
+
+def measured_recipe(base_model: str, task: str) -> dict[str, Any] | None:
+    """The recipe `consortium choose-recipe` measured for ``task`` on ``base_model`` (a local
+    directory holding RECIPE_FILE), as run-config keys; None when there is none for this task."""
+    if not base_model:
+        return None
+    path = Path(base_model) / RECIPE_FILE
+    recipe = read_recipes(path).get(task)
+    if recipe is None:
+        return None
+    keys = recipe.get("keys") if isinstance(recipe, dict) else None
+    if not isinstance(keys, dict) or set(keys) - set(RECIPE_KEYS) \
+            or keys.get("finetune") not in FINETUNE_MODES[1:]:
+        raise ConfigError(f"{path}: the {task} recipe's keys {keys!r}; a recipe sets finetune "
+                          f"(one of {list(FINETUNE_MODES[1:])}) and only {list(RECIPE_KEYS)}")
+    return dict(keys)

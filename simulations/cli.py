@@ -14,7 +14,7 @@ from common.errors import ConfigError, ConsortiumError, RunStopped, StoppedBySig
 from common.infra.logs import configure_logging
 from server import cli as server_cli
 from server import warm_start_cli
-from simulations import audit, plan_cli, predict_cli
+from simulations import audit, plan_cli, predict_cli, recipe_choice
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm_start_cli.add_parser(sub)
     _report_parser(sub)
     _example_data_parser(sub)
+    recipe_choice.add_parser(sub)
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -143,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return warm_start_cli.handle(args)
         if args.command == "audit":
             return audit.handle(args, parse_set(args.set))
+        if args.command == "choose-recipe":
+            return recipe_choice.handle(args, parse_set(args.set))
         if args.command == "example-data":
             print(example_data(args.out, args.partner, args.rows, args.seed))
         if args.command == "report":

@@ -87,6 +87,9 @@ class Task(ABC):
     auto_class: ClassVar[str]  # the transformers Auto* class the model is built with
     peft_task_type: ClassVar[str]  # the peft TaskType of its LoRA adapters
     auto_finetune: ClassVar[str]  # what finetune = "auto" becomes (measured per task)
+    # what `consortium choose-recipe` measures: name -> the run-config keys of that recipe,
+    # the cheapest first (it wins a tie)
+    recipe_candidates: ClassVar[dict[str, dict[str, object]]]
     main_metric: ClassVar[str]  # protocol key the worst partner and the gap are read on
     declares: ClassVar[tuple[str, str]]  # what `labels` lists, and an example of it
     demo_name: ClassVar[str]  # the embedded demo data, in messages

@@ -26,6 +26,11 @@ class TextClassification(Task):
     peft_task_type = "SEQ_CLS"
     # a text's mean-pooled frozen features + a linear head (BENCHMARKS.md, DP recipe)
     auto_finetune = "pooled-head"
+    recipe_candidates = {
+        "pooled-head": {"finetune": "pooled-head"},
+        "ffa-lora": {"finetune": "pooled-lora", "lora-freeze-a": True},
+        "ffa-lora-top1": {"finetune": "pooled-lora", "lora-freeze-a": True, "lora-layers": 1},
+    }
     main_metric = P.ACCURACY
     declares = ("the label set", "negative,positive")
     demo_name, label_kind = "data set", "labels"

@@ -36,6 +36,11 @@ class TokenClassification(Task):
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     auto_finetune = "head"  # a word's tag from a head on the encoder (BENCHMARKS.md, DP recipe)
+    recipe_candidates = {
+        "head": {"finetune": "head"},
+        "ffa-lora": {"finetune": "lora", "lora-freeze-a": True},
+        "ffa-lora-top1": {"finetune": "lora", "lora-freeze-a": True, "lora-layers": 1},
+    }
     main_metric = P.ENTITY_F1
     declares = ("the entity types", "PER,ORG,LOC")
     demo_name, label_kind = "NER data set", "entity types"
