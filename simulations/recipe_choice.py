@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RECIPE_FILE, RunConfig, epsilon_keys, read_recipes
-from common.errors import ConfigError
+from common.errors import ConfigError, ConsortiumError
 from common.tasks import get_task
 from common.infra.storage import atomic_write_json
 from common.model.warm_start import file_sha256
@@ -46,7 +46,11 @@ def measure(config: RunConfig, keys: dict[str, Any], partners: int, work: Path) 
     run = RunConfig.from_mapping({**config.to_mapping(), **whole, "out-dir": str(work / "out"),
                                   "ledger-dir": str(work / "ledgers")})
     started = time.perf_counter()
-    out = coordinator.run_federation(LocalGrid(run, partners), run)
+    try:
+        out = coordinator.run_federation(LocalGrid(run, partners), run)
+    except ConsortiumError as exc:  # e.g. the planner: this recipe cannot learn at this n
+        return {"keys": keys, "refused": str(exc),
+                "seconds": round(time.perf_counter() - started, 1)}
     last = read_metrics(out / "metrics.jsonl")[-1]
     metric = str(last.get("eval_metric") or "accuracy")
     score = (last.get("eval_mean") or {}).get(metric)
@@ -67,9 +71,13 @@ def choose_recipe(config: RunConfig, partners: int, names: list[str] | None = No
         for name, keys in candidates_for(config.task, names).items():
             logger.info("choose-recipe: measuring %s (%s)", name, keys)
             measured[name] = measure(config, keys, partners, Path(scratch) / name)
-            logger.info("choose-recipe: %s %s %.4f in %.0f s", name, measured[name]["metric"],
-                        measured[name]["score"], measured[name]["seconds"])
-    best = max(measured, key=lambda n: measured[n]["score"])  # a tie: the first, the cheaper
+            logger.info("choose-recipe: %s: %s", name, measured[name].get(
+                "refused") or f"{measured[name]['metric']} {measured[name]['score']:.4f}")
+    scored = [n for n in measured if "score" in measured[n]]
+    if not scored:
+        raise ConfigError("choose-recipe: every candidate was refused: " + "; ".join(
+            f"{n}: {m['refused']}" for n, m in measured.items()))
+    best = max(scored, key=lambda n: measured[n]["score"])  # a tie: the first, the cheaper
     return {"task": config.task, "choice": best, "keys": measured[best]["keys"],
             "measured": measured, "base_model": config.base_model,
             "public_data": {"path": str(public.resolve()), "sha256": file_sha256(public)},
@@ -95,6 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "the task's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run-config key, as in simulate")
+    p.add_argument("--out", type=Path, help="also write the whole record (every candidate's "
+                   "score and seconds) to this JSON file")
     p.add_argument("--write", action="store_true", help=f"write the choice as {RECIPE_FILE} "
                    "into the base model's directory")
 
@@ -111,9 +121,13 @@ def handle(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                                      "data": str(args.public_data), **epsilon_keys(args.epsilon)})
     names = [n.strip() for n in args.candidates.split(",") if n.strip()] or None
     record = choose_recipe(config, args.partners, names)
-    for name, m in sorted(record["measured"].items(), key=lambda kv: -kv[1]["score"]):
-        print(f"{name}: {m['metric']} {m['score']:.4f} ({m['seconds']:.0f} s)")
+    for name, m in sorted(record["measured"].items(), key=lambda kv: -kv[1].get("score", -1)):
+        print(f"{name}: refused ({m['refused']})" if "refused" in m else
+              f"{name}: {m['metric']} {m['score']:.4f} ({m['seconds']:.0f} s)")
     print(f"choice: {record['choice']} {record['keys']}")
+    if args.out:
+        atomic_write_json(args.out, record)
+        print(f"wrote {args.out}")
     if args.write:  # beside the recipes of the model's other tasks, if any
         path = target / RECIPE_FILE  # type: ignore[operator]
         recipes = dict(read_recipes(path))

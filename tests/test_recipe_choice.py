@@ -37,8 +37,9 @@ def test_the_measured_best_recipe_is_what_auto_becomes(tiny_bert: str, tmp_path:
     args = ["choose-recipe", "--public-data", str(_public(tmp_path)), "--base-model", str(model),
             "--partners", "2", "--rounds", "1", "--candidates", "pooled-head,ffa-lora-top1",
             "--set", "max-length=16", "--set", "dp-plan-check=false", "--set", "batch-size=16",
-            "--write"]
+            "--write", "--out", str(tmp_path / "record.json")]
     assert cli_main(args) == 0
+    assert json.loads((tmp_path / "record.json").read_text())["choice"]
     record = json.loads((model / RECIPE_FILE).read_text())["recipes"]["text-classification"]
     scores = {name: m["score"] for name, m in record["measured"].items()}
     assert sorted(scores) == ["ffa-lora-top1", "pooled-head"]
@@ -92,4 +93,18 @@ def test_bad_arguments_write_nothing(tiny_bert: str, tmp_path: Path,
     ]:
         assert cli_main(["choose-recipe", *args]) == 2
         assert said in capsys.readouterr().err
+    assert not (model / RECIPE_FILE).exists()
+
+
+def test_recipes_the_planner_refuses_are_not_chosen(tiny_bert: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """At ε = 0.05 on 60 rows a partner, no recipe can learn: each is recorded as refused, and
+    the command ends in one line that lists them, writing nothing."""
+    model = _model(tiny_bert, tmp_path)
+    args = ["choose-recipe", "--public-data", str(_public(tmp_path)), "--base-model", str(model),
+            "--partners", "2", "--rounds", "1", "--epsilon", "0.05", "--candidates",
+            "pooled-head,ffa-lora-top1", "--set", "max-length=16", "--write"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "every candidate was refused: pooled-head:" in err and "ffa-lora-top1:" in err
     assert not (model / RECIPE_FILE).exists()
