@@ -122,8 +122,8 @@ def error_reason(reply: Message) -> str:
     if lines and lines[-1] == P.ERROR_STOPPED:
         return STOPPED
     if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
-        return ("its node went away without a word: no heartbeat (its process was killed, or its "
-                "machine or connection failed)")
+        return ("its node is not connected: no heartbeat (stopped, killed, or its machine or "
+                "connection failed)")
     return lines[-1] if lines else f"code {reply.error.code}"
 
 

@@ -266,15 +266,26 @@ def _wait_for_line(metrics: Path, count: int, run: subprocess.Popen) -> None:
         time.sleep(1)
 
 
+def _lines_so_far(metrics: Path) -> list[dict]:
+    """The run's metrics lines written so far (a line being written is left for later)."""
+    lines = []
+    for raw in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            break
+    return lines
+
+
 @pytest.mark.xdist_group("flower-deployment-restart")
 def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partners,
                                                                      tiny_bert: str) -> None:
-    """One run of 5 rounds, two mishaps (one federation, to keep the suite short):
+    """One run of 10 rounds (a restarted partner needs a few to rejoin), two mishaps (one federation, to keep the suite short):
 
     - after round 1, org-a is stopped (SIGTERM: its SuperNode and ClientApps are gone within
       10 s) and started again with the same key and ledger: it rejoins, and its ε continues;
-    - after round 2, the coordinator is frozen (SIGSTOP: connections hang, nothing answers) for
-      30 s: partners keep retrying, the run completes, org-b is back by round 5, and every
+    - once it trained again, the coordinator is frozen (SIGSTOP: connections hang, nothing answers) for
+      30 s: partners keep retrying, the run completes, org-b is back by round 10, and every
       partner missing from a round after that is a recorded failure with its reason.
 
     An instruction in flight during the freeze can be lost inside Flower 1.41 (seen: a partner
@@ -284,7 +295,7 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     root, _, procs = two_partners
     out, mark = root / "out2", uuid.uuid4().hex
     run = subprocess.Popen(
-        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "5", "--labels", "neg,pos",
+        [CLI, "run", "--coordinator", str(root / "fed"), "--rounds", "10", "--labels", "neg,pos",
          "--out", str(out), "--set", f'base-model="{tiny_bert}"',
          "--set", "max-length=16", "--set", "batch-size=8",
          "--set", "dp-plan-check=false", "--set", "local-epochs=1",
@@ -298,7 +309,14 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     assert not procs.unclean, procs.unclean
     before = [a for a in _audit(root, "org-a") if "epsilon" in a]
     start_partner(two_partners, "org-a", 50.0)  # same key, same ledger
-    _wait_for_line(metrics, 2, run)
+    # the round sent as it stopped got its `partner-stopped` reply; freeze once a round's line
+    # holds org-a's update again (written a round later), so the run has rounds left after it
+    last = before[-1]["round"] if before else 0
+    deadline = time.time() + 400
+    while time.time() < deadline and run.poll() is None and not any(
+            line["round"] > last and "org-a" in line["partners_replied"]
+            for line in _lines_so_far(metrics)):
+        time.sleep(0.5)
     superlink = procs.procs["superlink"].pid
     os.killpg(superlink, signal.SIGSTOP)
     try:
@@ -314,9 +332,9 @@ def test_partner_stopped_and_coordinator_frozen_mid_run_both_recover(two_partner
     ledger = json.loads(next((root / "ledgers" / "org-a").glob("org-a@*.json")).read_text())
     assert len(ledger["body"]["releases"]) == len(trained)  # every trained round, once
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert [line["round"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [line["round"] for line in lines] == list(range(1, 11))
     assert any("org-a" in line["partners_replied"] for line in lines[1:])  # rejoined
-    assert "org-b" in lines[4]["partners_replied"]
+    assert "org-b" in lines[9]["partners_replied"]
     for line in lines[2:]:  # after the freeze, a partner missing from a round is a recorded
         # dropout, never a silent one: Flower 1.41's SuperLink may go on marking a partner
         # "Node Unavailable" (no heartbeat within 2 × its interval) for the rest of the run, its

@@ -276,3 +276,32 @@ def test_a_message_that_reaches_a_stopping_partner_is_answered_partner_stopped(
     reply = api.reply()
     assert reply.has_error() and reply.error.reason == P.ERROR_STOPPED
     assert runner.workers.current is None and time.monotonic() - started < 5
+
+
+def test_a_stop_while_the_reply_is_pushed_lets_the_reply_finish(
+        api: SuperNodeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM as the App's reply is being pushed: the reply goes out whole (a stop cut into it
+    left the SuperLink a Message without its objects), then the stop goes on; no second,
+    ``partner-stopped`` reply follows it."""
+    import client.runner.main as runner_main
+
+    app_dir = checkout(tmp_path / "app")
+    node = {"partner-name": "org-a", "ledger-dir": str(tmp_path / "ledgers")}
+    runner = Runner(api.address, Gate("org-a", (), own_root=app_dir), Workers(os.environ))
+    push = runner_main.Task.reply
+
+    def stopped_while_pushing(task, *args) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler has run by now
+        push(task, *args)
+
+    monkeypatch.setattr(runner_main.Task, "reply", stopped_while_pushing)
+    try:
+        api.offer(build_fab_from_disk(app_dir), node, server_round=2)
+        token = claim(claims_client(api.address, SECRET))
+        with StopOnSignal(), pytest.raises(Stopped):
+            runner.answer(token)
+        reply = api.reply()  # exactly one
+        assert not (reply.has_error() and reply.error.reason == P.ERROR_STOPPED)
+    finally:
+        runner.workers.stop()

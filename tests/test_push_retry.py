@@ -54,6 +54,5 @@ def test_an_error_the_superlink_writes_is_charged_to_the_partner_asked() -> None
 
     failures: list = []
     assert list(stream_replies(Grid(), [asked], 5.0, {7: "org-z"}, failures, poll=0.0)) == []
-    assert failures == [{"partner": "org-z", "reason": "its node went away without a word: no "
-                         "heartbeat (its process was killed, or its machine or connection "
-                         "failed)"}]
+    assert failures == [{"partner": "org-z", "reason": "its node is not connected: no heartbeat "
+                         "(stopped, killed, or its machine or connection failed)"}]

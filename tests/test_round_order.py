@@ -200,7 +200,7 @@ def test_a_clean_partner_stop_is_named_and_the_fix_is_to_restart_it_then_resume(
         coordinator.run_federation(StoppingPartnerGrid(config, PARTNERS), config)
     said = str(stopped.value)
     assert "partner-2: stopped by its operator (a clean stop, not a crash)" in said
-    assert "partner-1: its node went away without a word: no heartbeat" in said
+    assert "partner-1: its node is not connected: no heartbeat" in said
     assert ("the last checkpoint is kept: start partner-2 again with the same `consortium "
             "partner start` command, then resume") in said
     assert "heartbeat within" not in said  # Flower's wording for a lost node is not used

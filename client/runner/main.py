@@ -36,7 +36,7 @@ from client.runner.tasks import Inputs, Task, claim, claims_client
 from client.runner.workers import AppRaised, WorkerDied, Workers, rss_bytes
 from common import protocol as P
 from common.code_hash import app_root
-from common.infra.processes import StopOnSignal, Stopped
+from common.infra.processes import StopOnSignal, Stopped, stops_deferred
 
 logger = logging.getLogger(__name__)
 POLL = 0.1  # seconds between claims while no task is pending (Flower's SuperExec: 1 s)
@@ -105,14 +105,16 @@ class Runner:
 
     def answer(self, token: str) -> None:
         """Pull the task's inputs, answer its Message, push the reply; never raises."""
-        task, inputs = Task(self.address, token), None
+        task, inputs, replied = Task(self.address, token), None, False
         try:
             started = time.perf_counter()
             inputs = task.pull()
             pulled = time.perf_counter()
             reply, context, failed, times = self.reply(inputs)
             replying = time.perf_counter()
-            task.reply(reply, context, failed)
+            with stops_deferred():  # a stop now waits until the reply is pushed whole
+                task.reply(reply, context, failed)
+                replied = True
             worker = self.workers.current
             logger.info(  # worded so that the console's round filter leaves it in the log
                 ANSWERED_FORMAT,
@@ -122,7 +124,7 @@ class Runner:
                 time.perf_counter() - replying, worker.pid if worker else "-",
                 rss_bytes(os.getpid()) / 2**20, worker.rss_bytes() / 2**20 if worker else 0)
         except Stopped:  # its operator stopped it: the coordinator learns that, not a crash
-            if inputs is not None:
+            if inputs is not None and not replied:
                 self.stopped(task, inputs)
             raise
         except Exception:  # noqa: BLE001 - one task's failure must not stop the partner

@@ -16,9 +16,10 @@ import threading
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from common.errors import StoppedBySignal
 
@@ -139,6 +140,9 @@ class StopOnSignal:
     def _raise(self, signum: int, frame: FrameType | None) -> None:
         for sig in self._previous:  # a second signal while stopping must not interrupt it
             signal.signal(sig, signal.SIG_IGN)
+        if _DEFERRED["on"]:  # inside stops_deferred(): raised when it ends
+            _DEFERRED["signum"] = signum
+            return
         raise Stopped(signum)
 
     def __enter__(self) -> StopOnSignal:
@@ -150,6 +154,21 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+_DEFERRED: dict[str, Any] = {"on": False, "signum": None}
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Within it, StopOnSignal's Stopped waits until the block ends (e.g. a reply being pushed
+    is pushed whole); then it is raised, once."""
+    _DEFERRED.update(on=True, signum=None)
+    try:
+        yield
+    finally:
+        signum = _DEFERRED["signum"]
+        _DEFERRED.update(on=False, signum=None)
+        if signum is not None:
+            raise Stopped(signum)
 
 
 def run_tagged(command: list[str], env: Mapping[str, str], what: str,
