@@ -48,6 +48,8 @@ def measure(config: RunConfig, keys: dict[str, Any], partners: int, work: Path) 
     started = time.perf_counter()
     try:
         out = coordinator.run_federation(LocalGrid(run, partners), run)
+    except ConfigError as exc:  # the same for every candidate (e.g. the warm start's own rows)
+        raise ConfigError(f"choose-recipe: {exc}") from None
     except ConsortiumError as exc:  # e.g. the planner: this recipe cannot learn at this n
         return {"keys": keys, "refused": str(exc),
                 "seconds": round(time.perf_counter() - started, 1)}

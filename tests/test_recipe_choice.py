@@ -108,3 +108,24 @@ def test_recipes_the_planner_refuses_are_not_chosen(tiny_bert: str, tmp_path: Pa
     err = capsys.readouterr().err
     assert "every candidate was refused: pooled-head:" in err and "ffa-lora-top1:" in err
     assert not (model / RECIPE_FILE).exists()
+
+
+def test_a_config_error_stops_the_choice_at_once(tiny_bert: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ConfigError (e.g. the public file is the one that warm-started the model) is no
+    refused candidate: the same for all, so the command stops at the first, writing nothing."""
+    import simulations.recipe_choice as recipe_choice
+
+    calls = []
+
+    def refuse(grid, config):
+        calls.append(config.finetune)
+        raise ConfigError("data = 'x.csv' is the public file that warm-started base-model")
+
+    monkeypatch.setattr(recipe_choice.coordinator, "run_federation", refuse)
+    model = _model(tiny_bert, tmp_path)
+    assert cli_main(["choose-recipe", "--public-data", str(_public(tmp_path)), "--base-model",
+                     str(model), "--write"]) == 2
+    assert "choose-recipe: data = 'x.csv' is the public file" in capsys.readouterr().err
+    assert calls == ["pooled-head"] and not (model / RECIPE_FILE).exists()
