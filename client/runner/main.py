@@ -104,7 +104,8 @@ class Runner:
             deadline = max(deadline, time.monotonic() + 1.0)
 
     def answer(self, token: str) -> None:
-        """Pull the task's inputs, answer its Message, push the reply; never raises."""
+        """Pull the task's inputs, answer its Message, push the reply. Raises only Stopped (the
+        Message then has its ``partner-stopped`` reply, unless its own reply went out whole)."""
         task, inputs, replied = Task(self.address, token), None, False
         try:
             started = time.perf_counter()
