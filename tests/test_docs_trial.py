@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from common.infra.processes import pids_with
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
 PATHS = [Path(p) for p in ("/tmp/fed", "/tmp/keys", "/tmp/ledger-a", "/tmp/ledger-b",
                            "/tmp/run", "/tmp/run2")]
@@ -30,19 +32,6 @@ def trial_blocks() -> list[str]:
     text = DOC.read_text()
     section = text.split("## A local trial on one machine\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
-
-
-def tagged(tag: str) -> list[int]:
-    """Processes whose environment holds ``tag`` (everything the trial started inherits it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if tag.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def test_the_blocks_are_the_trial() -> None:
@@ -70,9 +59,9 @@ def test_the_local_trial_runs_verbatim(tmp_path: Path) -> None:
                   for x in Path("/tmp/run2/metrics.jsonl").read_text().splitlines()]
         assert [line["round"] for line in second] == [1, 2, 3, 4, 5], said[-4000:]
         assert (Path("/tmp/run2") / "model" / "config.json").exists()
-        assert not tagged(tag), "the trial left processes running"
+        assert not pids_with(tag, "1"), "the trial left processes running"
     finally:
-        for pid in tagged(tag):  # only what this trial started, by its tag
+        for pid in pids_with(tag, "1"):  # only what this trial started, by its tag
             try:
                 os.kill(pid, 9)
             except OSError:
