@@ -8,16 +8,15 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from common.errors import ConfigError
 from common.training.schedule import LR_SCHEDULES
 from common.tasks import get_task
+from common.tasks.recipes import measured_recipe
 
 FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head", "pooled-lora")
 
@@ -28,10 +27,6 @@ COMPRESSIONS = ("none", "fp16", "int8")
 CLIPPINGS = ("auto", "hooks", "ghost")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 TRACKERS = ("", "tensorboard", "mlflow")
-# a base-model directory's measured recipe (`consortium choose-recipe`): what finetune = auto
-# becomes for its task, and the keys that go with it
-RECIPE_FILE = "consortium-recipe.json"
-RECIPE_KEYS = ("finetune", "lora-freeze-a", "lora-layers")
 
 
 def _opt(default: Any, help: str, **checks: Any) -> Any:
@@ -241,9 +236,9 @@ class RunConfig:
         task.check_config(self)
 
     def _resolve_auto(self, task: str, default: str) -> None:
-        """finetune = auto: the base model's measured recipe for this task (RECIPE_FILE in its
-        directory), its keys applied where this config holds their defaults; else ``default``."""
-        keys = measured_recipe(self.base_model, task)
+        """finetune = auto: the base model's measured recipe for this task (common.tasks.recipes),
+        its keys applied where this config holds their defaults; else ``default``."""
+        keys = measured_recipe(self.base_model, task, FINETUNE_MODES[1:])
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key, value in (keys or {"finetune": default}).items():
             name = key.replace("-", "_")
@@ -401,35 +396,3 @@ def epsilon_keys(epsilon: float) -> dict[str, Any]:
     if math.isinf(epsilon) and epsilon > 0:
         return {"dp": False}
     return {"epsilon": epsilon}
-
-
-def read_recipes(path: Path) -> Mapping[str, Any]:
-    """RECIPE_FILE's recipes by task; empty when there is no file. A file that does not read
-    as one is a ConfigError naming it."""
-    if not path.is_file():
-        return {}
-    try:
-        recipes = json.loads(path.read_text(encoding="utf-8"))["recipes"]
-        if not isinstance(recipes, dict):
-            raise TypeError("recipes is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a measured recipe ({exc}); remove it or write it again "
-                          "with `consortium choose-recipe --write`") from None
-    return recipes
-
-
-def measured_recipe(base_model: str, task: str) -> dict[str, Any] | None:
-    """The recipe `consortium choose-recipe` measured for ``task`` on ``base_model`` (a local
-    directory holding RECIPE_FILE), as run-config keys; None when there is none for this task."""
-    if not base_model:
-        return None
-    path = Path(base_model) / RECIPE_FILE
-    recipe = read_recipes(path).get(task)
-    if recipe is None:
-        return None
-    keys = recipe.get("keys") if isinstance(recipe, dict) else None
-    if not isinstance(keys, dict) or set(keys) - set(RECIPE_KEYS) \
-            or keys.get("finetune") not in FINETUNE_MODES[1:]:
-        raise ConfigError(f"{path}: the {task} recipe's keys {keys!r}; a recipe sets finetune "
-                          f"(one of {list(FINETUNE_MODES[1:])}) and only {list(RECIPE_KEYS)}")
-    return dict(keys)

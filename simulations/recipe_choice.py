@@ -6,7 +6,7 @@ Each candidate recipe (the head on the frozen features, FFA-LoRA in every layer,
 top layer) trains the same simulated federation: the public file split over ``partners``, the
 run's ε, rounds and the rest of its config, each partner scored on its own held-out split of
 the public file. The best mean score wins; with ``--write`` it goes into the base model's
-directory (common.config.RECIPE_FILE), where `finetune = auto` reads it. No partner's row is
+directory (common.tasks.recipes.RECIPE_FILE), where `finetune = auto` reads it. No partner's row is
 read, so no ε is spent: the simulated partners' ledgers live in a scratch folder that is
 removed. Pick ``partners`` so that a simulated partner holds about as many rows as a real one
 will: the planner's noise, and so the winner, depends on n."""
@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.config import RECIPE_FILE, RunConfig, epsilon_keys, read_recipes
+from common.config import RunConfig, epsilon_keys
 from common.errors import ConfigError, ConsortiumError
 from common.tasks import get_task
+from common.tasks.recipes import RECIPE_FILE, read_recipes
 from common.infra.storage import atomic_write_json
 from common.model.warm_start import file_sha256
 from server import coordinator

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import RECIPE_FILE, RunConfig
+from common.config import RunConfig
 from common.errors import ConfigError
+from common.tasks.recipes import RECIPE_FILE
 from simulations.cli import main as cli_main
 
 
