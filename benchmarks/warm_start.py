@@ -34,6 +34,9 @@ from common.config import RunConfig
 from common.infra.logs import configure_logging
 
 SLS = ("amazon_cells", "imdb", "yelp")
+# wnut17's and ncbi_disease's entity types as CoNLL-2003 names them (a disease is no entity there)
+CONLL_MAP = ("person=PER,location=LOC,corporation=ORG,group=ORG,creative-work=MISC,"
+             "product=MISC,Disease=O")
 
 
 def _write_csv(rows: list[tuple[str, str]], target: Path) -> Path:
@@ -104,6 +107,8 @@ def main() -> int:
     parser.add_argument("--ws-epochs", type=int, default=1)
     parser.add_argument("--ws-max-length", type=int, default=64)
     parser.add_argument("--ws-learning-rate", type=float, default=5e-5)
+    parser.add_argument("--ws-label-map", default="", help="conll2003: rename the public entity "
+                        "types to CoNLL's and keep the tagger head (`conll`: " + CONLL_MAP + ")")
     parser.add_argument("--warm-start-only", action="store_true")
     parser.add_argument("--base", type=Path, help="the warm-started directory to use or write "
                         "(default OUT/base-ROW; another seed's run can reuse one)")
@@ -127,7 +132,8 @@ def main() -> int:
         write_warm_start(config, [str(f) for f in files], base, args.objective,
                          TrainSettings(epochs=args.ws_epochs, max_length=args.ws_max_length,
                                        learning_rate=args.ws_learning_rate,
-                                       device=str(resolve_device("auto"))))
+                                       device=str(resolve_device("auto"))),
+                         CONLL_MAP if args.ws_label_map == "conll" else args.ws_label_map)
     if args.warm_start_only:
         return 0
     command = [sys.executable, "-m", "benchmarks.utility", "--dataset", args.row,

@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--tag-column", type=int, default=-1, help="CoNLL tag column (default last)")
+    p.add_argument("--label-map", default="", metavar="TYPE=TYPE,...",
+                   help="token-classification: rename the public entity types to the "
+                        "federation's (person=PER,group=ORG,Disease=O; O drops a type), so a "
+                        "run with those types starts from the warm start's tagger head too")
     p.add_argument("--objective", choices=W.OBJECTIVES, default="supervised",
                    help="supervised (public labels), simcse (text without labels) or mlm "
                         "(a base model with its MLM head)")
@@ -58,7 +62,7 @@ def handle(args: argparse.Namespace) -> int:
                        label_column=args.label_column, tag_column=args.tag_column,
                        base_model=args.base_model, max_length=args.max_length, seed=args.seed)
     paths = [p.strip() for p in args.public_data.split(",") if p.strip()]
-    write_warm_start(config, paths, out, args.objective, _settings(args))
+    write_warm_start(config, paths, out, args.objective, _settings(args), args.label_map)
     return 0
 
 
@@ -71,13 +75,19 @@ def _settings(args: argparse.Namespace):
                          device=str(resolve_device(args.device, "--device")))
 
 
-def public_examples(config: RunConfig, paths: list[str],
-                    objective: str) -> tuple[list[Any], tuple[str, ...], list[W.PublicFile]]:
+def public_examples(config: RunConfig, paths: list[str], objective: str,
+                    label_map: str = "") -> tuple[list[Any], tuple[str, ...], list[W.PublicFile]]:
     """Every public file read (errors name the file and row), the label names of the
-    supervised objective (empty otherwise) and the lineage's file records."""
+    supervised objective (empty otherwise; renamed by ``label_map``) and the lineage's file
+    records."""
     from common.tasks import get_task
+    from common.tasks.tokens import parse_type_map, remap_types
 
     task = get_task(config.task)
+    if label_map and (not task.tags_words or objective != "supervised"):
+        raise ConfigError("--label-map renames entity types: it needs --task "
+                          "token-classification and --objective supervised")
+    mapping = parse_type_map(label_map) if label_map else None  # bad syntax: before any read
     if objective != "supervised":
         datasets, files = W.read_public(paths, lambda p: task.read_texts(p, config))
         return datasets, (), files
@@ -87,11 +97,14 @@ def public_examples(config: RunConfig, paths: list[str],
         config = config.replace(labels=",".join(found))
     labels = task.run_labels(config, partner_has_own_data=True)
     datasets, files = W.read_public(paths, lambda p: task.read(p, config, labels))
+    if mapping is not None:
+        datasets = [remap_types(d, mapping) for d in datasets]
+        labels = datasets[0].label_names
     return datasets, labels, files
 
 
 def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: str,
-                     settings) -> Path:
+                     settings, label_map: str = "") -> Path:
     """Train and write ``out`` whole (a temporary directory renamed at the end: a failure
     leaves nothing)."""
     from transformers import AutoModel
@@ -100,16 +113,23 @@ def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: 
     from common.model.factory import load_tokenizer, resolve_base_model
     from common.tasks import get_task
 
-    datasets, labels, files = public_examples(config, paths, objective)
+    datasets, labels, files = public_examples(config, paths, objective, label_map)
     base = resolve_base_model(config.base_model)
     tokenizer = load_tokenizer(config)
     started = time.time()
     task = get_task(config.task)
+    tagger = None
     if objective == "supervised":
         encoder, data = AutoModel.from_pretrained(base), _joined(datasets)
         encoded = task.encode(tokenizer, data, settings.max_length)
-        encoder = T.supervised(encoder, encoded, len(labels), task.tags_words, settings)
+        encoder, head = T.supervised(encoder, encoded, len(labels), task.tags_words, settings)
         texts, examples = list(data.texts), len(data)
+        tagger = T.with_token_head(encoder, head, labels) if task.tags_words else None
+        if tagger is not None:
+            encoder = tagger  # saved with its head: a run tagging with these tags keeps it
+        elif task.tags_words:
+            logger.info("%s has no linear classifier to hold the tagger head; only the encoder "
+                        "is kept", type(encoder).__name__)
     else:
         texts = [t for d in datasets for t in d]
         plain = [" ".join(t) if isinstance(t, list) else t for t in texts]
@@ -121,7 +141,8 @@ def write_warm_start(config: RunConfig, paths: list[str], out: Path, objective: 
         config.base_model or base, objective, config.task, labels, files,
         {"epochs": settings.epochs, "learning_rate": settings.learning_rate,
          "batch_size": settings.batch_size, "max_length": settings.max_length,
-         "seed": settings.seed, "device": settings.device}, seconds, examples)
+         "seed": settings.seed, "device": settings.device}, seconds, examples,
+        head=list(labels) if tagger is not None else None, label_map=label_map)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -66,15 +66,18 @@ def build_model(config: RunConfig, label_names: tuple[str, ...],
         return _pooled_head(path, len(label_names), config, offline)
     auto = getattr(transformers, task.auto_class)
     try:
-        model = auto.from_pretrained(
+        base_labels = _head_labels(path, offline)
+        model, info = auto.from_pretrained(
             path,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
             local_files_only=offline,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    _keep_head_only_for_its_labels(model, info, base_labels, tuple(label_names))
     if config.finetune == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -93,6 +96,42 @@ def build_model(config: RunConfig, label_names: tuple[str, ...],
             param.requires_grad_(False)
     model.train()  # from_pretrained returns eval mode; Opacus needs train mode
     return model
+
+
+def _head_labels(path: str, offline: bool) -> tuple[str, ...]:
+    """The labels of the head a base model's checkpoint carries (its config's id2label)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=offline)
+    return tuple(str(config.id2label[i]) for i in sorted(config.id2label))
+
+
+def _keep_head_only_for_its_labels(model: nn.Module, info: Mapping[str, list[str]],
+                                   base_labels: tuple[str, ...],
+                                   label_names: tuple[str, ...]) -> None:
+    """transformers loads a checkpoint's head whenever its shape fits, whatever its labels:
+    a base model tagging other types (or the same ones in another order) would start the run
+    from a head that answers wrongly. Keep a head only when its labels are the run's, in order
+    (a warm start with --label-map); otherwise draw a fresh one, as for a bare encoder."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    head = [m for n, m in model.named_children() if f"{n}." != prefix]
+    names = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+    loaded = bool(names) and not set(names) & set(info.get("missing_keys", ()))
+    if loaded and base_labels == label_names:
+        logger.info("the base model's head is for the run's labels %s: training starts from it",
+                    list(label_names))
+        return
+    if not loaded:
+        return
+    logger.info("the base model's head is for labels %s, not the run's %s: a fresh head",
+                list(base_labels), list(label_names))
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    for module in head:
+        for sub in module.modules():
+            if isinstance(sub, nn.Linear):
+                nn.init.normal_(sub.weight, std=std)
+                if sub.bias is not None:
+                    nn.init.zeros_(sub.bias)
 
 
 def _pooled_head(path: str, num_labels: int, config: RunConfig,

@@ -113,9 +113,14 @@ def check_public_disjoint(config: Any, labels: Sequence[str]) -> None:
 
 def lineage_record(base_model: str, objective: str, task: str, labels: Sequence[str],
                    files: Sequence[PublicFile], settings: dict[str, Any], seconds: float,
-                   examples: int) -> dict[str, Any]:
+                   examples: int, head: Sequence[str] | None = None,
+                   label_map: str = "") -> dict[str, Any]:
+    """``head``: the tags of the tagger head saved with the encoder (None: encoder only);
+    ``label_map``: how the public entity types were renamed (empty: not)."""
     return {"format": FORMAT, "base_model": base_model, "objective": objective, "task": task,
-            "labels": list(labels), "public_data": [asdict(f) for f in files],
+            "labels": list(labels), "label_map": label_map,
+            "head": list(head) if head is not None else None,
+            "public_data": [asdict(f) for f in files],
             "examples": examples, **settings, "seconds": round(seconds, 1),
             "privacy": PRIVACY_NOTE}
 
@@ -129,6 +134,11 @@ def model_card(lineage: dict[str, Any]) -> str:
         f"- Started from: {lineage['base_model']}",
         f"- Objective: {lineage['objective']} ({lineage['task']}"
         + (f", labels {', '.join(lineage['labels'])}" if lineage["labels"] else "") + ")",
+        *([f"- Public entity types renamed: {lineage['label_map']}"]
+          if lineage.get("label_map") else []),
+        (f"- Tagger head kept for the tags {', '.join(lineage['head'])}: a run with exactly "
+         "these tags starts from it; any other run gets a fresh head" if lineage.get("head")
+         else "- Encoder only: every run gets a fresh head"),
         f"- {lineage['examples']} public examples, {lineage['epochs']} epoch(s), "
         f"{lineage['seconds']:g} s", "",
         "| public file | rows | SHA-256 |", "|---|---|---|", files, "",

@@ -2,7 +2,8 @@
 
 - ``supervised``: the encoder and a linear head on the public labels, all weights trained; a text
   is classified from its mean-pooled tokens (the pooling every pooled recipe uses after), a word
-  from its first word piece (as the token recipes do). The head is dropped; the encoder is kept.
+  from its first word piece (as the token recipes do). A text head is dropped; a token head is
+  kept beside the encoder (a run whose tags are the head's starts from it).
 - ``simcse``: unsupervised SimCSE (Gao et al., 2021) for text with no labels: the same text twice
   through dropout is a positive pair, the batch's other texts the negatives
   (sentence-transformers' MultipleNegativesRankingLoss over mean-pooled embeddings).
@@ -78,9 +79,9 @@ def _trimmed(data: TensorDataset, rows: torch.Tensor) -> tuple[torch.Tensor, ...
 
 
 def supervised(encoder: PreTrainedModel, data: TensorDataset, num_labels: int, token_level: bool,
-               settings: TrainSettings) -> PreTrainedModel:
+               settings: TrainSettings) -> tuple[PreTrainedModel, nn.Linear]:
     """Train ``encoder`` and a linear head on ``data`` (input_ids, attention_mask, labels:
-    a label per text, or a tag per word piece with -100 where none)."""
+    a label per text, or a tag per word piece with -100 where none); both, on the CPU."""
     torch.manual_seed(settings.seed)
     head = nn.Linear(encoder.config.hidden_size, num_labels).to(settings.device)
     encoder.to(settings.device).train()
@@ -94,7 +95,7 @@ def supervised(encoder: PreTrainedModel, data: TensorDataset, num_labels: int, t
         return nn.functional.cross_entropy(head(mean_pool(hidden, mask)), labels)
 
     _optimise([*encoder.parameters(), *head.parameters()], len(data), settings, loss_of)
-    return encoder.cpu().eval()
+    return encoder.cpu().eval(), head.cpu()
 
 
 def simcse(encoder_path: str, texts: list[str], settings: TrainSettings) -> PreTrainedModel:
@@ -141,3 +142,28 @@ def mlm(encoder_path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str],
 
     _optimise(list(model.parameters()), len(texts), settings, loss_of)
     return model.base_model.cpu().eval()
+
+
+def with_token_head(encoder: PreTrainedModel, head: nn.Linear,
+                    tags: tuple[str, ...]) -> PreTrainedModel | None:
+    """The encoder and its trained head as the task's token classifier (``id2label`` = the
+    tags), so that a run whose tags are these same ones starts from the head
+    (common.model.factory keeps a base model's head only then); None for an architecture
+    without a linear ``classifier`` to hold it."""
+    import copy
+
+    from transformers import AutoModelForTokenClassification
+
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = len(tags)
+    config.id2label = dict(enumerate(tags))
+    config.label2id = {t: i for i, t in enumerate(tags)}
+    model = AutoModelForTokenClassification.from_config(config)
+    classifier = getattr(model, "classifier", None)
+    prefix = model.base_model_prefix
+    if (not isinstance(classifier, nn.Linear) or classifier.weight.shape != head.weight.shape
+            or type(getattr(model, prefix, None)) is not type(encoder)):
+        return None
+    setattr(model, prefix, encoder)  # the whole encoder, its pooler too (a text run uses it)
+    classifier.load_state_dict(head.state_dict())
+    return model.eval()

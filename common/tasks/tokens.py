@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from common import protocol as P
 from common.data.text import parse_jsonl, read_text
-from common.errors import DataError, ModelError
+from common.errors import ConfigError, DataError, ModelError
 from common.evaluation.metrics import entity_count_metrics, entity_scores
 from common.evaluation.scoring import evaluate_tokens
 
@@ -197,6 +197,42 @@ def load_token_dataset(path: str | Path, names: Sequence[str], tag_column: int =
     logger.info("read %d sentences from %s", len(sentences), path)
     return TokenDataset(tuple(words for words, _ in sentences),
                         tuple(tuple(ids[t] for t in tags) for _, tags in sentences), tuple(names))
+
+
+def parse_type_map(text: str) -> dict[str, str]:
+    """``"person=PER,group=ORG,Disease=O"`` -> {source type: target type}; ``O``: not an entity."""
+    mapping: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        source, sep, target = (x.strip() for x in item.partition("="))
+        if not sep or not source or not target or " " in target:
+            raise ConfigError(f"--label-map {item!r}: write SOURCE=TARGET (e.g. person=PER; "
+                              "TARGET O drops the type)")
+        if source in mapping and mapping[source] != target:
+            raise ConfigError(f"--label-map maps {source!r} twice ({mapping[source]!r}, "
+                              f"{target!r})")
+        mapping[source] = target
+    if not mapping:
+        raise ConfigError("--label-map is empty: write SOURCE=TARGET pairs, comma-separated")
+    return mapping
+
+
+def remap_types(data: TokenDataset, mapping: dict[str, str]) -> TokenDataset:
+    """``data`` with its entity types renamed by ``mapping`` (a type mapped to ``O`` is no
+    entity), tagged with ``tag_names`` of the sorted target types: the order a run infers."""
+    missing = sorted(set(entity_types(data.label_names)) - set(mapping))
+    if missing:
+        raise ConfigError(f"--label-map does not say what {missing} become; map each entity "
+                          "type of the public files (TYPE=O drops one)")
+    names = tag_names(sorted({t for t in mapping.values() if t != "O"}))
+    ids = {n: i for i, n in enumerate(names)}
+
+    def new_id(old: int) -> int:
+        tag = data.label_names[old]
+        target = "O" if tag == "O" else mapping[tag[2:]]
+        return ids["O" if target == "O" else f"{tag[:2]}{target}"]
+
+    table = [new_id(i) for i in range(len(data.label_names))]
+    return TokenDataset(data.tokens, tuple(tuple(table[t] for t in s) for s in data.tags), names)
 
 
 def align_labels(word_ids: Sequence[int | None], word_tags: Sequence[int]) -> list[int]:
