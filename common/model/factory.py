@@ -117,11 +117,11 @@ def _keep_head_only_for_its_labels(model: nn.Module, info: Mapping[str, list[str
     head = [m for n, m in model.named_children() if f"{n}." != prefix]
     names = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
     loaded = bool(names) and not set(names) & set(info.get("missing_keys", ()))
-    if loaded and base_labels == label_names:
+    if not loaded:
+        return
+    if base_labels == label_names:
         logger.info("the base model's head is for the run's labels %s: training starts from it",
                     list(label_names))
-        return
-    if not loaded:
         return
     logger.info("the base model's head is for labels %s, not the run's %s: a fresh head",
                 list(base_labels), list(label_names))
