@@ -105,6 +105,19 @@ def test_a_run_with_other_tags_or_order_gets_a_fresh_head(tagger) -> None:
     assert torch.equal(head, again.base_model.model.classifier.modules_to_save["default"].weight)
 
 
+def test_a_run_with_another_number_of_tags_loads_and_gets_a_fresh_head(tagger) -> None:
+    """Before the fix a run whose tag count differs from the kept head's (CoNLL's 9 on a
+    warm start with WNUT's 13) failed to load the base model at all."""
+    out, _ = tagger
+    fewer = tag_names(("LOC", "PER"))
+    model = build_model(run_on(out, "LOC,PER"), fewer)
+    head = model.base_model.model.classifier.modules_to_save["default"].weight
+    assert head.shape[0] == len(fewer) and head.std() < 0.2  # fresh, at initializer_range
+    saved = AutoModelForTokenClassification.from_pretrained(out)
+    assert torch.equal(model.base_model.model.bert.embeddings.word_embeddings.weight,
+                       saved.bert.embeddings.word_embeddings.weight)  # the encoder is kept
+
+
 def test_a_checkpoint_head_for_other_labels_is_never_reused(tiny_bert: str,
                                                             tmp_path: Path) -> None:
     """Before the fix transformers loaded any head whose shape fit: a NER checkpoint for

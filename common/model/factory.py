@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -74,9 +74,13 @@ def build_model(config: RunConfig, label_names: tuple[str, ...],
             label2id={name: i for i, name in enumerate(label_names)},
             local_files_only=offline,
             output_loading_info=True,
+            # a head for another number of labels (a tagger warm-started on other entity types)
+            # is replaced below; anything else of another shape is refused after loading
+            ignore_mismatched_sizes=len(base_labels) != len(label_names),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base-model {path!r}: {exc}") from exc
+    _refuse_mismatched_encoder(model, info, path)
     _keep_head_only_for_its_labels(model, info, base_labels, tuple(label_names))
     if config.finetune == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -104,6 +108,18 @@ def _head_labels(path: str, offline: bool) -> tuple[str, ...]:
 
     config = AutoConfig.from_pretrained(path, local_files_only=offline)
     return tuple(str(config.id2label[i]) for i in sorted(config.id2label))
+
+
+def _refuse_mismatched_encoder(model: nn.Module, info: Mapping[str, Any], path: str) -> None:
+    """ModelError when a weight of the encoder itself had another shape in the checkpoint
+    (only the head may differ: it is drawn fresh)."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    encoder = [m[0] if isinstance(m, (tuple, list)) else m
+               for m in info.get("mismatched_keys", ())]
+    encoder = [k for k in encoder if str(k).startswith(prefix)]
+    if encoder:
+        raise ModelError(f"cannot load base-model {path!r}: {encoder[0]} has another shape in "
+                         "the checkpoint than its config gives")
 
 
 def _keep_head_only_for_its_labels(model: nn.Module, info: Mapping[str, list[str]],
