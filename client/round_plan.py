@@ -91,17 +91,18 @@ def memory_batch(config: RunConfig, batch: int, per_person: bool = False) -> tup
     head's DP step is small. A DP step with per-sample hooks runs its batch in pieces of at most
     ``batch-tokens`` padded tokens (common.training.batching), so it holds at most that many texts
     of ``max-length`` at once. A per-person step (common.training.person_dp; ``batch`` = expected
-    persons) runs whole: up to ``max-rows-per-person`` rows of each sampled person."""
+    persons) runs whole: up to ``max-rows-per-person`` rows of each sampled person. Ghost
+    clipping holds no per-sample gradient (their norms come from activations and output
+    gradients: 1.1 × a non-private step's memory for full fine-tuning, BENCHMARKS.md P1)."""
     if config.finetune == "pooled-head":
         return FEATURE_BATCH, False
     per_sample = config.dp and config.finetune != "head"
     if per_person and per_sample:
         return batch * config.max_rows_per_person, True
-    pieces = (per_sample and config.batch_tokens > 0
-              and clipping_for(config.clipping, config.finetune) == "hooks")
-    if pieces:
+    hooks = clipping_for(config.clipping, config.finetune) == "hooks"
+    if per_sample and hooks and config.batch_tokens > 0:
         return min(batch, max(1, config.batch_tokens // config.max_length)), True
-    return batch, per_sample
+    return batch, per_sample and hooks
 
 
 def trainable_view(model: nn.Module, data: TensorDataset,

@@ -149,15 +149,18 @@ def test_evaluation_keeps_each_text_at_its_place() -> None:
 
 def test_memory_is_planned_for_one_piece() -> None:
     """The memory check sizes a DP step with per-sample hooks by its largest piece, not by the
-    expected batch; ghost clipping and a budget of 0 keep the whole batch, and a per-person step
-    holds up to max-rows-per-person rows of each expected person."""
+    expected batch; ghost clipping and a budget of 0 keep the whole batch, ghost without
+    per-sample gradients, and a per-person step holds up to max-rows-per-person rows of each
+    expected person."""
     from client.round_plan import memory_batch
 
     lora = RunConfig(finetune="lora", max_length=64, clipping="hooks")
     assert memory_batch(lora, 256) == (16, True)  # 1024 tokens ÷ 64
     assert memory_batch(RunConfig(finetune="lora", max_length=64, batch_tokens=0), 256) == (
         256, True)
-    assert memory_batch(RunConfig(finetune="full", clipping="ghost"), 256) == (256, True)
+    assert memory_batch(RunConfig(finetune="full", clipping="ghost"), 256) == (256, False)
+    assert memory_batch(RunConfig(finetune="full", clipping="hooks", batch_tokens=0), 256) == (
+        256, True)
     assert memory_batch(RunConfig(finetune="lora", dp=False), 32) == (32, False)
     people = RunConfig(finetune="lora", max_length=64, max_rows_per_person=4)
     assert memory_batch(people, 50, per_person=True) == (200, True)
