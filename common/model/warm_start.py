@@ -121,7 +121,7 @@ def lineage_record(base_model: str, objective: str, task: str, labels: Sequence[
             "labels": list(labels), "label_map": label_map,
             "head": list(head) if head is not None else None,
             "public_data": [asdict(f) for f in files],
-            "examples": examples, **settings, "seconds": round(seconds, 1),
+            "examples": examples, **settings, "seconds": round(seconds, 3),
             "privacy": PRIVACY_NOTE}
 
 
