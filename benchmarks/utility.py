@@ -49,7 +49,8 @@ MODE_SETTINGS = {"pooled-head": dict(),  # batch and learning rate: the DP plann
                  "head": dict(learning_rate=1e-1, local_epochs=3),
                  "lora": dict(learning_rate=1e-2, local_epochs=1),
                  "pooled-lora": dict(),  # the planner's, as pooled-head
-                 "full": dict(learning_rate=1e-3, local_epochs=1)}
+                 "full": dict(learning_rate=1e-3, local_epochs=1),
+                 "bias": dict(learning_rate=1e-2, local_epochs=1)}
 # per data set: federated partition, partners, max-length, default subset sizes (train, eval)
 DATASETS = {"sst2": dict(partition="dirichlet:1", partners=10, max_length=64, sizes=(2000, 872),
                          folder="sst2", labels="0,1"),

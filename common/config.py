@@ -18,7 +18,7 @@ from common.training.schedule import LR_SCHEDULES
 from common.tasks import get_task
 from common.tasks.recipes import measured_recipe
 
-FINETUNE_MODES = ("auto", "lora", "full", "head", "pooled-head", "pooled-lora")
+FINETUNE_MODES = ("auto", "lora", "full", "bias", "head", "pooled-head", "pooled-lora")
 
 AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.privacy.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
@@ -78,7 +78,9 @@ class RunConfig:
                                  "pooled-head for text-classification, head for "
                                  "token-classification), "
                                  "lora (adapters + head trained and sent), full (every layer "
-                                 "but, by default, the embeddings), head (the classifier "
+                                 "but, by default, the embeddings), bias (DP-BiTFiT: every "
+                                 "bias of the encoder's layers and the head; no weight "
+                                 "moves), head (the classifier "
                                  "alone, on the [CLS] pooler or each token; its inputs "
                                  "computed once per text and cached) or pooled-head (linear "
                                  "head on the mean-pooled frozen encoder; features computed "

@@ -162,6 +162,9 @@ def model_card(config: RunConfig, labels: tuple[str, ...], report: Mapping[str, 
     finetune = {"lora": f"LoRA (r = {config.lora_r}, α = {config.lora_alpha}), merged into the "
                         "weights", "full": "full fine-tuning"
                 + (" (embeddings frozen)" if config.freeze_embeddings else ""),
+                "bias": "bias terms only (DP-BiTFiT: every bias of the encoder's layers and "
+                        "the classifier head; weight matrices and embeddings as in the base "
+                        "model)",
                 "head": "classifier head only",
                 "pooled-head": "a linear head on the mean-pooled output of the frozen encoder "
                                "(sentence-transformers layout: Transformer, mean Pooling, Dense "

@@ -63,8 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="the partner's CSV / TSV / JSONL file (default: the embedded "
                                   "demo data of partner 0)")
     p.add_argument("--base-model", help="local directory or hub name (default: bundled MiniLM)")
-    p.add_argument("--finetune", choices=("lora", "full", "head", "pooled-head", "pooled-lora"),
-                   help="default: lora")
+    p.add_argument("--finetune", choices=("lora", "full", "bias", "head", "pooled-head",
+                                          "pooled-lora"), help="default: lora")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--out", default="runs/audit", help="output directory (default runs/audit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

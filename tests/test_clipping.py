@@ -24,7 +24,7 @@ def _round(config: RunConfig, clipping: str, bound: float) -> tuple[dict, object
     return trainable_state(model), stats
 
 
-@pytest.mark.parametrize("finetune", ["lora", "full", "head"])
+@pytest.mark.parametrize("finetune", ["lora", "full", "head", "bias"])
 def test_ghost_matches_hooks(tiny_bert: str, finetune: str) -> None:
     config = RunConfig(base_model=tiny_bert, examples_per_partner=40, max_length=16,
                        finetune=finetune)

@@ -27,8 +27,8 @@ from server.held_out import HeldOutSet
 from server.outputs import export_model
 
 TEXT, TOKEN = "text-classification", "token-classification"
-CASES = [(TEXT, f) for f in ("pooled-head", "pooled-lora", "head", "lora", "full")] + \
-        [(TOKEN, f) for f in ("head", "lora", "full")]
+CASES = [(TEXT, f) for f in ("pooled-head", "pooled-lora", "head", "lora", "full", "bias")] + \
+        [(TOKEN, f) for f in ("head", "lora", "full", "bias")]
 N_TEXTS = 50
 LEARNING_RATE = {"pooled-head": 0.3, "pooled-lora": 0.3, "full": 3e-3}  # else 3e-2: they learn
 

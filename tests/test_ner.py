@@ -153,7 +153,7 @@ def test_seqeval_scores_on_a_hand_computed_case() -> None:
     assert entity_count_metrics(scores)["fp/ORG"] == 1.0
 
 
-@pytest.mark.parametrize("finetune", ["lora", "head", "full"])
+@pytest.mark.parametrize("finetune", ["lora", "head", "full", "bias"])
 def test_dp_round_and_evaluation(ner_bert: str, tmp_path: Path, finetune: str) -> None:
     config = ner_config(ner_bert, tmp_path, finetune=finetune, learning_rate=1e-2)
     tags = run_labels(config)

@@ -89,7 +89,7 @@ def test_bad_arguments_write_nothing(tiny_bert: str, tmp_path: Path,
         (["--public-data", str(tmp_path / "missing.csv"), "--base-model", str(model)],
          "is not a file"),
         (["--public-data", str(_public(tmp_path)), "--base-model", str(model),
-          "--candidates", "bitfit"], "unknown for text-classification"),
+          "--candidates", "prefix-tuning"], "unknown for text-classification"),
         (["--public-data", str(_public(tmp_path)), "--write"], "not a local directory"),
     ]:
         assert cli_main(["choose-recipe", *args]) == 2

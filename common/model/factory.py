@@ -95,6 +95,8 @@ def build_model(config: RunConfig, label_names: tuple[str, ...],
     elif config.finetune == "head":
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("classifier."))
+    elif config.finetune == "bias":
+        train_biases_and_head(model)
     elif config.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
             param.requires_grad_(False)
@@ -169,6 +171,17 @@ def _pooled_head(path: str, num_labels: int, config: RunConfig,
     model = PooledHeadClassifier(encoder, num_labels, adapters=adapters)
     freeze_lora_a(model, config)
     return model.train()
+
+
+def train_biases_and_head(model: nn.Module) -> None:
+    """DP-BiTFiT (Bu et al., 2022): the encoder's layers train their biases only (attention,
+    feed-forward and LayerNorm shifts), the head trains whole; embeddings and every weight
+    matrix stay the base model's, so d is about a thousandth of full fine-tuning's."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    for name, param in model.named_parameters():
+        encoder = name.startswith(prefix)
+        param.requires_grad_(not encoder or (name.endswith(".bias")
+                                             and ".embeddings." not in name))
 
 
 def lora_layers(model_config, config: RunConfig) -> list[int] | None:

@@ -25,7 +25,7 @@ FORMAT = "consortium-release/1"
 LAYOUT_KEYS = ("base-model", "task", "finetune")
 FINETUNE_KEYS = {"lora": ("lora-r", "lora-alpha", "lora-layers", "lora-freeze-a"),
                  "pooled-lora": ("lora-r", "lora-alpha", "lora-layers", "lora-freeze-a"),
-                 "full": ("freeze-embeddings",)}
+                 "full": ("freeze-embeddings",), "bias": ()}
 # what a monitoring run (run config `monitor`) takes from the release: the model partners build
 MODEL_KEYS = ("base-model", "task", "finetune", "lora-r", "lora-alpha", "lora-layers",
               "lora-freeze-a", "freeze-embeddings", "labels", "max-length")

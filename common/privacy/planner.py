@@ -43,7 +43,8 @@ MIN_RUN_STEPS = 48
 # Largest expected batch per mode: pooled-head trains a linear head on cached features (no
 # memory limit worth the name); the others run the encoder per step, where PLATFORM.md measured
 # batch 256 at ≈ 120 ex/s with LoRA under DP (and 0.703 vs 0.607 at batch 32).
-BATCH_CAP = {"pooled-head": None, "head": 256, "lora": 256, "pooled-lora": 256, "full": 256}
+BATCH_CAP = {"pooled-head": None, "head": 256, "lora": 256, "pooled-lora": 256, "full": 256,
+             "bias": 256}
 NON_PRIVATE_BATCH = 32  # the non-private recipe (PLATFORM.md: LoRA batch 32, 0.839 on SST-2)
 # AdamW learning rate per (finetune, dp). pooled-head: benchmarks/dp_recipe.py (non-DP 1e-2
 # 0.798, 1e-3 0.798); under DP 2e-2 (BENCHMARKS.md, session 12: federated at ε = 8 / 3 / 1,
@@ -57,7 +58,8 @@ NON_PRIVATE_BATCH = 32  # the non-private recipe (PLATFORM.md: LoRA batch 32, 0.
 LEARNING_RATE = {("pooled-head", True): 2e-2, ("pooled-head", False): 1e-2,
                  ("lora", True): 2e-2, ("lora", False): 1e-2, ("full", True): 1e-3,
                  ("full", False): 1e-3, ("head", True): 1e-1, ("head", False): 1e-1,
-                 ("pooled-lora", True): 1e-2, ("pooled-lora", False): 5e-4}
+                 ("pooled-lora", True): 1e-2, ("pooled-lora", False): 5e-4,
+                 ("bias", True): 1e-2, ("bias", False): 1e-3}
 _MAX_EXAMPLES = 10**8  # search bound for "≥ N examples would"
 
 

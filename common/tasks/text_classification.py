@@ -30,6 +30,7 @@ class TextClassification(Task):
         "pooled-head": {"finetune": "pooled-head"},
         "ffa-lora": {"finetune": "pooled-lora", "lora-freeze-a": True},
         "ffa-lora-top1": {"finetune": "pooled-lora", "lora-freeze-a": True, "lora-layers": 1},
+        "bitfit": {"finetune": "bias"},  # DP-BiTFiT: the encoder's biases and the [CLS] head
     }
     main_metric = P.ACCURACY
     declares = ("the label set", "negative,positive")

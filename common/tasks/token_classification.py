@@ -40,6 +40,7 @@ class TokenClassification(Task):
         "head": {"finetune": "head"},
         "ffa-lora": {"finetune": "lora", "lora-freeze-a": True},
         "ffa-lora-top1": {"finetune": "lora", "lora-freeze-a": True, "lora-layers": 1},
+        "bitfit": {"finetune": "bias"},  # DP-BiTFiT: the encoder's biases and the tagger
     }
     main_metric = P.ENTITY_F1
     declares = ("the entity types", "PER,ORG,LOC")
@@ -60,7 +61,8 @@ class TokenClassification(Task):
         if config.finetune in ("pooled-head", "pooled-lora"):
             raise ConfigError(f'finetune = "{config.finetune}" pools a whole text into one '
                               'vector; '
-                              'token-classification needs a tag per word: use "lora" or "head"')
+                              'token-classification needs a tag per word: use "lora", "bias" or '
+                              '"head"')
         if config.tag_column == 0:
             raise ConfigError("tag-column = 0 is the word column; use the tag's column, e.g. -1 "
                               "(the last) or 3 (CoNLL-2003's NER column)")

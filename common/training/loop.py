@@ -181,7 +181,8 @@ CLIPPINGS = ("hooks", "ghost")
 # the bundled MiniLM, 2-core CPU (BENCHMARKS.md, P1): LoRA hooks 0.93 × non-private vs ghost 0.62
 # (ghost's 2nd backward pass costs more than LoRA's tiny per-sample grads); full ghost 0.50 and
 # 1.1 × memory vs hooks 0.23 and 3.3 × (per-sample grads of every weight). head: hooks, untimed.
-AUTO_CLIPPING = {"lora": "hooks", "pooled-lora": "hooks", "full": "ghost", "head": "hooks"}
+AUTO_CLIPPING = {"lora": "hooks", "pooled-lora": "hooks", "full": "ghost", "head": "hooks",
+                 "bias": "hooks"}  # bias: per-sample grads of d ≈ 30 k numbers, one backward
 
 
 def clipping_for(setting: str, finetune: str) -> str:
