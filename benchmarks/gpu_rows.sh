@@ -10,8 +10,8 @@
 #            2026-11-30 every update, norm 9–19, was cut to 10). (pooled-head at ε = 8 on all
 #            sentences is measured on the CPU: BENCHMARKS.md, "All 60,614 sentences on this box".)
 # warm:      issue 32's rows with a warm start on public data (benchmarks.warm_start): CoNLL-2003
-#            (K = 3) with FFA-LoRA in every layer of the warm encoder at ε = 8 and its non-private
-#            reference (warm start + full fine-tuning); SST-2 on all training sentences (K = 10)
+#            (K = 3) with DP-BiTFiT (8 local epochs) and FFA-LoRA in every layer of the warm
+#            encoder at ε = 8 and its non-private reference (warm start + full fine-tuning); SST-2 on all training sentences (K = 10)
 #            with pooled-head at ε = 8 and 3 on the warm and on the plain encoder side by side, the
 #            reference, and FFA-LoRA on the warm encoder. DEADLINE (seconds, default 1500) bounds
 #            the whole part: each step gets at most what is left. Measured on an H200
@@ -62,6 +62,11 @@ elif [ "$part" = warm ]; then
   }
   if [ "${STEPS:-conll}" != sst2 ]; then
   step 60 ws_conll "${ws[@]}" --row conll2003 --out "$work/conll" --warm-start-only
+  # DP-BiTFiT, the best CPU arm (0.698 at 4 local epochs), with twice its steps
+  step 330 conll_warm_bitfit "${ws[@]}" --row conll2003 --base "$work/conll/base-conll2003" \
+    --out "$work/conll_bitfit" --finetune bias --settings federated --epsilons 8 \
+    --learning-rate 1e-2 --update-clip-norm 0 --local-epochs 8
+  keep "$work/conll_bitfit" conll_warm_bitfit
   step 330 conll_warm_ffa "${ws[@]}" --row conll2003 --out "$work/conll" --finetune lora --lora-freeze-a \
     --settings federated --epsilons 8 --learning-rate 2e-2 --update-clip-norm 0 --local-epochs 4
   keep "$work/conll" conll_warm_ffa
