@@ -11,7 +11,8 @@
 #            sentences is measured on the CPU: BENCHMARKS.md, "All 60,614 sentences on this box".)
 # warm:      issue 32's rows with a warm start on public data (benchmarks.warm_start): CoNLL-2003
 #            (K = 3) with DP-BiTFiT (8 local epochs) and FFA-LoRA in every layer of the warm
-#            encoder at ε = 8 and its non-private reference (warm start + full fine-tuning); SST-2 on all training sentences (K = 10)
+#            encoder at ε = 8 and its non-private reference (warm start + full
+#            fine-tuning); SST-2 on all training sentences (K = 10)
 #            with pooled-head at ε = 8 and 3 on the warm and on the plain encoder side by side, the
 #            reference, and FFA-LoRA on the warm encoder. DEADLINE (seconds, default 1500) bounds
 #            the whole part: each step gets at most what is left. Measured on an H200
