@@ -174,9 +174,9 @@ def _pooled_head(path: str, num_labels: int, config: RunConfig,
 
 
 def train_biases_and_head(model: nn.Module) -> None:
-    """DP-BiTFiT (Bu et al., 2022): the encoder's layers train their biases only (attention,
-    feed-forward and LayerNorm shifts), the head trains whole; embeddings and every weight
-    matrix stay the base model's, so d is about a thousandth of full fine-tuning's."""
+    """DP-BiTFiT (Bu et al., 2022): the encoder's layers (and a [CLS] pooler) train their biases
+    only (attention, feed-forward and LayerNorm shifts), the head trains whole; embeddings and
+    every weight matrix stay the base model's (MiniLM's CoNLL tagger: d = 28,809 of 22.6 M)."""
     prefix = f"{getattr(model, 'base_model_prefix', '')}."
     for name, param in model.named_parameters():
         encoder = name.startswith(prefix)
