@@ -18,7 +18,8 @@ from common.training.schedule import LR_SCHEDULES
 from common.tasks import get_task
 from common.tasks.recipes import measured_recipe
 
-FINETUNE_MODES = ("auto", "lora", "full", "bias", "head", "pooled-head", "pooled-lora")
+TRAINED_MODES = ("lora", "full", "bias", "head", "pooled-head", "pooled-lora")
+FINETUNE_MODES = ("auto", *TRAINED_MODES)  # auto: the measured recipe, else a default
 
 AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.privacy.planner)
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
@@ -240,7 +241,7 @@ class RunConfig:
     def _resolve_auto(self, task: str, default: str) -> None:
         """finetune = auto: the base model's measured recipe for this task (common.tasks.recipes),
         its keys applied where this config holds their defaults; else ``default``."""
-        keys = measured_recipe(self.base_model, task, FINETUNE_MODES[1:])
+        keys = measured_recipe(self.base_model, task, TRAINED_MODES)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for key, value in (keys or {"finetune": default}).items():
             name = key.replace("-", "_")

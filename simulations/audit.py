@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.evaluation import audit as A
-from common.config import FINETUNE_MODES, RunConfig
+from common.config import TRAINED_MODES, RunConfig
 from common.data.text import TextDataset, split_train_test
 from common.errors import ConfigError, PrivacyError
 from common.sources import run_labels
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="the partner's CSV / TSV / JSONL file (default: the embedded "
                                   "demo data of partner 0)")
     p.add_argument("--base-model", help="local directory or hub name (default: bundled MiniLM)")
-    p.add_argument("--finetune", choices=FINETUNE_MODES[1:], help="default: lora")
+    p.add_argument("--finetune", choices=TRAINED_MODES, help="default: lora")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--out", default="runs/audit", help="output directory (default runs/audit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

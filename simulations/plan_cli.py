@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from common.config import AUTO, FINETUNE_MODES, RunConfig
+from common.config import AUTO, TRAINED_MODES, RunConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, required=True, help="planned federated rounds")
     p.add_argument("--delta", type=float, help="δ (default: the run config's, 1e-5)")
     p.add_argument("--local-epochs", type=int, help="passes per round (default: run config's)")
-    p.add_argument("--finetune", help=f"{' | '.join(FINETUNE_MODES[1:])} (default: the run "
+    p.add_argument("--finetune", help=f"{' | '.join(TRAINED_MODES)} (default: the run "
                    "config's)")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default: the run config's)")
     p.add_argument("--lora-layers", type=int,

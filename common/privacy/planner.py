@@ -57,8 +57,7 @@ NON_PRIVATE_BATCH = 32  # the non-private recipe (PLATFORM.md: LoRA batch 32, 0.
 # all 48.5 k sentences → 0.876); bias under DP: CoNLL-2003 on a warm start, K = 3, ε = 8,
 # batch 247 (BENCHMARKS.md, warm start: 1e-2 → 0.638 after round 1 and 0.698 after 3,
 # 2e-2 → 0.630 after round 1; at twice the steps 5e-3 → 0.711, 1e-2 → 0.693; at four times
-# 3e-3 → 0.715); the rest:
-# today's defaults.
+# 3e-3 → 0.715); the rest: today's defaults.
 LEARNING_RATE = {("pooled-head", True): 2e-2, ("pooled-head", False): 1e-2,
                  ("lora", True): 2e-2, ("lora", False): 1e-2, ("full", True): 1e-3,
                  ("full", False): 1e-3, ("head", True): 1e-1, ("head", False): 1e-1,
