@@ -223,10 +223,15 @@ def write_data(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], int
                 base_model=args.base_model, lora_freeze_a=args.lora_freeze_a,
                 lora_layers=args.lora_layers, head_lr_scale=args.head_lr_scale,
                 lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup,
-                ema_decay=args.ema_decay, round_timeout=60.0,
+                ema_decay=args.ema_decay, train_dropout=args.train_dropout,
+                round_timeout=60.0,
                 **({} if args.update_clip_norm is None else
                    {"update_clip_norm": args.update_clip_norm}))
     return base, len(train), len(held)
+
+
+def _dropout(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def parse_args() -> argparse.Namespace:
@@ -259,6 +264,9 @@ def parse_args() -> argparse.Namespace:
                         help="the learning rate over the run (run config lr-schedule)")
     parser.add_argument("--lr-warmup", type=float, default=0.0,
                         help="share of the run's steps warming up (run config lr-warmup)")
+    parser.add_argument("--train-dropout", type=_dropout, default="auto",
+                        help="dropout while training (run config train-dropout; auto = the "
+                        "base model's, 0 = none)")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="EMA of each round's iterates (run config ema-decay; 0 = off)")
     parser.add_argument("--out", type=Path, default=Path("results/utility"))

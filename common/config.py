@@ -121,6 +121,12 @@ class RunConfig:
                                  "its steps' iterates with this decay per step (0 = the last "
                                  "iterate). Post-processing of what DP-SGD releases: costs no "
                                  "ε.", ge=0.0, lt=1.0)
+    train_dropout: float | str = _opt(AUTO, "Dropout while a partner trains (every torch "
+                                            "Dropout of the model, attention's included): auto "
+                                            "= the base model's own (MiniLM: 0.1); 0 = none, "
+                                            "since DP-SGD's noise already regularizes and "
+                                            "dropout adds variance to every step. Inference "
+                                            "never drops; costs no ε.", ge=0.0, lt=1.0)
     dp_plan_check: bool = _opt(True, "Refuse, before any ε is spent, a DP plan predicted to "
                                      "learn nothing (noise-to-signal over the run above "
                                      "common.privacy.planner.MAX_RUN_RATIO); false = run it "

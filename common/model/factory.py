@@ -17,7 +17,7 @@ import transformers
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from common.config import RunConfig
+from common.config import AUTO, RunConfig
 from common.errors import ConfigError, ModelError, UpdateError
 from common.tasks import get_task
 
@@ -100,8 +100,19 @@ def build_model(config: RunConfig, label_names: tuple[str, ...],
     elif config.freeze_embeddings:
         for param in model.base_model.embeddings.parameters():
             param.requires_grad_(False)
+    set_train_dropout(model, config.train_dropout)
     model.train()  # from_pretrained returns eval mode; Opacus needs train mode
     return model
+
+
+def set_train_dropout(model: nn.Module, rate: float | str) -> None:
+    """Every ``nn.Dropout`` of ``model`` drops ``rate`` in train mode (BERT's attention reads its
+    module's ``p`` too); ``auto`` keeps the base model's rates."""
+    if rate == AUTO:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = float(rate)
 
 
 def _head_labels(path: str, offline: bool) -> tuple[str, ...]:
