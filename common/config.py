@@ -21,7 +21,7 @@ from common.tasks.recipes import measured_recipe
 TRAINED_MODES = ("lora", "full", "bias", "head", "pooled-head", "pooled-lora")
 FINETUNE_MODES = ("auto", *TRAINED_MODES)  # auto: the measured recipe, else a default
 
-AUTO = "auto"  # batch-size / learning-rate: chosen by the DP planner (common.privacy.planner)
+AUTO = "auto"  # batch-size, learning-rate: the DP planner picks; train-dropout: the base model's
 PARTITION_SCHEMES = ("iid", "dirichlet:ALPHA", "column:NAME")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F")
 COMPRESSIONS = ("none", "fp16", "int8")
